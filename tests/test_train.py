@@ -1,0 +1,326 @@
+"""The training job: variants, exact resume, distributed drift, bad input, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tokendrift import train as trainlib
+from tokendrift.checkpoint import load_model_dir, save_model_dir
+from tokendrift.cli import main as cli
+from tokendrift.data import make_source
+from tokendrift.model import DiT, DiTConfig
+
+TINY_SOURCE = {"kind": "synthetic", "n_states": 4, "vocab_size": 24, "length": 16, "seed": 3}
+TINY_MODEL = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, dropout=0.1)
+
+
+def make_init(path: Path, diffusion: str = "mdlm", seed: int = 0) -> Path:
+    """A random tiny "released" checkpoint folder (random adaLN weights so the model is not constant)."""
+    src = make_source(TINY_SOURCE)
+    torch.manual_seed(seed)
+    cfg = DiTConfig.preset("tiny", vocab_size=src.vocab_size + 1, length=src.length,
+                           time_conditioning=diffusion == "duo", **TINY_MODEL)
+    model = DiT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    state = model.state_dict()
+    save_model_dir(path, state, state, {"diffusion": diffusion, "source": src.config, "step": 0}, config=cfg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def init_mdlm(tmp_path_factory):
+    return make_init(tmp_path_factory.mktemp("init") / "mdlm", "mdlm")
+
+
+@pytest.fixture(scope="module")
+def init_duo(tmp_path_factory):
+    return make_init(tmp_path_factory.mktemp("init") / "duo", "duo")
+
+
+def job(init, /, **over) -> dict:
+    cfg = {
+        "variant": "tokendrift", "init": str(init), "steps": 6, "global_batch": 4, "micro_batch": 2,
+        "save_every": 2, "seed": 1, "device": "cpu",
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "ema": 0.9},
+        "objective": {"queue_size": 8},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def weights(folder: Path) -> dict:
+    return {**{f"raw.{k}": v for k, v in load_file(folder / "model.safetensors").items()},
+            **{f"ema.{k}": v for k, v in load_file(folder / "ema.safetensors").items()}}
+
+
+def assert_bitwise_equal(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+@pytest.mark.parametrize("diffusion", ["mdlm", "duo"])
+@pytest.mark.parametrize("objective", [
+    {"loss": "feature_l2"},
+    {"loss": "feature_l2", "lift": "hard"},
+    {"loss": "logit_kl"},
+    {"loss": "logit_l2", "base_loss": True},
+    {"loss": "feature_l2", "base_loss": True, "ratio": [2.0, 1.0], "queue_size": 1},
+])
+def test_tokendrift_variants_train_and_log(tmp_path, init_mdlm, init_duo, diffusion, objective):
+    init = init_mdlm if diffusion == "mdlm" else init_duo
+    out = tmp_path / "run"
+    last = trainlib.train(job(init, steps=3, objective=objective), out, progress=False)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    for key in ["loss", "drift_loss", "grad_norm", "lr", "step_time_s", "tokens_per_s",
+                "drift_norm/tau=0.02", "drift_norm/tau=0.05", "drift_norm/tau=0.2"]:
+        assert key in last and torch.isfinite(torch.tensor(last[key])), key
+    assert ("base_loss" in last) == bool(objective.get("base_loss"))
+    # the generator moved, the checkpoint is a model folder that sampling can load
+    model, meta = load_model_dir(out / "checkpoints" / "step_000003", weights="raw")
+    start, _ = load_model_dir(init, weights="raw")
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values()))
+    assert meta["diffusion"] == diffusion and meta["step"] == 3 and meta["variant"] == "tokendrift"
+
+
+def test_continuation_uses_base_loss_only(tmp_path, init_mdlm):
+    last = trainlib.train(job(init_mdlm, variant="continuation", steps=2), tmp_path / "c", progress=False)
+    assert "base_loss" in last and "drift_loss" not in last
+    assert last["loss"] == pytest.approx(last["base_loss"], rel=1e-6)
+
+
+def test_encoder_stays_frozen(tmp_path, init_mdlm):
+    s = trainlib.build(trainlib.resolve_config(job(init_mdlm)))
+    before = {k: v.clone() for k, v in s.encoder.state_dict().items()}
+    assert all(not p.requires_grad for p in s.encoder.parameters())
+    stats: dict = {}
+    g = torch.Generator().manual_seed(0)
+    x0 = s.source.batch("train", 0, 2)
+    loss = trainlib.micro_step(s, s.model, x0, g, stats)
+    loss.backward()
+    assert all(p.grad is None for p in s.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.model.parameters())
+    for k, v in s.encoder.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert len(s.queues["real"]) == 2 and len(s.queues["gen"]) == 2
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+
+
+def test_checkpoints_at_listed_steps_with_config_digest(tmp_path, init_mdlm):
+    out = tmp_path / "run"
+    trainlib.train(job(init_mdlm, steps=5, checkpoint_steps=[1, 3], save_every=0), out, progress=False)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step_000001", "step_000003", "step_000005"]
+    meta = json.loads((out / "checkpoints/step_000003/meta.json").read_text())
+    digest = json.loads((out / "config.json").read_text())["config_digest"]
+    assert meta["config_digest"] == digest and len(digest) == 16
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 4])
+def test_resume_is_bitwise_exact(tmp_path, init_mdlm, stop_after):
+    cfg = job(init_mdlm, steps=6, save_every=2)
+    full = tmp_path / "full"
+    trainlib.train(cfg, full, progress=False)
+    part = tmp_path / "part"
+    trainlib.train(cfg, part, stop_after=stop_after, progress=False)  # "killed" right after this step
+    trainlib.train(cfg, part, progress=False)  # resumes from checkpoints/last (or from scratch)
+    assert_bitwise_equal(weights(full / "checkpoints/step_000006"), weights(part / "checkpoints/step_000006"))
+    state_a = torch.load(full / "checkpoints/step_000006/train_state.pt", weights_only=True)
+    state_b = torch.load(part / "checkpoints/step_000006/train_state.pt", weights_only=True)
+    for q in ("real", "gen"):
+        assert torch.equal(state_a["queues"][q]["buffer"], state_b["queues"][q]["buffer"])
+    steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated or missing metric lines after the resume
+
+
+def test_resume_refuses_other_config(tmp_path, init_mdlm):
+    out = tmp_path / "run"
+    trainlib.train(job(init_mdlm, steps=4), out, stop_after=2, progress=False)
+    with pytest.raises(trainlib.TokenDriftError, match="another config"):
+        trainlib.train(job(init_mdlm, steps=4, seed=7), out, progress=False)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_step_then_resume_via_cli(tmp_path, init_mdlm):
+    """A real kill -9 at a random step; the rerun of the same command ends bitwise equal."""
+    cfg = job(init_mdlm, steps=14, save_every=3)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # same threads in every process: same float reductions
+
+    def command(out):
+        return [sys.executable, "-m", "tokendrift.cli", "train", "--config", str(cfg_file), "--out", str(out)]
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run(command(full), env=env, check=True, stderr=subprocess.DEVNULL)
+    kill_at = int(torch.randint(4, 12, (1,)))
+    proc = subprocess.Popen(command(part), env=env, stderr=subprocess.DEVNULL)
+    metrics = part / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_at:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (part / "checkpoints/step_000014").exists()
+    subprocess.run(command(part), env=env, check=True, stderr=subprocess.DEVNULL)
+    assert_bitwise_equal(weights(full / "checkpoints/step_000014"), weights(part / "checkpoints/step_000014"))
+
+
+# ----------------------------------------------------------------------------- non-finite loss
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, init_mdlm, monkeypatch):
+    out = tmp_path / "run"
+    real = trainlib.drift_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        value = real(*a, **k)
+        return value * float("nan") if calls["n"] > 6 else value  # step 4 (2 micro-batches per step)
+
+    monkeypatch.setattr(trainlib, "drift_loss", poisoned)
+    with pytest.raises(trainlib.TokenDriftError, match=r"non-finite loss .* step 4.*last good checkpoint is .*last"):
+        trainlib.train(job(init_mdlm, steps=6, save_every=2), out, progress=False)
+    meta = json.loads((out / "checkpoints/last/meta.json").read_text())
+    assert meta["step"] == 2
+    good = weights(out / "checkpoints/last")
+    assert all(torch.isfinite(v).all() for v in good.values() if v.dtype.is_floating_point)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _write_cfg(tmp_path, cfg) -> str:
+    f = tmp_path / "cfg.json"
+    f.write_text(json.dumps(cfg))
+    return str(f)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"variant": "sharpen"}, "variant"),
+    ({"objective": {"queue_size": 0}}, "objective.queue_size"),
+    ({"objective": {"ratio": [0, 0]}}, "ratio"),
+    ({"objective": {"temperatures": []}}, "temperatures"),
+    ({"objective": {"temperatures": [0.05, -0.1]}}, "temperatures"),
+    ({"objective": {"alpha": 0}}, "alpha"),
+    ({"objective": {"loss": "logit_mse"}}, "objective.loss"),
+    ({"optim": {"lr": -1}}, "optim.lr"),
+    ({"steps": 0}, "steps"),
+    ({"global_batch": 3}, "global_batch"),
+    ({"init": "/nonexistent/ckpt"}, "/nonexistent/ckpt"),
+    ({"bogus_key": 1}, "bogus_key"),
+])
+def test_bad_config_is_refused_and_nothing_written(tmp_path, init_mdlm, capsys, over, message):
+    out = tmp_path / "out"
+    rc = cli(["train", "--config", _write_cfg(tmp_path, job(init_mdlm, **over)), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.startswith("error:")
+    assert not out.exists()
+
+
+def test_truncated_and_misshaped_checkpoints_are_refused(tmp_path, init_mdlm, capsys):
+    import shutil
+
+    trunc = tmp_path / "trunc"
+    shutil.copytree(init_mdlm, trunc)
+    for f in ("model.safetensors", "ema.safetensors"):
+        data = (trunc / f).read_bytes()
+        (trunc / f).write_bytes(data[: len(data) // 2])
+    rc = cli(["train", "--config", _write_cfg(tmp_path, job(trunc)), "--out", str(tmp_path / "o1")])
+    assert rc == 2 and "trunc" in capsys.readouterr().err and not (tmp_path / "o1").exists()
+
+    shaped = tmp_path / "shaped"
+    shutil.copytree(init_mdlm, shaped)
+    for f in ("model.safetensors", "ema.safetensors"):
+        state = load_file(shaped / f)
+        state["vocab_embed.embedding"] = state["vocab_embed.embedding"][:-1].contiguous()
+        save_file(state, str(shaped / f))
+    rc = cli(["train", "--config", _write_cfg(tmp_path, job(shaped)), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "vocab_embed.embedding" in err and not (tmp_path / "o2").exists()
+
+
+def test_encoder_vocabulary_mismatch_is_refused(tmp_path, init_mdlm, capsys):
+    src = make_source({**TINY_SOURCE, "vocab_size": 30})
+    enc = DiT(DiTConfig.preset("tiny", vocab_size=src.vocab_size + 1, length=src.length, **TINY_MODEL))
+    save_model_dir(tmp_path / "enc", enc.state_dict(), None, {"diffusion": "mdlm", "source": src.config},
+                   config=enc.config)
+    rc = cli(["train", "--config", _write_cfg(tmp_path, job(init_mdlm, encoder=str(tmp_path / "enc"))),
+              "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "encoder" in err and "vocabulary" in err and not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+
+def _dp_worker(rank, world, init, port, h_all, u_all, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        s = trainlib.build(trainlib.resolve_config(job(init, micro_batch=2, global_batch=4)))
+        B = h_all.shape[1] // world
+        # two micro-steps so the queues take part in the second one
+        for it in range(2):
+            h = h_all[it, rank * B:(rank + 1) * B].clone().requires_grad_(True)
+            u = u_all[it, rank * B:(rank + 1) * B]
+            loss = trainlib.drift_loss(s, h, u, None, None, {})
+            loss.backward()
+            torch.save({"loss": loss.detach(), "grad": h.grad}, Path(result_dir) / f"r{rank}_it{it}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_drift_equals_single_process(tmp_path, init_mdlm):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    world, B = 2, 2
+    h_all = torch.nn.functional.normalize(torch.randn(2, world * B, 64), dim=-1)
+    u_all = torch.nn.functional.normalize(torch.randn(2, world * B, 64), dim=-1)
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    mp.start_processes(_dp_worker, args=(world, str(init_mdlm), port, h_all, u_all, str(tmp_path)),
+                       nprocs=world, start_method="spawn")
+    # single process on the concatenated batch
+    s = trainlib.build(trainlib.resolve_config(job(init_mdlm, micro_batch=4, global_batch=4)))
+    for it in range(2):
+        h = h_all[it].clone().requires_grad_(True)
+        loss = trainlib.drift_loss(s, h, u_all[it], None, None, {})
+        loss.backward()
+        parts = [torch.load(tmp_path / f"r{r}_it{it}.pt", weights_only=True) for r in range(world)]
+        # DDP averages gradients over ranks: the mean of the per-rank losses is the global loss,
+        # and each rank's anchor gradients (-alpha V_i / B_local) are world x the global ones.
+        assert torch.allclose(torch.stack([p["loss"] for p in parts]).mean(), loss.detach(), atol=1e-6)
+        grads = torch.cat([p["grad"] for p in parts]) / world
+        assert torch.allclose(grads, h.grad, atol=1e-6)

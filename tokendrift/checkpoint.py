@@ -1,0 +1,232 @@
+"""Checkpoint IO: released MDLM/DUO checkpoints in, our model folders in and out.
+
+Released checkpoints (DESIGN.md section 3): Lightning ``.ckpt`` (weights in ``state_dict``
+with ``backbone.`` prefixes; EMA weights in ``ema.shadow_params``, a list in
+``backbone.parameters()`` order) and HF ``.safetensors`` with ``backbone.*`` keys. No pickled
+code is ever run: ``.ckpt`` files are read with ``torch.load(weights_only=True)``, and where
+they hold other objects (OmegaConf configs, Lightning loop state) with an unpickler that
+resolves only torch's tensor-rebuild functions and replaces every other class by an inert
+placeholder without importing it.
+
+Our model folder: ``model.safetensors`` (raw weights), ``ema.safetensors`` (EMA weights; what
+sampling and scoring use), ``meta.json`` (``model``: the DiTConfig, ``diffusion``, ``source``,
+and what the writer adds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import types
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import DiT, DiTConfig
+from .utils import TokenDriftError, atomic_dir, file_digest
+
+
+class CheckpointError(TokenDriftError):
+    """A checkpoint that is missing, truncated, corrupt or does not fit the model."""
+
+
+# --------------------------------------------------------------------------- safe unpickling
+
+
+class _Inert:
+    """Stands in for any class a checkpoint names; absorbs state, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):  # dict-like reduce paths
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value):
+        self.__dict__.setdefault("list", []).append(value)
+
+    def extend(self, values):
+        self.__dict__.setdefault("list", []).extend(values)
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_tensor_v3"), ("torch", "Size"), ("torch", "device"),
+    ("torch.nn.parameter", "Parameter"),
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return getattr(__import__(module, fromlist=[name]), name)
+        if module == "torch" and (name.endswith("Storage") or name in {"float32", "bfloat16", "float16", "int64"}):
+            return getattr(torch, name)
+        if module == "torch._utils" and name.startswith("_rebuild"):
+            return getattr(torch._utils, name)
+        return type(name, (_Inert,), {"__module__": "tokendrift.inert." + module})
+
+
+_safe_pickle = types.SimpleNamespace(Unpickler=_SafeUnpickler, load=lambda f, **kw: _SafeUnpickler(f, **kw).load(),
+                                     __name__="tokendrift_safe_pickle")
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # holds non-tensor objects: read again with the inert unpickler
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_safe_pickle)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _load_safetensors(path: Path, device="cpu") -> dict:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+
+
+def _strip(state: dict, prefix: str = "backbone.") -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_external(path, *, ema: bool = True, model: DiT | None = None) -> dict:
+    """Backbone weights (keys without ``backbone.``) of a released checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        state = _load_safetensors(path)
+        return _strip(state) if any(k.startswith("backbone.") for k in state) else state
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    state = _strip(ckpt["state_dict"])
+    shadow = (ckpt.get("ema") or {}).get("shadow_params") if isinstance(ckpt.get("ema"), dict) else None
+    if ema and shadow is not None:
+        if model is None:
+            raise CheckpointError(f"{path}: EMA weights are a list in parameter order; a model is needed to name them")
+        names = [n for n, _ in model.named_parameters()]
+        if len(shadow) < len(names):
+            raise CheckpointError(f"{path}: ema.shadow_params has {len(shadow)} tensors, the model has {len(names)} parameters")
+        state = dict(state, **dict(zip(names, shadow)))
+    return state
+
+
+def load_into(model: DiT, state: dict, source: str = "checkpoint") -> DiT:
+    """Load ``state`` strictly, listing every missing, unexpected and mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                       for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or misshaped:
+        parts = [f"{name} keys: {', '.join(keys)}" for name, keys in
+                 [("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)] if keys]
+        raise CheckpointError(f"{source} does not fit the model; " + "; ".join(parts))
+    model.load_state_dict(state)
+    return model
+
+
+# --------------------------------------------------------------------------- our model folders
+
+
+def write_model_files(folder, model_state: dict, ema_state: dict | None, meta: dict, config=None) -> None:
+    """Write a model folder's files into ``folder`` (not atomic by itself: see ``save_model_dir``)."""
+    folder = Path(folder)
+    meta = dict(meta)
+    if "model" not in meta:
+        if config is None:
+            raise CheckpointError("model: meta has no model config and none was given")
+        meta["model"] = config.to_dict() if isinstance(config, DiTConfig) else dict(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(folder / "model.safetensors"))
+    if ema_state is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, str(folder / "ema.safetensors"))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_model_dir(path, model_state: dict, ema_state: dict | None, meta: dict, config=None) -> None:
+    """Write a model folder atomically."""
+    with atomic_dir(path) as tmp:
+        write_model_files(tmp, model_state, ema_state, meta, config)
+
+
+def load_model_dir(path, *, weights: str = "ema", device="cpu") -> tuple[DiT, dict]:
+    """Rebuild the DiT of a model folder with its EMA (or raw) weights, in eval mode."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {path}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{meta_file}: missing (not a model folder)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
+    if "model" not in meta or "diffusion" not in meta:
+        raise CheckpointError(f"{meta_file}: lacks the 'model' or 'diffusion' entry")
+    f = path / "ema.safetensors"
+    if weights == "raw" or not f.exists():
+        f = path / "model.safetensors"
+    model = DiT(DiTConfig.from_dict(meta["model"]))
+    load_into(model, _load_safetensors(f), source=str(f))
+    return model.to(device).eval(), meta
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def import_checkpoint(src: str, dst: str, diffusion: str, preset: str = "small", ema: bool = True,
+                      source_cfg: dict | None = None) -> dict:
+    """Convert a released MDLM/DUO checkpoint into a model folder."""
+    if diffusion not in ("mdlm", "duo"):
+        raise TokenDriftError(f"diffusion: {diffusion!r} is not one of ['mdlm', 'duo']")
+    model = DiT(DiTConfig.preset(preset, time_conditioning=diffusion == "duo"))
+    load_into(model, read_external(src, ema=ema, model=model), source=str(src))
+    meta = {"model": model.config.to_dict(), "diffusion": diffusion, "step": 0, "variant": "released",
+            "source": source_cfg or {"kind": "openwebtext"}, "origin": str(src),
+            "origin_sha256": file_digest(Path(src) / "model.safetensors" if Path(src).is_dir() else src)}
+    state = model.state_dict()
+    save_model_dir(dst, state, state, meta)
+    return meta
+
+
+def _run_import(args) -> int:
+    source_cfg = None
+    if args.source_json:
+        try:
+            source_cfg = json.loads(Path(args.source_json).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise TokenDriftError(f"--source-json {args.source_json}: {e}") from None
+    import_checkpoint(args.src, args.dst, args.diffusion, args.preset, not args.no_ema, source_cfg)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("checkpoint", help="checkpoint tools")
+    csub = p.add_subparsers(dest="checkpoint_command", required=True)
+    q = csub.add_parser("import", help="convert a released MDLM/DUO checkpoint (.ckpt or .safetensors) to a model folder")
+    q.add_argument("src")
+    q.add_argument("dst")
+    q.add_argument("--diffusion", required=True, choices=["mdlm", "duo"])
+    q.add_argument("--preset", default="small")
+    q.add_argument("--no-ema", action="store_true", help="take state_dict weights instead of the EMA weights")
+    q.add_argument("--source-json", help="data source config (JSON) to record; default OpenWebText/GPT-2")
+    q.set_defaults(func=_run_import)

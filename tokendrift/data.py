@@ -1,0 +1,298 @@
+"""Data sources behind one interface (``make_source(cfg) -> TokenSource``).
+
+* ``synthetic``: the embedded default (DESIGN.md section 7): a seeded hidden Markov language
+  with sticky states that each emit from their own small set of pseudo-words and move along a
+  sparse "grammar" of successor states. Its exact log-likelihood (forward algorithm) and
+  entropy rate are computed, so Gen.-PPL has an oracle. Tokens drawn independently from the
+  right per-position marginals form improbable combinations: the marginal trap that makes
+  few-step parallel decoding fail.
+* ``openwebtext``: OpenWebText through ``datasets`` with the MDLM blocking (DESIGN.md
+  section 4): the last ``n_valid_docs`` documents are the validation split; each document +
+  EOS, concatenated, cut into blocks of L - 2 with BOS and EOS added; remainder dropped.
+* ``textdir``: a folder of the user's .txt files (one document each) with a byte-level BPE
+  tokenizer trained on them by ``tokenizers``; same blocking.
+
+Every source gives ``batch(split, index, batch_size)``: the index-th batch, computed without
+the earlier ones, so training resumes exactly from a data position.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as configlib
+from .utils import TokenDriftError, atomic_dir, config_digest
+
+SPLITS = {"train": 0, "valid": 1}
+
+
+def _check_split(split: str) -> int:
+    if split not in SPLITS:
+        raise TokenDriftError(f"split: {split!r} is not one of {list(SPLITS)}")
+    return SPLITS[split]
+
+
+def make_source(cfg: dict):
+    """Validate a source config (tokendrift/schemas/source.schema.yaml) and build the source."""
+    cfg = configlib.validate("source", cfg, prefix="source")
+    if cfg["length"] is None:
+        cfg["length"] = 64 if cfg["kind"] == "synthetic" else 1024
+    return {"synthetic": SyntheticHMM, "openwebtext": BlockedText, "textdir": BlockedText}[cfg["kind"]](cfg)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def pseudo_words(n: int, seed: int) -> list[str]:
+    """n distinct readable pseudo-words (consonant-vowel syllables), fixed by the seed."""
+    cons, vows = "bdfgklmnprstvz", "aeiou"
+    syll = [c + v for c in cons for v in vows]
+    rng = np.random.default_rng([seed, 7])
+    words: list[str] = []
+    seen = set()
+    while len(words) < n:
+        k = int(rng.integers(2, 4))
+        w = "".join(syll[i] for i in rng.integers(0, len(syll), k))
+        if w not in seen:
+            seen.add(w)
+            words.append(w)
+    return words
+
+
+class SyntheticHMM:
+    """A hidden Markov language over pseudo-words with exact log p(x)."""
+
+    def __init__(self, cfg: dict):
+        self.config = cfg
+        self.name = f"synthetic-hmm(seed={cfg['seed']})"
+        self.vocab_size, self.length = cfg["vocab_size"], cfg["length"]
+        self.eos_id = self.bos_id = None
+        S, V = cfg["n_states"], cfg["vocab_size"]
+        rng = np.random.default_rng([cfg["seed"], 1])
+        # transitions: stay with prob. stickiness, else move to one of a few successor states
+        T = np.zeros((S, S))
+        for s in range(S):
+            others = [o for o in range(S) if o != s] or [s]
+            succ = rng.choice(others, size=min(cfg["n_successors"], len(others)), replace=False)
+            T[s, succ] = (1 - cfg["stickiness"]) * rng.dirichlet(np.ones(len(succ)))
+            T[s, s] += cfg["stickiness"]
+        # emissions: mostly the state's own token subset, plus uniform smoothing
+        Em = np.zeros((S, V))
+        k = min(cfg["tokens_per_state"], V)
+        for s in range(S):
+            own = rng.choice(V, size=k, replace=False)
+            Em[s, own] = rng.dirichlet(np.full(k, 0.7))
+        Em = (1 - cfg["smoothing"]) * Em + cfg["smoothing"] / V
+        self.init = np.full(S, 1.0 / S)
+        self.T, self.E = T / T.sum(1, keepdims=True), Em / Em.sum(1, keepdims=True)
+        self._cumT, self._cumE = np.cumsum(self.T, 1), np.cumsum(self.E, 1)
+        self.words = pseudo_words(V, cfg["seed"])
+
+    # -- sampling
+    def _sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        L, S = self.length, len(self.init)
+        state = rng.integers(0, S, n)
+        out = np.empty((n, L), dtype=np.int64)
+        u_e, u_t = rng.random((L, n)), rng.random((L, n))
+        for t in range(L):
+            out[:, t] = np.minimum((u_e[t][:, None] > self._cumE[state]).sum(1), self.vocab_size - 1)
+            state = np.minimum((u_t[t][:, None] > self._cumT[state]).sum(1), S - 1)
+        return torch.from_numpy(out)
+
+    def sample(self, n: int, generator: np.random.Generator | int = 0) -> torch.Tensor:
+        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+        return self._sample(n, rng)
+
+    def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.config["seed"], 1000 + _check_split(split), int(index), int(batch_size)])
+        return self._sample(batch_size, rng)
+
+    # -- exact likelihood
+    def log_likelihood(self, ids: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x) per sequence by the forward algorithm, in float64."""
+        x = torch.as_tensor(ids).long()
+        if x.ndim != 2 or x.shape[1] != self.length:
+            raise TokenDriftError(f"ids: expected shape [N, {self.length}], got {list(x.shape)}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
+            raise TokenDriftError(f"ids: token ids outside [0, {self.vocab_size})")
+        logT = torch.from_numpy(np.log(self.T))
+        logE = torch.from_numpy(np.log(self.E))  # [S, V]
+        alpha = torch.from_numpy(np.log(self.init))[None] + logE[:, x[:, 0]].T
+        for t in range(1, x.shape[1]):
+            alpha = torch.logsumexp(alpha[:, :, None] + logT[None], dim=1) + logE[:, x[:, t]].T
+        return torch.logsumexp(alpha, dim=1)
+
+    @functools.cached_property
+    def _entropy_mc(self) -> tuple[float, float]:
+        n = self.config["mc_samples"]
+        ll = self.log_likelihood(self.sample(n, np.random.default_rng([self.config["seed"], 99])))
+        per_tok = -ll.numpy() / self.length
+        return float(per_tok.mean()), float(per_tok.std(ddof=1) / math.sqrt(n))
+
+    @property
+    def entropy_rate(self) -> float:
+        """H(X_1..L)/L in nats/token (Monte Carlo over exact log-likelihoods; SE in entropy_rate_se)."""
+        return self._entropy_mc[0]
+
+    @property
+    def entropy_rate_se(self) -> float:
+        return self._entropy_mc[1]
+
+    # -- text
+    def decode(self, ids) -> list[str]:
+        return [" ".join(self.words[i] for i in row) for row in torch.as_tensor(ids).tolist()]
+
+    @functools.cache
+    def hf_tokenizer(self):
+        """Word-level tokenizer over the pseudo-words: ids 0..V-1, then <eos> (= pad), <unk>."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {w: i for i, w in enumerate(self.words)}
+        vocab["<eos>"], vocab["<unk>"] = self.vocab_size, self.vocab_size + 1
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>",
+                                       bos_token="<eos>")
+
+
+# --------------------------------------------------------------------------- OpenWebText / text folder
+
+
+def _blocks(token_lists, length: int, bos: int, eos: int) -> np.ndarray:
+    """MDLM blocking: each document + EOS, concatenated, cut into L-2 and wrapped in BOS/EOS."""
+    flat = np.fromiter((t for doc in token_lists for t in (*doc, eos)), dtype=np.int64)
+    n = len(flat) // (length - 2)
+    body = flat[: n * (length - 2)].reshape(n, length - 2)
+    col = lambda v: np.full((n, 1), v, dtype=np.int64)  # noqa: E731
+    return np.concatenate([col(bos), body, col(eos)], axis=1)
+
+
+class BlockedText:
+    """OpenWebText (or a dataset with a "text" column) or a folder of .txt files, MDLM-blocked."""
+
+    def __init__(self, cfg: dict):
+        self.config = cfg
+        self.length = cfg["length"]
+        cache = Path(cfg["cache_dir"]) / f"{cfg['kind']}-{config_digest(cfg)}"
+        texts = None
+        if cfg["kind"] == "textdir":
+            folder = Path(cfg["path"] or "")
+            files = sorted(folder.glob("*.txt")) if cfg["path"] and folder.is_dir() else []
+            if not cfg["path"] or not folder.is_dir():
+                raise TokenDriftError(f"source.path: corpus folder not found: {cfg['path']}")
+            if not files:
+                raise TokenDriftError(f"source.path: {folder} holds no .txt files")
+            texts = [f.read_text(errors="replace") for f in files]
+            texts = [t for t in texts if t.strip()]
+            if not texts:
+                raise TokenDriftError(f"source.path: the .txt files in {folder} are all empty")
+        self._tok = self._tokenizer(cache, texts)
+        self.vocab_size = len(self._tok)
+        self.eos_id = self.bos_id = self._tok.eos_token_id
+        self.name = f"{cfg['kind']}({cfg['path'] or cfg['name']})"
+        if not (cache / "train.npy").exists():
+            if texts is None:
+                texts = self._load_texts()
+            self._build_cache(cache, texts)
+        self._data = {s: np.load(cache / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+        for s, arr in self._data.items():
+            if len(arr) == 0:
+                raise TokenDriftError(f"source: the {s} split has no complete block of {self.length} tokens "
+                                      f"(corpus too small or n_valid_docs={cfg['n_valid_docs']} too large/small)")
+
+    def _tokenizer(self, cache: Path, texts):
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+        cfg = self.config
+        if cfg["kind"] == "openwebtext":
+            try:
+                return AutoTokenizer.from_pretrained(cfg["tokenizer"])
+            except Exception as e:
+                raise TokenDriftError(f"source.tokenizer: cannot load {cfg['tokenizer']!r} ({type(e).__name__}: {e})") from None
+        tok_dir = cache.with_name(cache.name + "-tokenizer")
+        if not (tok_dir / "tokenizer.json").exists():
+            from tokenizers import ByteLevelBPETokenizer
+
+            bpe = ByteLevelBPETokenizer()
+            bpe.train_from_iterator(texts, vocab_size=cfg["tokenizer_vocab_size"], special_tokens=["<|endoftext|>"])
+            fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                           bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+            with atomic_dir(tok_dir) as tmp:
+                fast.save_pretrained(tmp)
+        return PreTrainedTokenizerFast.from_pretrained(tok_dir)
+
+    def _load_texts(self) -> list[str]:
+        import datasets
+
+        cfg = self.config
+        try:
+            if cfg["path"]:
+                p = Path(cfg["path"])
+                if not p.exists():
+                    raise TokenDriftError(f"source.path: dataset not found: {p}")
+                if (p / "dataset_info.json").exists() or (p / "state.json").exists():
+                    ds = datasets.load_from_disk(str(p))
+                else:
+                    ds = datasets.load_dataset(str(p), split="train")
+            else:
+                ds = datasets.load_dataset(cfg["name"], split="train")
+        except TokenDriftError:
+            raise
+        except Exception as e:
+            raise TokenDriftError(f"source: cannot load dataset {cfg['path'] or cfg['name']!r} ({type(e).__name__}: {e})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"]
+        if "text" not in ds.column_names:
+            raise TokenDriftError(f"source: dataset {cfg['path'] or cfg['name']!r} has no 'text' column")
+        return ds["text"]
+
+    def _build_cache(self, cache: Path, texts: list[str]) -> None:
+        n_valid = self.config["n_valid_docs"]
+        if len(texts) <= n_valid:
+            raise TokenDriftError(f"source.n_valid_docs: {n_valid} leaves no training documents "
+                                  f"(the corpus has {len(texts)})")
+        import datasets
+
+        ds = datasets.Dataset.from_dict({"text": texts})
+        ids = ds.map(lambda b: {"ids": self._tok(b["text"], add_special_tokens=False)["input_ids"]},
+                     batched=True, num_proc=self.config["num_proc"], remove_columns=["text"])["ids"]
+        eos = self._tok.eos_token_id
+        with atomic_dir(cache) as tmp:
+            np.save(tmp / "train.npy", _blocks(ids[:-n_valid], self.length, eos, eos))
+            np.save(tmp / "valid.npy", _blocks(ids[-n_valid:], self.length, eos, eos))
+
+    def num_blocks(self, split: str) -> int:
+        return len(self._data[split])
+
+    def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor:
+        """Train: a seeded permutation per epoch; valid: in order. Both wrap around."""
+        _check_split(split)
+        data = self._data[split]
+        n = len(data)
+        rows = np.arange(index * batch_size, (index + 1) * batch_size)
+        if split == "train":
+            rows = np.array([self._permutation(int(r // n))[r % n] for r in rows])
+        else:
+            rows = rows % n
+        return torch.from_numpy(np.asarray(data[rows], dtype=np.int64))
+
+    @functools.lru_cache(maxsize=2)
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.config["seed"], epoch]).permutation(len(self._data["train"]))
+
+    def decode(self, ids) -> list[str]:
+        return self._tok.batch_decode(torch.as_tensor(ids).tolist())
+
+    def hf_tokenizer(self):
+        return self._tok
+
+    def log_likelihood(self, ids):
+        raise NotImplementedError(f"{self.name} has no exact likelihood")
+
+    entropy_rate = None

@@ -1,0 +1,46 @@
+"""The pretraining job of the embedded default: its own tiny "released" MDLM and DUO, trained
+from scratch with their base losses, and the small causal LM that stands in for GPT-2 Large
+as the Gen.-PPL evaluator (DESIGN.md section 7). Every one of them resumes like training.
+
+    tokendrift pretrain mdlm --config cfg.yaml --out DIR        # a train job with init: null
+    tokendrift pretrain duo  --config cfg.yaml --out DIR
+    tokendrift pretrain evaluator --config cfg.yaml --out DIR   # schema: evaluator.schema.yaml
+"""
+
+from __future__ import annotations
+
+from . import config as configlib
+from .train import add_config_args, load_job_config, train
+
+
+def pretrain_backbone(diffusion: str, raw: dict, out: str) -> dict:
+    """Train an MDLM or DUO DiT from random initialization with its own denoising loss."""
+    raw = dict(raw, variant="continuation", init=None, diffusion=diffusion)
+    return train(raw, out)
+
+
+def pretrain_evaluator(raw: dict, out: str) -> dict:
+    """Train the causal-LM evaluator on the same source (tokendrift.evaluator)."""
+    from .data import make_source
+    from .evaluator import train_evaluator
+
+    cfg = configlib.validate("evaluator", raw)
+    source = make_source(cfg.pop("source"))
+    return train_evaluator(source, out, progress=True, **cfg)
+
+
+def run(args) -> int:
+    raw = load_job_config(args)
+    if args.what == "evaluator":
+        pretrain_evaluator(raw, args.out)
+    else:
+        pretrain_backbone(args.what, raw, args.out)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain the embedded default's MDLM, DUO or evaluator from scratch",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["mdlm", "duo", "evaluator"])
+    add_config_args(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,478 @@
+"""The training job: continual training of an MDLM or DUO DiT, with TokenDrift or continuation.
+
+Read ``micro_step`` for the training step (Algorithm 1 of the paper, one micro-batch) and
+``train`` for the loop around it: gradient accumulation to the global batch, AdamW with
+warm-up, clipping, EMA, rolling and permanent checkpoints, exact resume, and data parallel
+training with torch.distributed (the features are all-gathered before the drift).
+
+Output folder layout (``--out DIR``)::
+
+    DIR/config.json                 the resolved job config (and its digest)
+    DIR/metrics.jsonl               one line per logged step
+    DIR/checkpoints/step_000500/    permanent checkpoints (config.checkpoint_steps + the last step)
+    DIR/checkpoints/last/           rolling resume checkpoint (every config.save_every steps)
+
+Each checkpoint folder is a model folder (``tokendrift.checkpoint.load_model_dir``) plus
+``train_state.pt`` (optimizer, EMA counter, RNG states, feature queues, data position),
+read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import config as configlib
+from .checkpoint import load_model_dir, write_model_files
+from .data import make_source
+from .diffusion import make_diffusion
+from .model import DiT, DiTConfig
+from .objective import (
+    FeatureQueue,
+    check_drift_options,
+    drift_field,
+    fixed_point_loss,
+    hard_lift,
+    mirror_kl_loss,
+    mirror_l2_loss,
+    mirror_teacher,
+    pooled_features,
+    soft_lift,
+)
+from .utils import TokenDriftError, atomic_dir, atomic_write_json, atomic_write_text, config_digest, code_digest
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def resolve_config(raw: dict) -> dict:
+    """Validate a train config (schema ``train``) and check what the schema cannot express."""
+    cfg = configlib.validate("train", raw)
+    obj = cfg["objective"]
+    if cfg["variant"] == "tokendrift":
+        check_drift_options(temperatures=obj["temperatures"], ratio=obj["ratio"], alpha=obj["alpha"],
+                            kernel=obj["kernel"], normalization=obj["normalization"],
+                            reduction=obj["reduction"], scale=obj["scale"])
+        if cfg["init"] is None and cfg["encoder"] is None:
+            raise TokenDriftError("train config: init: TokenDrift refines a starting checkpoint; "
+                                  "give `init` (or an `encoder`)")
+    if cfg["init"] is None:
+        for key in ("diffusion", "model", "source"):
+            if cfg[key] is None:
+                raise TokenDriftError(f"train config: {key}: required when init is null (training from scratch)")
+    bad = [s for s in cfg["checkpoint_steps"] if s > cfg["steps"]]
+    if bad:
+        raise TokenDriftError(f"train config: checkpoint_steps: {bad} beyond steps={cfg['steps']}")
+    return cfg
+
+
+@dataclass
+class Setup:
+    """Everything a training job needs, resolved from its config before anything is written."""
+    cfg: dict
+    model: DiT
+    encoder: DiT | None
+    diffusion: object
+    source: object
+    meta: dict  # what goes into each checkpoint's meta.json
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    accum: int = 1
+    amp_dtype: torch.dtype | None = None
+    queues: dict = field(default_factory=dict)
+
+
+def _device(cfg: dict) -> torch.device:
+    want = cfg["device"]
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TokenDriftError("train config: device: cuda requested but no GPU is visible")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def build(cfg: dict) -> Setup:
+    """Load or create the generator, the frozen encoder phi, the process and the data source."""
+    device = _device(cfg)
+    if cfg["init"] is not None:
+        model, init_meta = load_model_dir(cfg["init"], weights=cfg["init_weights"])
+        diffusion_name = init_meta["diffusion"]
+        if cfg["diffusion"] not in (None, diffusion_name):
+            raise TokenDriftError(f"train config: diffusion: {cfg['diffusion']} but init {cfg['init']} is {diffusion_name}")
+        source_cfg = cfg["source"] or init_meta.get("source")
+        if source_cfg is None:
+            raise TokenDriftError(f"train config: source: not given and {cfg['init']}/meta.json names none")
+    else:
+        torch.manual_seed(cfg["seed"])
+        diffusion_name, source_cfg = cfg["diffusion"], cfg["source"]
+        init_meta = {}
+    source = make_source(source_cfg)
+    if cfg["init"] is None:
+        mcfg = dict(cfg["model"])
+        preset = mcfg.pop("preset", "tiny")
+        mcfg.setdefault("vocab_size", source.vocab_size + 1)
+        mcfg.setdefault("length", source.length)
+        mcfg.setdefault("time_conditioning", diffusion_name == "duo")
+        model = DiT(DiTConfig.preset(preset, **mcfg))
+    vocab = model.config.vocab_size
+    if vocab != source.vocab_size + 1:
+        raise TokenDriftError(f"source: {source.name} has {source.vocab_size} token ids but the model's vocabulary "
+                              f"is {vocab} (expected data ids + 1 special id)")
+    if source.length > model.config.length:
+        raise TokenDriftError(f"source: length {source.length} exceeds the model's length {model.config.length}")
+
+    encoder = None
+    if cfg["variant"] == "tokendrift":
+        enc_path = cfg["encoder"] or cfg["init"]
+        encoder, _ = load_model_dir(enc_path, weights=cfg["init_weights"])
+        if encoder.config.vocab_size != vocab:
+            raise TokenDriftError(f"encoder: {enc_path} has vocabulary {encoder.config.vocab_size}, "
+                                  f"the generator has {vocab}")
+        encoder.requires_grad_(False).eval().to(device)
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    per_step = cfg["micro_batch"] * world
+    if cfg["global_batch"] % per_step:
+        raise TokenDriftError(f"train config: global_batch: {cfg['global_batch']} is not a multiple of "
+                              f"micro_batch x ranks = {per_step}")
+    amp = None
+    if device.type == "cuda" and cfg["precision"] in ("auto", "bf16"):
+        amp = torch.bfloat16
+    elif cfg["precision"] == "bf16":
+        amp = torch.bfloat16
+    meta = {
+        "diffusion": diffusion_name,
+        "source": source.config,
+        "init": cfg["init"],
+        "origin": init_meta.get("origin"),
+        "variant": cfg["variant"],
+        "config_digest": config_digest(cfg),
+        "code_digest": code_digest(),
+    }
+    s = Setup(cfg=cfg, model=model.to(device), encoder=encoder, diffusion=make_diffusion(diffusion_name, vocab),
+              source=source, meta=meta, device=device, rank=rank, world=world,
+              accum=cfg["global_batch"] // per_step, amp_dtype=amp)
+    if cfg["variant"] == "tokendrift":
+        m = 2 * encoder.config.hidden_size
+        size = cfg["objective"]["queue_size"]
+        s.queues = {"real": FeatureQueue(size, m, device=device), "gen": FeatureQueue(size, m, device=device)}
+    return s
+
+
+# --------------------------------------------------------------------------- the training step
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """gather(.) of Algorithm 1: concatenate a detached tensor over data-parallel ranks (rank order)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x.detach()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts)
+
+
+def encode(encoder: DiT, *, x=None, inputs_embeds=None) -> torch.Tensor:
+    """phi(.): pooled, L2-normalized [mean H^(L-1), mean H^(L)] of the frozen encoder (sigma = 0)."""
+    return pooled_features(*encoder.hidden_states(x, inputs_embeds=inputs_embeds)).float()
+
+
+def micro_step(s: Setup, model, x0: torch.Tensor, noise: torch.Generator, stats: dict) -> torch.Tensor:
+    """One micro-batch of Algorithm 1; returns the loss to backpropagate and fills ``stats``."""
+    cfg, obj, diffusion = s.cfg, s.cfg["objective"], s.diffusion
+    autocast = torch.autocast(s.device.type, dtype=s.amp_dtype) if s.amp_dtype else contextlib.nullcontext()
+    # 1: corrupt x0 with the backbone's own forward process
+    t = diffusion.sample_t(x0.shape[0], generator=noise, device=s.device)
+    xt = diffusion.corrupt(x0, t, generator=noise)
+    # 2: logits and distributions of the generator
+    with autocast:
+        logits = model(xt, diffusion.sigma(t))
+    log_p = diffusion.log_probs(logits.float(), xt)
+    loss = torch.zeros((), device=s.device)
+    if cfg["variant"] == "continuation" or obj["base_loss"]:
+        base = diffusion.base_loss(log_p, x0, xt, t)
+        stats["base_loss"] = float(base.detach())
+        loss = loss + (obj["base_weight"] if cfg["variant"] == "tokendrift" else 1.0) * base
+    if cfg["variant"] == "continuation":
+        return loss
+
+    # 3: encoder inputs: soft (or hard straight-through) lift on predicted positions M
+    predicted = diffusion.predicted_positions(xt)
+    lift = soft_lift if obj["lift"] == "soft" else hard_lift
+    e = lift(log_p.exp(), xt, predicted, s.encoder.embedding)
+    # 4: generated and real features
+    with autocast:
+        h = encode(s.encoder, inputs_embeds=e)
+    with torch.no_grad(), autocast:
+        u = encode(s.encoder, x=x0)
+    drift = drift_loss(s, h, u, log_p, predicted, stats)
+    return loss + obj["drift_weight"] * drift
+
+
+def drift_loss(s: Setup, h: torch.Tensor, u: torch.Tensor, log_p: torch.Tensor, predicted: torch.Tensor,
+               stats: dict) -> torch.Tensor:
+    """Steps 5-11 of Algorithm 1 for this rank's anchors ``h`` (with graph) and real features ``u``."""
+    obj = s.cfg["objective"]
+    # 5-6: current features of all ranks, plus the FIFO queues
+    h_all, u_all = gather(h), gather(u)
+    pos = torch.cat([u_all, s.queues["real"].tensor()])
+    neg = torch.cat([h_all, s.queues["gen"].tensor()])
+    # 7: the drift for every gathered anchor (identical on all ranks), then this rank's rows
+    drift_stats: dict = {}
+    V_all = drift_field(h_all, pos, neg, obj["temperatures"], obj["ratio"], exclude_self=True,
+                        kernel=obj["kernel"], normalization=obj["normalization"], reduction=obj["reduction"],
+                        scale=obj["scale"], stats=drift_stats)
+    B = h.shape[0]
+    V = V_all[s.rank * B:(s.rank + 1) * B]
+    # 8-9: the fixed-point loss (or a mirror-teacher loss)
+    if obj["loss"] == "feature_l2":
+        drift = fixed_point_loss(h, V, obj["alpha"])
+    else:
+        l_star = mirror_teacher(log_p, h, V, obj["eta"])
+        drift = (mirror_kl_loss if obj["loss"] == "logit_kl" else mirror_l2_loss)(log_p, l_star, predicted)
+    stats["drift_loss"] = float(drift.detach())
+    stats.update(drift_stats)
+    # 11: push the detached current features, evicting the oldest
+    s.queues["real"].push(u_all)
+    s.queues["gen"].push(h_all)
+    return drift
+
+
+# --------------------------------------------------------------------------- EMA, schedule, checkpoints
+
+
+class EMA:
+    """Exponential moving average of the generator's weights, with MDLM's warm-up of the decay
+    (decay_n = min(decay, (1 + n) / (10 + n)) at update n, models/ema.py of kuleshov-group/mdlm)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.num_updates = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates)) if self.decay > 0 else 0.0
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def lr_at(step: int, cfg: dict) -> float:
+    """Linear warm-up to the peak learning rate, then constant (the MDLM/DUO schedule)."""
+    w = cfg["optim"]["warmup_steps"]
+    return cfg["optim"]["lr"] * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def save_checkpoint(path: Path, s: Setup, model, optimizer, ema: EMA, noise: torch.Generator, step: int) -> None:
+    """Write one checkpoint folder atomically: model folder + train_state.pt."""
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "ema_num_updates": ema.num_updates,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_noise": noise.get_state(),
+        "queues": {k: q.state_dict() for k, q in s.queues.items()},
+    }
+    if s.device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(s.device)
+    meta = dict(s.meta, step=step, model=_unwrap(model).config.to_dict())
+    with atomic_dir(path) as tmp:
+        write_model_files(tmp, _unwrap(model).state_dict(), ema.shadow, meta)
+        torch.save(state, tmp / "train_state.pt")
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The complete checkpoint folder with the highest step under ``out/checkpoints``."""
+    best, best_step = None, -1
+    for d in sorted((out / "checkpoints").glob("*")):
+        f = d / "meta.json"
+        if d.name.startswith(".") or not f.exists() or not (d / "train_state.pt").exists():
+            continue
+        step = json.loads(f.read_text())["step"]
+        if step > best_step:
+            best, best_step = d, step
+    return best
+
+
+def load_train_state(path: Path, s: Setup, model, optimizer, ema: EMA, noise: torch.Generator) -> int:
+    """Restore everything ``save_checkpoint`` wrote; returns the step to continue from."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("config_digest") != s.meta["config_digest"]:
+        raise TokenDriftError(f"{path}: written by a run with another config (digest {meta.get('config_digest')} != "
+                              f"{s.meta['config_digest']}); use a new --out folder or delete the old one")
+    _unwrap(model).load_state_dict(load_file(path / "model.safetensors", device=str(s.device)))
+    ema.shadow = load_file(path / "ema.safetensors", device=str(s.device))
+    state = torch.load(path / "train_state.pt", weights_only=True, map_location=s.device)
+    optimizer.load_state_dict(state["optimizer"])
+    ema.num_updates = state["ema_num_updates"]
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    noise.set_state(state["rng_noise"].cpu() if noise.device.type == "cpu" else state["rng_noise"])
+    if "rng_cuda" in state and s.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"].cpu(), s.device)
+    for k, q in s.queues.items():
+        q.load_state_dict(state["queues"][k])
+    return int(state["step"])
+
+
+def _trim_metrics(path: Path, upto: int) -> None:
+    """Keep the metric lines of steps <= ``upto`` (a resumed run rewrites what came after)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= upto:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break  # a line cut by a kill: everything after it is redone
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None) -> dict:
+    """Run (or resume) a training job; returns the last metrics line.
+
+    ``stop_after`` ends the job right after that step without a final save: it simulates a
+    kill for the resume tests.
+    """
+    cfg = resolve_config(raw_cfg)
+    s = build(cfg)  # everything that can fail on bad input fails here, before anything is written
+    out = Path(out)
+    model = s.model
+    if s.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    model.train()
+    opt = cfg["optim"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
+                                  weight_decay=opt["weight_decay"])
+    ema = EMA(_unwrap(model), opt["ema"])
+    noise = torch.Generator(device=s.device)
+    noise.manual_seed(cfg["seed"] * 1_000_003 + 17)
+    torch.manual_seed(cfg["seed"] + 1)
+
+    step = 0
+    resume = latest_checkpoint(out) if out.exists() else None
+    if resume is not None:
+        step = load_train_state(resume, s, model, optimizer, ema, noise)
+    if s.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {"config": cfg, "config_digest": s.meta["config_digest"]})
+        _trim_metrics(out / "metrics.jsonl", step)
+    keep_steps = set(cfg["checkpoint_steps"]) | {cfg["steps"]}
+    L = s.source.length
+    last: dict = {}
+    bar = tqdm(total=cfg["steps"], initial=step, desc=f"train {cfg['variant']}", disable=(s.rank != 0) or progress is False,
+               mininterval=2.0, dynamic_ncols=True)
+    while step < cfg["steps"]:
+        t0 = time.perf_counter()
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        stats_sum: dict[str, float] = {}
+        total = 0.0
+        for a in range(s.accum):
+            k = step * s.accum + a  # global micro-batch index: the data position
+            batch = s.source.batch("train", k, cfg["micro_batch"] * s.world)
+            x0 = batch[s.rank * cfg["micro_batch"]:(s.rank + 1) * cfg["micro_batch"]].to(s.device)
+            stats: dict[str, float] = {}
+            sync = model.no_sync() if (s.world > 1 and a < s.accum - 1) else contextlib.nullcontext()
+            with sync:
+                loss = micro_step(s, model, x0, noise, stats)
+                if not torch.isfinite(loss):
+                    last_ckpt = latest_checkpoint(out)
+                    raise TokenDriftError(
+                        f"non-finite loss ({float(loss)}) at step {step + 1}, micro-batch {a}: stopping. "
+                        f"Terms: {stats}. The last good checkpoint is {last_ckpt or 'none (nothing was saved yet)'}")
+                (loss / s.accum).backward()
+            total += float(loss.detach()) / s.accum
+            for key, v in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + v / s.accum
+        clip = opt["grad_clip"] if opt["grad_clip"] > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(_unwrap(model))
+        step += 1
+        dt = time.perf_counter() - t0
+        last = {"step": step, "loss": total, **stats_sum, "grad_norm": grad_norm, "lr": lr_at(step - 1, cfg),
+                "step_time_s": dt, "tokens_per_s": cfg["global_batch"] * L / dt}
+        if s.rank == 0:
+            if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(last) + "\n")
+            if step in keep_steps:
+                save_checkpoint(out / "checkpoints" / f"step_{step:06d}", s, model, optimizer, ema, noise, step)
+            if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
+                save_checkpoint(out / "checkpoints" / "last", s, model, optimizer, ema, noise, step)
+        if s.world > 1:
+            dist.barrier()
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}", refresh=False)
+        if stop_after is not None and step >= stop_after:
+            break
+    bar.close()
+    return last
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def load_job_config(args) -> dict:
+    raw = configlib.load_file(args.config) if args.config else {}
+    return configlib.apply_overrides(raw, args.set)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML/JSON job config (tokendrift/schemas/train.schema.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted path, YAML value); repeatable")
+    p.add_argument("--out", required=True, help="output folder (resumed when it holds a checkpoint of the same config)")
+
+
+def init_distributed() -> None:
+    """Join the process group when launched with several ranks (torchrun, or submitit's
+    TorchDistributedEnvironment().export()): gloo on CPU, NCCL on GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def run(args) -> int:
+    init_distributed()
+    try:
+        train(load_job_config(args), args.out)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="continual training (TokenDrift or continuation) from a checkpoint",
+                       description=__doc__.splitlines()[0])
+    add_config_args(p)
+    p.set_defaults(func=run)
