@@ -29,6 +29,13 @@ from . import config as configlib
 from .utils import TokenDriftError, atomic_dir, config_digest
 
 SPLITS = {"train": 0, "valid": 1}
+# the schema's keys that each kind uses (a source config keeps only these)
+KIND_KEYS = {
+    "synthetic": {"kind", "seed", "length", "vocab_size", "n_states", "tokens_per_state", "n_successors",
+                  "stickiness", "smoothing", "mc_samples"},
+    "openwebtext": {"kind", "seed", "length", "name", "path", "tokenizer", "n_valid_docs", "cache_dir", "num_proc"},
+    "textdir": {"kind", "seed", "length", "path", "tokenizer_vocab_size", "n_valid_docs", "cache_dir", "num_proc"},
+}
 
 
 def _check_split(split: str) -> int:
@@ -39,7 +46,12 @@ def _check_split(split: str) -> int:
 
 def make_source(cfg: dict):
     """Validate a source config (tokendrift/schemas/source.schema.yaml) and build the source."""
+    given = set(cfg or {})
     cfg = configlib.validate("source", cfg, prefix="source")
+    unused = sorted(given - KIND_KEYS[cfg["kind"]])
+    if unused:
+        raise TokenDriftError(f"source: key(s) {unused} do not apply to kind {cfg['kind']!r}")
+    cfg = {k: v for k, v in cfg.items() if k in KIND_KEYS[cfg["kind"]]}
     if cfg["length"] is None:
         cfg["length"] = 64 if cfg["kind"] == "synthetic" else 1024
     return {"synthetic": SyntheticHMM, "openwebtext": BlockedText, "textdir": BlockedText}[cfg["kind"]](cfg)
@@ -120,7 +132,8 @@ class SyntheticHMM:
             raise TokenDriftError(f"ids: expected shape [N, {self.length}], got {list(x.shape)}")
         if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
             raise TokenDriftError(f"ids: token ids outside [0, {self.vocab_size})")
-        logT = torch.from_numpy(np.log(self.T))
+        with np.errstate(divide="ignore"):  # impossible transitions: log 0 = -inf
+            logT = torch.from_numpy(np.log(self.T))
         logE = torch.from_numpy(np.log(self.E))  # [S, V]
         alpha = torch.from_numpy(np.log(self.init))[None] + logE[:, x[:, 0]].T
         for t in range(1, x.shape[1]):

@@ -1,0 +1,175 @@
+"""Scoring: Gen.-PPL, sample entropy, oracle Gen.-PPL, and the held-out NELBO of a checkpoint.
+
+Gen.-PPL follows the MDLM/DUO evaluation code (``compute_generative_perplexity``; DESIGN.md
+section 4): the decoded samples are retokenized by the evaluator's tokenizer (pad = eos,
+truncation at ``max_length``), scored by the causal LM in fp32; the NLL is taken over the
+targets x[1:], counting a target when it is not EOS or when it is the first EOS of its row
+(later EOS and pad tokens are excluded); Gen.-PPL = exp(sum NLL / counted tokens) over all
+samples: token-weighted, not a mean of per-sample perplexities.
+
+Gen.-PPL falls when a model merely sharpens (DESIGN.md section 9), so a score file always
+carries the entropy too, and checkpoints get their held-out NELBO (``tokendrift nelbo``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from .utils import TokenDriftError, atomic_write_json, read_json
+
+
+def load_evaluator(evaluator: str, device: str = "cpu"):
+    """A Hugging Face causal LM and its tokenizer, by name or local folder (never remote code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(evaluator, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(evaluator, trust_remote_code=False, torch_dtype=torch.float32)
+    except Exception as e:  # OSError, ValueError, safetensors errors...
+        raise TokenDriftError(f"evaluator: cannot load {evaluator!r} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model.to(device).eval(), tok
+
+
+@torch.no_grad()
+def gen_ppl(texts: list[str], evaluator, *, batch_size: int = 8, max_length: int = 1024, device: str = "cpu",
+            progress: bool = False) -> dict:
+    """Token-weighted Gen.-PPL of ``texts`` under a causal LM (name, folder, or (model, tokenizer))."""
+    model, tok = load_evaluator(evaluator, device) if isinstance(evaluator, (str, Path)) else evaluator
+    enc = tok(list(texts), return_tensors="pt", return_token_type_ids=False, return_attention_mask=True,
+              truncation=True, padding=True, max_length=max_length)
+    ids, attn = enc["input_ids"], enc["attention_mask"]
+    eos = tok.eos_token_id
+    nll_sum, n_tokens = 0.0, 0
+    for i in tqdm(range(0, ids.shape[0], batch_size), desc="score", disable=not progress, mininterval=2.0):
+        x = ids[i:i + batch_size].to(device)
+        logits = model(x, attention_mask=attn[i:i + batch_size].to(device)).logits.float()
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+        first_eos = (x == eos).cumsum(-1) == 1
+        counted = (first_eos | (x != eos))[:, 1:]
+        nll_sum += float((nll * counted).sum())
+        n_tokens += int(counted.sum())
+    if n_tokens == 0:
+        raise TokenDriftError("samples: no token left to score after retokenization")
+    return {"gen_ppl": math.exp(nll_sum / n_tokens), "nll_sum": nll_sum, "n_tokens": n_tokens, "n_samples": len(texts)}
+
+
+def sample_entropy(ids: torch.Tensor) -> float:
+    """Mean over samples of the unigram entropy (nats) of each sample's own token-id histogram."""
+    ids = torch.as_tensor(ids).long()
+    ents = []
+    for row in ids:
+        q = torch.bincount(row).double()
+        q = q[q > 0] / row.numel()
+        ents.append(float(-(q * q.log()).sum()))
+    return sum(ents) / len(ents)
+
+
+def oracle_gen_ppl(ids: torch.Tensor, source) -> float:
+    """exp(-sum_i log p(x_i) / (N L)) under the true distribution of the source."""
+    ll = source.log_likelihood(ids)
+    return math.exp(-float(ll.sum()) / ids.numel())
+
+
+def read_samples(folder) -> tuple[torch.Tensor, list[str], dict]:
+    """Read and cross-check a sample folder (ids, text, meta), naming the bad file."""
+    folder = Path(folder)
+    meta = read_json(folder / "meta.json", "sample metadata")
+    try:
+        ids = load_file(folder / "ids.safetensors")["ids"]
+    except FileNotFoundError:
+        raise TokenDriftError(f"{folder / 'ids.safetensors'}: missing") from None
+    except (SafetensorError, KeyError, OSError) as e:
+        raise TokenDriftError(f"{folder / 'ids.safetensors'}: corrupt or truncated ({e})") from None
+    try:
+        texts = [json.loads(line)["text"] for line in (folder / "text.jsonl").read_text().splitlines()]
+    except FileNotFoundError:
+        raise TokenDriftError(f"{folder / 'text.jsonl'}: missing") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TokenDriftError(f"{folder / 'text.jsonl'}: corrupt ({e})") from None
+    n_data = int(meta.get("vocab_size", 0)) - 1
+    if ids.ndim != 2 or ids.shape[0] != meta.get("n_samples") or ids.shape[1] != meta.get("length"):
+        raise TokenDriftError(f"{folder / 'ids.safetensors'}: shape {list(ids.shape)} does not match meta.json "
+                              f"(n_samples={meta.get('n_samples')}, length={meta.get('length')})")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_data):
+        raise TokenDriftError(f"{folder / 'ids.safetensors'}: token ids outside the checkpoint's data vocabulary "
+                              f"[0, {n_data}) recorded in meta.json")
+    if len(texts) != ids.shape[0]:
+        raise TokenDriftError(f"{folder / 'text.jsonl'}: {len(texts)} lines for {ids.shape[0]} samples")
+    return ids, texts, meta
+
+
+def score_samples(samples: str, evaluator: str, out: str, *, batch_size: int = 8, device: str = "cpu",
+                  max_length: int = 1024) -> dict:
+    ids, texts, meta = read_samples(samples)
+    ppl = gen_ppl(texts, evaluator, batch_size=batch_size, max_length=max_length, device=device, progress=True)
+    oracle = None
+    if meta.get("source"):
+        from .data import make_source
+
+        try:
+            oracle = oracle_gen_ppl(ids, make_source(meta["source"]))
+        except NotImplementedError:
+            oracle = None
+    result = {
+        "gen_ppl": ppl["gen_ppl"], "n_tokens": ppl["n_tokens"], "n_samples": ppl["n_samples"],
+        "entropy": sample_entropy(ids), "oracle_gen_ppl": oracle, "evaluator": str(evaluator), "samples": str(samples),
+        **{k: meta.get(k) for k in ("nfe", "nfe_rule", "forward_passes", "temperature", "precision", "seed",
+                                    "diffusion", "checkpoint", "checkpoint_digest", "step", "variant")},
+    }
+    atomic_write_json(out, result)
+    return result
+
+
+def checkpoint_nelbo(checkpoint: str, out: str | None = None, *, n_batches: int = 8, batch_size: int = 32,
+                     n_t: int = 4, seed: int = 0, device: str = "cpu", weights: str = "ema") -> dict:
+    """Held-out NELBO per token of a checkpoint on the validation split of its source."""
+    from .checkpoint import load_model_dir
+    from .data import make_source
+    from .diffusion import make_diffusion
+
+    model, meta = load_model_dir(checkpoint, weights=weights, device=device)
+    diffusion = make_diffusion(meta["diffusion"], model.config.vocab_size)
+    source = make_source(meta["source"])
+    gen = torch.Generator(device=device).manual_seed(seed)
+    vals = [diffusion.nelbo(model, source.batch("valid", i, batch_size).to(device), generator=gen, n_t=n_t)
+            for i in range(n_batches)]
+    mean = sum(vals) / len(vals)
+    sd = (sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1)) ** 0.5
+    result = {"nelbo": mean, "nelbo_se": sd / len(vals) ** 0.5, "n_sequences": n_batches * batch_size, "n_t": n_t,
+              "checkpoint": str(checkpoint), "diffusion": meta["diffusion"], "step": meta.get("step"),
+              "variant": meta.get("variant"), "entropy_rate": getattr(source, "entropy_rate", None)}
+    if out:
+        atomic_write_json(out, result)
+    return result
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="Gen.-PPL, entropy and oracle Gen.-PPL of a sample folder")
+    p.add_argument("samples", help="sample folder written by `tokendrift sample`")
+    p.add_argument("--evaluator", required=True, help="causal LM name or local folder (paper: gpt2-large)")
+    p.add_argument("--out", required=True, help="score JSON to write")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=lambda a: score_samples(a.samples, a.evaluator, a.out, batch_size=a.batch_size,
+                                                device=a.device, max_length=a.max_length) and 0)
+    q = sub.add_parser("nelbo", help="held-out NELBO per token of a checkpoint (the likelihood side)")
+    q.add_argument("checkpoint")
+    q.add_argument("--out", required=True)
+    q.add_argument("--n-batches", type=int, default=8)
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--n-t", type=int, default=4)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    q.set_defaults(func=lambda a: checkpoint_nelbo(a.checkpoint, a.out, n_batches=a.n_batches, batch_size=a.batch_size,
+                                                   n_t=a.n_t, seed=a.seed, device=a.device) and 0)
