@@ -4,7 +4,8 @@ Gen.-PPL follows the MDLM/DUO evaluation code (``compute_generative_perplexity``
 section 4): the decoded samples are retokenized by the evaluator's tokenizer (pad = eos,
 truncation at ``max_length``), scored by the causal LM in fp32; the NLL is taken over the
 targets x[1:], counting a target when it is not EOS or when it is the first EOS of its row
-(later EOS and pad tokens are excluded); Gen.-PPL = exp(sum NLL / counted tokens) over all
+(later EOS and pad tokens are excluded; since pad = EOS, the first pad of a row shorter than
+the batch's longest counts as its EOS, exactly as in that code); Gen.-PPL = exp(sum NLL / counted tokens) over all
 samples: token-weighted, not a mean of per-sample perplexities.
 
 Gen.-PPL falls when a model merely sharpens (DESIGN.md section 9), so a score file always
