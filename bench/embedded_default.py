@@ -54,7 +54,7 @@ def main() -> None:
         for nfe in args.nfe:
             for temp in smp["temperatures"]:
                 sdir = out / f"evidence/{backbone}/nfe{nfe}_T{temp}"
-                score_file = sdir.with_suffix(".json")
+                score_file = sdir.parent / f"{sdir.name}.json"
                 if not score_file.exists():
                     sample_checkpoint(str(ckpt), str(sdir), nfe=nfe, n_samples=smp["n_samples"], seed=0,
                                       temperature=temp, batch_size=smp["batch_size"])

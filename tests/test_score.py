@@ -89,6 +89,14 @@ def test_oracle_gen_ppl():
     assert oracle_gen_ppl(torch.zeros(2, 4, dtype=torch.long), Fake()) == pytest.approx(math.exp(12 / 8))
 
 
+def test_true_samples_score_near_the_entropy_rate_floor_under_the_oracle():
+    from tokendrift.data import make_source
+
+    src = make_source({"kind": "synthetic"})
+    ppl = oracle_gen_ppl(src.sample(1024, 3), src)
+    assert ppl == pytest.approx(math.exp(src.entropy_rate), rel=0.02)
+
+
 def test_evaluator_that_cannot_load_is_named(tmp_path):
     with pytest.raises(TokenDriftError, match="evaluator.*no-such-model"):
         load_evaluator(str(tmp_path / "no-such-model"))

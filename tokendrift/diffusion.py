@@ -243,9 +243,16 @@ class DUO(Diffusion):
         return sample_categorical(q, generator, dtype)
 
     def final_step(self, model, x, t, temperature):
-        """Greedy final step: argmax of p_theta(x0 | x_t) at the last time."""
+        """Greedy final step: the argmax of the posterior q(z_0 | z_t, x_theta) (alpha_0 = 1).
+
+        Not the argmax of x_theta itself: under DUO's parameterization x_theta is not a
+        posterior that copies z_t, and its argmax would replace tokens by modes.
+        """
         log_p = self.log_probs(model(x, self.sigma(torch.full((x.shape[0],), t, device=x.device))).float(), x)
-        return log_p[..., : self.n_data].argmax(-1), 1
+        p_x0 = self._tempered(log_p, temperature)
+        a_t = self.alpha(t)
+        q = (a_t * F.one_hot(x, self.n_data).to(p_x0.dtype) + (1 - a_t) / self.n_data) * p_x0
+        return q.argmax(-1), 1
 
 
 def make_diffusion(name: str, vocab_size: int) -> Diffusion:
