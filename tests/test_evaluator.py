@@ -29,3 +29,6 @@ def test_evaluator_learns_and_resumes_exactly(tmp_path):
     model, tok = load_evaluator(str(tmp_path / "full/model"))
     assert tok.eos_token_id == src.vocab_size and model.config.vocab_size == len(tok)
     assert json.loads((tmp_path / "full/metrics.json").read_text())["step"] == 60
+    before = (tmp_path / "full/model/model.safetensors").stat().st_mtime_ns
+    assert train_evaluator(src, tmp_path / "full", **KW)["step"] == 60  # a finished job reruns as a no-op
+    assert (tmp_path / "full/model/model.safetensors").stat().st_mtime_ns == before

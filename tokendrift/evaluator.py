@@ -9,6 +9,7 @@ what ``tokendrift score --evaluator`` takes. Training resumes from ``OUT/resume`
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .utils import atomic_dir, atomic_write_json
+from .utils import atomic_dir, atomic_write_json, config_digest
 
 
 def _inputs(source, split: str, index: int, batch_size: int) -> torch.Tensor:
@@ -40,6 +41,14 @@ def train_evaluator(source, out_dir, *, steps: int = 1500, batch_size: int = 32,
 
     out = Path(out_dir)
     resume = out / "resume"
+    digest = config_digest({"source": source.config, "steps": steps, "batch_size": batch_size, "lr": lr,
+                            "warmup_steps": warmup_steps, "seed": seed, "n_layer": n_layer, "n_head": n_head,
+                            "n_embd": n_embd})
+    done = out / "metrics.json"
+    if done.exists() and (out / "model").exists():
+        metrics = json.loads(done.read_text())
+        if metrics.get("config_digest") == digest:
+            return metrics  # finished already: a rerun does nothing
     tok = source.hf_tokenizer()
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=len(tok), n_positions=max(source.length, 8), n_embd=n_embd, n_layer=n_layer,
@@ -81,8 +90,8 @@ def train_evaluator(source, out_dir, *, steps: int = 1500, batch_size: int = 32,
     model.eval()
     with torch.no_grad():
         valid = sum(float(_nll(model, _inputs(source, "valid", j, batch_size).to(device))) for j in range(4)) / 4
-    metrics = {"step": step, "train_nll": float(loss), "valid_nll": valid, "uniform_nll": math.log(source.vocab_size),
-               "entropy_rate": getattr(source, "entropy_rate", None)}
+    metrics = {"step": step, "train_nll": float(loss.detach()), "valid_nll": valid, "uniform_nll": math.log(source.vocab_size),
+               "entropy_rate": getattr(source, "entropy_rate", None), "config_digest": digest}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
