@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .model import DiT, DiTConfig
-from .utils import TokenDriftError, atomic_dir, file_digest
+from .utils import TokenDriftError, atomic_dir, file_digest, read_json
 
 
 class CheckpointError(TokenDriftError):
@@ -174,12 +174,7 @@ def load_model_dir(path, *, weights: str = "ema", device="cpu") -> tuple[DiT, di
     meta_file = path / "meta.json"
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path}")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{meta_file}: missing (not a model folder)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
+    meta = read_json(meta_file, "model folder metadata", CheckpointError)
     if "model" not in meta or "diffusion" not in meta:
         raise CheckpointError(f"{meta_file}: lacks the 'model' or 'diffusion' entry")
     f = path / "ema.safetensors"

@@ -110,12 +110,12 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing or corrupt file into a TokenDriftError naming it."""
+def read_json(path: str | os.PathLike, what: str = "file", error: type = TokenDriftError) -> Any:
+    """Read a JSON file, turning a missing or corrupt file into an ``error`` naming it."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise TokenDriftError(f"{what} not found: {path}") from None
+        raise error(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TokenDriftError(f"{what} {path} is not valid JSON: {e}") from None
+        raise error(f"{what} {path} is not valid JSON: {e}") from None
