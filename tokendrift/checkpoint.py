@@ -15,7 +15,6 @@ and what the writer adds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import types
