@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from tokendrift.diffusion import (DUO, MDLM, NEG_INF, make_diffusion, nucleus, race_noise,
-                                  sample_categorical)
+from tokendrift.diffusion import (
+    DUO,
+    MDLM,
+    NEG_INF,
+    make_diffusion,
+    nucleus,
+    race_noise,
+    sample_categorical,
+)
 from tokendrift.utils import TokenDriftError
 
 P = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)  # an i.i.d. source over 3 data ids (model vocab 4)
@@ -157,8 +164,8 @@ def test_mdlm_loss_matches_explicit_enumeration(t):
         hand[x0] = hand.get(x0, 0.0) + pm * s / L
         oracle_total += math.prod(float(P[j]) for j in x0) * pm * float(
             d.base_loss(lp_oracle[sl], x0_all[sl], xt_all[sl], tt))
-    for x0 in code:
-        assert code[x0] == pytest.approx(hand[x0], rel=1e-5)
+    for x0, value in code.items():
+        assert value == pytest.approx(hand[x0], rel=1e-5)
     assert oracle_total == pytest.approx((1 - d.eps) * H, rel=1e-6)
 
 
@@ -174,7 +181,7 @@ def _posterior(x, z, a_s, a_t, N):
 def _kl_rate(x0, z, x_theta, t, eps, h):
     """KL(q(z_{t-h} | z_t, x0) || q(z_{t-h} | z_t, x_theta)) / h, Richardson-extrapolated in h."""
     N = len(x_theta)
-    alpha = lambda u: 1 - (1 - eps) * u  # noqa: E731
+    alpha = lambda u: 1 - (1 - eps) * u
 
     def kl(hh):
         q = _posterior([float(j == x0) for j in range(N)], z, alpha(t - hh), alpha(t), N)
@@ -287,7 +294,7 @@ def test_float32_race_noise_is_floored_and_quantized():
     assert float(e32.min()) >= 0.99 * -math.log1p(-delta)
     small32, small64 = e32[e32 < 2e-6].double() / delta, e64[e64 < 2e-6] / delta
     assert len(small32) > 10 and len(small64) > 10
-    on_grid = lambda v: float(((v - v.round()).abs() < 0.01).double().mean())  # noqa: E731
+    on_grid = lambda v: float(((v - v.round()).abs() < 0.01).double().mean())
     assert on_grid(small32) == 1.0 and on_grid(small64) < 0.5
     # and the draw is exactly the race with that noise, in the requested precision
     w = torch.rand(64, 1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -326,7 +333,7 @@ def test_mdlm_sampler_keeps_unmasked_tokens_and_unmasks_on_schedule():
     out = d.sample(model, 256, 32, nfe, generator=torch.Generator().manual_seed(0))
     assert len(model.inputs) == nfe  # no final pass needed here (8192 positions, ~0.08 masks expected)
     states = model.inputs + [out]
-    for before, after in zip(states, states[1:]):
+    for before, after in itertools.pairwise(states):
         fixed = before != d.special_id
         assert torch.equal(after[fixed], before[fixed])
     times = torch.linspace(1, 1e-5, nfe + 1)
@@ -420,13 +427,13 @@ def test_mdlm_forward_passes_follow_the_cache_rule():
 def test_sampler_validation_names_the_field(cls):
     d = cls(4)
     m = ProductDenoiser()
-    bad = [(dict(nfe=0), "nfe"), (dict(nfe=2.5), "nfe"), (dict(temperature=0.0), "temperature"),
-           (dict(temperature=float("nan")), "temperature"), (dict(precision="float16"), "precision"),
-           (dict(batch_size=0), "batch_size"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-           (dict(noise_removal="none"), "noise_removal"), (dict(n=0), "n")]
+    bad = [({"nfe": 0}, "nfe"), ({"nfe": 2.5}, "nfe"), ({"temperature": 0.0}, "temperature"),
+           ({"temperature": float("nan")}, "temperature"), ({"precision": "float16"}, "precision"),
+           ({"batch_size": 0}, "batch_size"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+           ({"noise_removal": "none"}, "noise_removal"), ({"n": 0}, "n")]
     for kw, field in bad:
-        args = dict(n=2, length=4, nfe=2) | kw
-        with pytest.raises(TokenDriftError, match=field):
+        args = {"n": 2, "length": 4, "nfe": 2} | kw
+        with pytest.raises(TokenDriftError, match=f"^{field}: "):
             d.sample(m, args.pop("n"), args.pop("length"), args.pop("nfe"), **args)
     assert m.calls == 0
 
@@ -436,26 +443,23 @@ def test_make_diffusion_and_conventions():
     assert (m.name, m.special_id, d.name, d.special_id) == ("mdlm", 4, "duo", 4)
     assert d.predicted_positions(torch.zeros(2, 3, dtype=torch.long)).all()
     assert "NFE" in m.nfe_rule and "NFE" in d.nfe_rule
-    with pytest.raises(TokenDriftError, match="diffusion"):
+    with pytest.raises(TokenDriftError, match="^diffusion: "):
         make_diffusion("sedd", 5)
-    with pytest.raises(TokenDriftError, match="vocab_size"):
+    with pytest.raises(TokenDriftError, match="^vocab_size: "):
         make_diffusion("mdlm", 2)
 
 
-def test_float32_draws_have_lower_entropy_on_a_peaked_distribution():
-    """One head and a long tail 17 nats below it: float32 race noise rarely lets the tail win,
-    float64 samples it at its true rate, so float32 draws show lower entropy (Zheng et al. 2024)."""
-    M, rows = 50_000, 8000
-    probs = torch.full((M + 1,), math.exp(-17.0), dtype=torch.float64)
-    probs[0] = 1.0
-    tail_rate = float(probs[1:].sum() / probs.sum())
-    counts, entropy = {}, {}
-    for name, dtype in [("float64", torch.float64), ("float32", torch.float32)]:
-        g = torch.Generator().manual_seed(0)
-        draws = torch.cat([sample_categorical(probs.expand(500, -1), g, dtype) for _ in range(rows // 500)])
-        counts[name] = int((draws != 0).sum())
-        q = torch.bincount(draws, minlength=M + 1).double() / rows
-        entropy[name] = float(-(q[q > 0] * q[q > 0].log()).sum())
-    assert abs(counts["float64"] - tail_rate * rows) < 4 * math.sqrt(tail_rate * rows)
-    assert counts["float32"] < 0.6 * counts["float64"]
-    assert entropy["float32"] < entropy["float64"]
+def test_float32_draws_lose_the_tail_of_a_peaked_distribution():
+    """One head (weight 1) and M = 50,000 tail ids at 1e-8 each: the exact tail rate is
+    M 1e-8 / (1 + M 1e-8) ~ 5e-4, i.e. ~4 tail draws in 8,000 rows. float32 race noise has its
+    floor at 5.96e-8, so a tail id wins only if the head's noise exceeds ~6 (probability e^-6):
+    the expected float32 count is ~0.06, so the draws have lower entropy than the distribution
+    (Zheng et al. 2024). float64 reproduces the rate (a one-off run with 40,000 rows drew 19 tail
+    ids for 20 expected); it is left out here for time. Cost: 4e8 race entries."""
+    M, r, rows, chunk = 50_000, 1e-8, 8_000, 400
+    w = torch.full((chunk, M + 1), r, dtype=torch.float64)
+    w[:, 0] = 1.0
+    g = torch.Generator().manual_seed(0)
+    tail = sum(int((sample_categorical(w, g, torch.float32) != 0).sum()) for _ in range(rows // chunk))
+    exact = rows * M * r / (1 + M * r)
+    assert exact > 3.9 and tail <= 1  # P(tail >= 2) ~ 2e-3 under float32; ~0.91 for an exact sampler

@@ -73,7 +73,12 @@ def _model_device(model) -> torch.device:
 
 
 class Diffusion:
-    """What MDLM and DUO share. Subclasses define corruption, parameterization, loss and steps."""
+    """What MDLM and DUO share: schedule, time sampling, base-loss reduction, NELBO, sampler loop.
+
+    Each subclass defines corrupt(x0, t, generator), sigma(t), predicted_positions(xt),
+    log_probs(logits, xt), loss_per_token(log_p, x0, xt, t), prior_sample(b, length, generator,
+    device), step(...) and final_step(...), plus name, nfe_rule and noise_removals.
+    """
 
     name = ""
     eps = EPS
@@ -100,22 +105,6 @@ class Diffusion:
         u = torch.rand(batch_size, generator=generator, device=device)
         u = (u / batch_size + torch.arange(batch_size, device=device) / batch_size) % 1
         return (1 - self.eps) * u + self.eps
-
-    # -- defined by the subclasses ----------------------------------------------------------
-    def corrupt(self, x0, t, generator=None):
-        raise NotImplementedError
-
-    def sigma(self, t):
-        raise NotImplementedError
-
-    def predicted_positions(self, xt):
-        raise NotImplementedError
-
-    def log_probs(self, logits, xt):
-        raise NotImplementedError
-
-    def loss_per_token(self, log_p, x0, xt, t):
-        raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
     def base_loss(self, log_p, x0, xt, t) -> torch.Tensor:

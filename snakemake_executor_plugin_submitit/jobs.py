@@ -1,0 +1,201 @@
+"""What a submitit task runs: one Snakemake job's command line (issue 4 item 2).
+
+``ShellCommand`` runs ``/bin/sh -c <command>`` (the command begins with the
+``export VAR=... &&`` declarations Snakemake adds when
+``pass_envvar_declarations_to_cmd=True``, so it needs a shell; DESIGN.md section 5). The
+command runs in its own session so that the whole process tree can be signalled, with
+SIGUSR2 ignored (Slurm's ``--signal=USR2@N`` reaches every process of the step; only
+the submitit wrapper must act on it).
+
+Data-parallel jobs (``nodes * tasks_per_node > 1``): submitit starts one task per rank and
+each task calls this object. Each task gets MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE (computed by ``submitit.helpers.TorchDistributedEnvironment``,
+the same values its ``export()`` sets) and, when GPUs were requested, its own slice of
+CUDA_VISIBLE_DEVICES. Global rank 0 runs the inner Snakemake (which prepares and checks
+the outputs); the other ranks run the rule's formatted ``shell:`` command directly, so
+only one Snakemake manages the job's files. Rank 0 alone decides success.
+
+``RequeueableShellCommand`` adds submitit's ``checkpoint()`` hook: on timeout or preemption
+(USR2) it stops the command (SIGTERM to its process group, SIGKILL after
+``term_grace_s``) and returns a ``DelayedSubmission`` of itself, so submitit requeues the
+job and the same command line runs again; the command resumes from its own checkpoint.
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+from submitit.core.utils import DelayedSubmission
+from submitit.helpers import Checkpointable, TorchDistributedEnvironment
+
+
+class CommandFailed(RuntimeError):
+    """The job's command exited with a non-zero status."""
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the forked child
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def kill_group(proc: subprocess.Popen | None, grace_s: float) -> None:
+    """SIGTERM the process group of `proc` (a session leader), wait up to `grace_s`
+    for the group to empty, then SIGKILL what is left. Safe to call repeatedly."""
+    if proc is None:
+        return
+    pgid = proc.pid
+    if grace_s > 0:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap our direct child so it does not linger as a zombie
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.poll()
+
+
+def distributed_env(gpus_per_node: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """torch.distributed variables for this submitit task; {} for a single-task job."""
+    environ = os.environ if environ is None else environ
+    dist = TorchDistributedEnvironment()
+    if dist.world_size <= 1:
+        return {}
+    env = {
+        "MASTER_ADDR": str(dist.master_addr),
+        "MASTER_PORT": str(dist.master_port),
+        "RANK": str(dist.rank),
+        "WORLD_SIZE": str(dist.world_size),
+        "LOCAL_RANK": str(dist.local_rank),
+        "LOCAL_WORLD_SIZE": str(dist.local_world_size),
+    }
+    per_task = gpus_per_node // max(1, dist.local_world_size)
+    if gpus_per_node and per_task >= 1:
+        visible = environ.get("CUDA_VISIBLE_DEVICES", "")
+        devices = [d for d in visible.split(",") if d] or [str(i) for i in range(gpus_per_node)]
+        mine = devices[dist.local_rank * per_task : (dist.local_rank + 1) * per_task]
+        if mine:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    return env
+
+
+class ShellCommand:
+    """Callable submitted through submitit: runs one Snakemake job's command.
+
+    command: the inner Snakemake command line (from ``format_job_exec``), or with
+        ``--submitit-direct-shell`` the rule's own shell command.
+    cwd: the workflow's working directory.
+    worker_command: for multi-task jobs, the rule's formatted shell command (as
+        ``Executor.direct_command`` builds it) that ranks other than 0 run; else None.
+    gpus_per_node: GPUs requested per node (to split CUDA_VISIBLE_DEVICES per rank).
+    term_grace_s: seconds between SIGTERM and SIGKILL when the command is stopped.
+    usr2_wait_s: after a SIGTERM killed the command, how long to wait for the USR2 that
+        follows on preemption before calling the job failed.
+    """
+
+    def __init__(
+        self,
+        command: str,
+        cwd: str,
+        worker_command: str | None = None,
+        gpus_per_node: int = 0,
+        term_grace_s: float = 30.0,
+        usr2_wait_s: float = 5.0,
+    ) -> None:
+        self.command = command
+        self.cwd = cwd
+        self.worker_command = worker_command
+        self.gpus_per_node = int(gpus_per_node)
+        self.term_grace_s = float(term_grace_s)
+        self.usr2_wait_s = float(usr2_wait_s)
+        self._proc: subprocess.Popen | None = None
+        self._sigterm_at: float | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_proc"] = None  # a Popen cannot be pickled (checkpoint re-dumps self)
+        state["_sigterm_at"] = None
+        return state
+
+    def argv(self, rank: str) -> list:
+        """The process to start for this task (rank 0: the job's command; other ranks:
+        the rule's shell command)."""
+        if rank != "0":
+            if self.worker_command is None:
+                raise CommandFailed("multi-task job without a worker command")
+            return ["/bin/sh", "-c", self.worker_command]
+        return ["/bin/sh", "-c", self.command]
+
+    def __call__(self) -> int:
+        env = dict(os.environ)
+        dist = distributed_env(self.gpus_per_node, env)
+        env.update(dist)
+        rank = dist.get("RANK", "0")
+        argv = self.argv(rank)
+        self._sigterm_at = None
+        old_int = signal.getsignal(signal.SIGINT)
+        old_term = signal.getsignal(signal.SIGTERM)
+
+        def on_int(signum, frame):
+            kill_group(self._proc, 0)
+            raise KeyboardInterrupt
+
+        def on_term(signum, frame):
+            # scancel and preemption: pass SIGTERM on to the command's own session
+            self._sigterm_at = time.monotonic()
+            if self._proc is not None:
+                try:
+                    os.killpg(self._proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if callable(old_term):
+                old_term(signum, frame)
+
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            self._proc = subprocess.Popen(
+                argv, cwd=self.cwd, env=env, start_new_session=True, preexec_fn=_child_setup
+            )
+            rc = self._wait()
+        except BaseException:
+            kill_group(self._proc, 0)
+            raise
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+        if rc != 0:
+            if self._sigterm_at is not None:
+                # preemption sends SIGTERM, then USR2: give submitit's handler the chance
+                # to requeue before this task reports a failure
+                end = time.monotonic() + self.usr2_wait_s
+                while time.monotonic() < end:
+                    time.sleep(0.1)
+            raise CommandFailed(f"command exited with status {rc} (rank {rank})")
+        return 0
+
+    def _wait(self) -> int:
+        """Poll (not a blocking wait) so that signal handlers can run and stop the child."""
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                return rc
+            time.sleep(0.1)
+
+
+class RequeueableShellCommand(ShellCommand, Checkpointable):
+    """A ShellCommand that submitit requeues on timeout or preemption (rule resource
+    ``requeue=1``): ``checkpoint()`` is called by submitit's USR2 handler."""
+
+    def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
+        kill_group(self._proc, self.term_grace_s)
+        return DelayedSubmission(self, *args, **kwargs)

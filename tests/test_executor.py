@@ -1,0 +1,435 @@
+"""Tests of the submitit Snakemake executor plugin (issue 4 item 2).
+
+End-to-end tests run the real `snakemake --executor submitit --submitit-cluster local` in a
+temporary folder. Snakemake finds executor plugins with pkgutil.iter_modules, which does
+not see setuptools' editable-install finder, so the repository root is put on PYTHONPATH
+for the subprocess. Slurm itself is not needed: its edges (sacct/squeue output, srun
+detection) are faked at the plugin's own boundary.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from snakemake_interface_common.exceptions import WorkflowError
+from submitit import AutoExecutor
+from submitit.core.utils import cloudpickle_dump
+from submitit.local.local import LocalExecutor
+from submitit.slurm.slurm import SlurmExecutor
+
+import snakemake_executor_plugin_submitit as plugin
+from snakemake_executor_plugin_submitit import jobs, resources, status
+
+REPO = Path(plugin.__file__).resolve().parents[1]
+
+SNAKEFILE = """
+rule all:
+    input: expand("out/a{i}.txt", i=range(2)), "out/b.txt", "out/ddp.txt", "out/after_fail.txt"
+
+rule a:
+    output: "out/a{i}.txt"
+    shell: "echo a{wildcards.i} >> runs.log; echo {wildcards.i} > {output}"
+
+rule b:
+    output: "out/b.txt"
+    threads: 3
+    shell: "echo b >> runs.log; echo $OMP_NUM_THREADS > {output}"
+
+rule ddp:
+    output: "out/ddp.txt"
+    resources: tasks_per_node=2
+    shell: "echo ddp >> runs.log; echo $RANK/$WORLD_SIZE/$MASTER_PORT >> ranks.log; if [ $RANK = 0 ]; then echo ok > {output}; fi"
+
+rule fail:
+    output: "out/fail.txt"
+    shell: "echo fail >> runs.log; test ! -e FAIL; echo ok > {output}"
+
+rule after_fail:
+    input: "out/fail.txt"
+    output: "out/after_fail.txt"
+    shell: "echo after_fail >> runs.log; cp {input} {output}"
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def _snakemake(cwd, *args, timeout=120):
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--executor",
+        "submitit",
+        "--submitit-cluster",
+        "local",
+        "--nocolor",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, check=False, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _runs(path):
+    return (path / "runs.log").read_text().split() if (path / "runs.log").exists() else []
+
+
+# --- end to end -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    """One keep-going run with a failing rule (shared by the tests below)."""
+    d = tmp_path_factory.mktemp("wf")
+    (d / "Snakefile").write_text(SNAKEFILE)
+    (d / "FAIL").touch()
+    first = _snakemake(d, "-j", "6", "--keep-going")
+    return d, first
+
+
+def test_keep_going_failure_and_outputs(workflow):
+    d, first = workflow
+    log = first.stdout + first.stderr
+    assert first.returncode != 0, log
+    for name in ["a0", "a1"]:
+        assert (d / "out" / f"{name}.txt").read_text().strip() == name[1], log
+    # threads: 3 reached the inner Snakemake as --cores 3 (not "all" = this node's CPUs)
+    assert (d / "out" / "b.txt").read_text().strip() == "3"
+    assert not (d / "out" / "fail.txt").exists()
+    assert not (d / "out" / "after_fail.txt").exists()
+    assert "Error in rule fail" in log and "submitit job" in log
+    assert "returned non-zero exit status 1" in log  # the job's own error, from its log
+    assert sorted(_runs(d)) == sorted(["a0", "a1", "b", "ddp", "ddp", "fail"])  # ddp: 2 ranks
+    # tasks_per_node=2: two processes with torch.distributed variables, one port
+    ranks = sorted((d / "ranks.log").read_text().split())
+    assert [r.split("/")[:2] for r in ranks] == [["0", "2"], ["1", "2"]]
+    assert ranks[0].split("/")[2] == ranks[1].split("/")[2]
+    assert (d / "out" / "ddp.txt").read_text().strip() == "ok"
+    # files of successful jobs are removed, those of the failed job kept
+    (run_folder,) = list((d / ".snakemake" / "submitit").iterdir())
+    ids = {p.name.split("_")[0] for p in run_folder.iterdir() if not p.name.startswith(".")}
+    assert len(ids) == 1, sorted(p.name for p in run_folder.iterdir())
+
+
+def test_rerun_runs_only_missing(workflow):
+    d, _ = workflow
+    (d / "FAIL").unlink()
+    before = len(_runs(d))
+    second = _snakemake(d, "-j", "4", "--submitit-direct-shell", "--submitit-keep-logs")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _runs(d)[before:] == ["fail", "after_fail"]
+    assert (d / "out" / "after_fail.txt").read_text().strip() == "ok"
+    # direct shell: no inner Snakemake ran, so its banner is absent from the job logs
+    newest = sorted((d / ".snakemake" / "submitit").iterdir())[-1]
+    logs = sorted(newest.glob("*_0_log.err"))
+    assert len(logs) == 2 and not any("SNAKEMAKE" in p.read_text() for p in logs)
+
+
+def _tree_marked(marker):
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c-group", "sigint-main"])
+def test_sigint_leaves_no_job_processes(tmp_path, whole_group):
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text("import time\ntime.sleep(300)\n")
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n    input: expand('out/{i}.txt', i=range(2))\n"
+        "rule long:\n    output: 'out/{i}.txt'\n"
+        f"    shell: 'touch started.{{wildcards.i}}; {sys.executable} {sleeper}; touch {{output}}'\n"
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--executor",
+        "submitit",
+        "--submitit-cluster",
+        "local",
+        "-j",
+        "2",
+        "--nocolor",
+    ]
+    if not whole_group:
+        args.append("--submitit-direct-shell")
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 40
+        while time.time() < deadline and not (
+            (tmp_path / "started.0").exists() and (tmp_path / "started.1").exists()
+        ):
+            time.sleep(0.2)
+        assert (tmp_path / "started.1").exists(), "jobs did not start"
+        assert len(_tree_marked(str(sleeper))) >= 2
+        if whole_group:  # what Ctrl-C in a terminal does
+            os.killpg(proc.pid, signal.SIGINT)
+        else:  # only Snakemake: the plugin's cancel_jobs must stop everything
+            os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert proc.returncode != 0
+        deadline = time.time() + 5
+        while time.time() < deadline and _tree_marked(str(tmp_path)):
+            time.sleep(0.2)
+        left = [p for p in _tree_marked(str(tmp_path)) if p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, [p.cmdline() for p in left]
+        assert not (tmp_path / "out" / "0.txt").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in _tree_marked(str(tmp_path)):
+            p.kill()
+
+
+# --- resources -> submitit parameters ---------------------------------------------------
+
+
+def test_resource_mapping_reaches_sbatch(tmp_path, monkeypatch):
+    res = {
+        "mem_mb": 2048,
+        "runtime": 90,
+        "gpu": 2,
+        "gpu_model": "a100",
+        "slurm_partition": "gpu",
+        "slurm_account": "proj",
+        "qos": "high",
+        "tasks_per_node": 2,
+        "nodes": 1,
+        "constraint": "ib",
+        "slurm_extra": "--exclusive --mail-type=END --comment 'a b'",
+        "requeue": 1,
+        "tmpdir": "/tmp",
+    }
+    p = resources.submitit_parameters(
+        res, 3, rule="train", default_runtime=1440, signal_delay_s=120
+    )
+    assert p == {
+        "name": "smk-train",
+        "cpus_per_task": 3,
+        "timeout_min": 90,
+        "mem_gb": 2.0,
+        "gpus_per_node": 2,
+        "slurm_gpus_per_node": "a100:2",
+        "tasks_per_node": 2,
+        "nodes": 1,
+        "slurm_partition": "gpu",
+        "slurm_account": "proj",
+        "slurm_qos": "high",
+        "slurm_constraint": "ib",
+        "slurm_signal_delay_s": 120,
+        "slurm_additional_parameters": {"exclusive": True, "mail-type": "END", "comment": "a b"},
+    }
+    assert resources.wants_requeue(res, "train") and resources.num_tasks(p) == 2
+    # submitit accepts every name, and the sbatch script carries the values (srun
+    # detection is submitit's edge to the cluster: fake it)
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    ex = AutoExecutor(tmp_path, cluster="slurm")
+    ex.update_parameters(**p)
+    text = ex._executor._make_submission_file_text("true", "uid")
+    for line in [
+        "--cpus-per-task=3",
+        "--mem=2GB",
+        "--time=90",
+        "--gpus-per-node=a100:2",
+        "--partition=gpu",
+        "--account=proj",
+        "--qos=high",
+        "--ntasks-per-node=2",
+        "--constraint=ib",
+        "--signal=USR2@120",
+        "--exclusive",
+        "--mail-type=END",
+        "--job-name=smk-train",
+    ]:
+        assert f"#SBATCH {line}" in text, (line, text)
+    # defaults: threads -> cpus, default runtime, no GPU; mem_mb 1000 -> 1000MB
+    q = resources.submitit_parameters(
+        {"mem_mb": 1000}, 1, rule="r", default_runtime=60, signal_delay_s=90
+    )
+    ex = AutoExecutor(tmp_path, cluster="slurm")
+    ex.update_parameters(**q)
+    text = ex._executor._make_submission_file_text("true", "uid")
+    assert "#SBATCH --mem=1000MB" in text and "#SBATCH --time=60" in text
+    assert "gpus" not in text and not resources.wants_requeue({}, "r")
+    assert resources.local_parameters(q, "r") == {
+        "timeout_min": 60,
+        "tasks_per_node": 1,
+        "gpus_per_node": 0,
+        "signal_delay_s": 90,
+    }
+
+
+@pytest.mark.parametrize(
+    "res, needle",
+    [
+        ({"runtime": "soon"}, "runtime"),
+        ({"gpu": -1}, "gpu"),
+        ({"gpu_model": "a100"}, "gpu_model"),
+        ({"slurm_extra": "-C ib"}, "slurm_extra"),
+        ({"requeue": 2}, "requeue"),
+    ],
+)
+def test_bad_resources_name_rule_and_resource(res, needle):
+    with pytest.raises(WorkflowError) as e:
+        p = resources.submitit_parameters(
+            res, 1, rule="train", default_runtime=1, signal_delay_s=90
+        )
+        resources.wants_requeue(res, "train")
+        resources.local_parameters(p, "train")
+    assert "rule train" in str(e.value) and needle in str(e.value)
+    with pytest.raises(WorkflowError, match="nodes"):
+        p = resources.submitit_parameters(
+            {"nodes": 2}, 1, rule="t", default_runtime=1, signal_delay_s=90
+        )
+        resources.local_parameters(p, "t")
+
+
+def test_settings_and_common_settings():
+    from dataclasses import MISSING, fields
+
+    for f in fields(plugin.ExecutorSettings):
+        assert f.metadata["help"] and f.default is not MISSING, f.name
+    s = plugin.ExecutorSettings()
+    assert (s.cluster, s.folder, s.slurm_signal_delay_s) == ("auto", ".snakemake/submitit", 90)
+    c = plugin.common_settings
+    assert c.non_local_exec and not c.implies_no_shared_fs and not c.job_deploy_sources
+    assert c.pass_envvar_declarations_to_cmd and not c.auto_deploy_default_storage_provider
+    assert c.pass_default_resources_args and c.pass_default_storage_provider_args
+    assert c.init_seconds_before_status_checks <= 1
+    expect = "slurm" if (plugin.shutil.which("sbatch") and plugin.shutil.which("srun")) else "local"
+    assert plugin.resolve_cluster("auto") == expect
+    with pytest.raises(WorkflowError):
+        plugin.resolve_cluster("pbs")
+
+
+# --- status loop: one batched query per interval ---------------------------------------
+
+
+class FakeWatcher:
+    """Stands in for SlurmWatcher (the plugin's edge to the scheduler)."""
+
+    def __init__(self, states):
+        self.states_by_id = states
+        self.calls = []
+
+    def states(self, job_ids):
+        self.calls.append(list(job_ids))
+        return {j: self.states_by_id[j] for j in job_ids if j in self.states_by_id}
+
+
+def test_status_poller_one_query_per_interval(tmp_path):
+    ids = [f"{1000 + i}" for i in range(100)]
+    tracked = [status.Tracked(job_id=j, folder=tmp_path) for j in ids]
+    for t in tracked[:10]:
+        cloudpickle_dump(("success", 0), t.paths.result_pickle)
+    for t in tracked[10:15]:
+        cloudpickle_dump(
+            ("error", "Traceback\nCommandFailed: command exited with status 1"),
+            t.paths.result_pickle,
+        )
+    states = {j: "RUNNING" for j in ids[15:95]}
+    states.update({j: "CANCELLED" for j in ids[95:]})
+    watcher = FakeWatcher(states)
+    now = [0.0]
+    poller = status.StatusPoller(
+        watcher, tmp_path, query_interval=10, grace_s=10, clock=lambda: now[0]
+    )
+    t0 = time.perf_counter()
+    out = poller.cycle(tracked)
+    assert time.perf_counter() - t0 < 2.0  # nothing blocks on missing result files
+    assert len(watcher.calls) == 1 and sorted(watcher.calls[0]) == sorted(ids[15:])
+    kinds = [o for o, _ in out]
+    assert kinds[:10] == ["success"] * 10 and kinds[10:15] == ["error"] * 5
+    assert "status 1" in out[10][1] and kinds[15:] == ["running"] * 85
+    # a simulated minute at one cycle per second: one query per 10 s, never one per job
+    for second in range(1, 61):
+        now[0] = float(second)
+        out = poller.cycle(tracked[15:])
+    assert len(watcher.calls) == 1 + 6
+    assert all(len(c) == 85 or len(c) == 80 for c in watcher.calls)
+    # cancelled without a result: an error after a later query and the grace period
+    assert [o for o, _ in out][-5:] == ["error"] * 5
+    assert "CANCELLED" in out[-1][1] and "without a result" in out[-1][1]
+
+
+def test_slurm_watcher_batches_and_parses():
+    argvs = []
+
+    def fake_sacct(argv):
+        argvs.append(argv)
+        return (
+            "101|COMPLETED\n102_0|RUNNING\n102_[1-7%8]|PENDING\n"
+            "103|CANCELLED by 0\n103.batch|CANCELLED\n"
+        )
+
+    w = status.SlurmWatcher("sacct", run=fake_sacct)
+    before = status.SCHEDULER_QUERIES
+    got = w.states(["101", "102_0", "102_5", "103", "104"])
+    assert len(argvs) == 1 and argvs[0][-1] == "101,102,103,104" and argvs[0][0] == "sacct"
+    assert got == {"101": "COMPLETED", "102_0": "RUNNING", "102_5": "PENDING", "103": "CANCELLED"}
+    assert status.SCHEDULER_QUERIES == before + 1 and w.calls == 1
+
+    w = status.SlurmWatcher("squeue", run=lambda argv: "102_0|RUNNING\n")
+    assert w.states(["102_0", "101"]) == {"102_0": "RUNNING", "101": "GONE"}
+
+    def broken(argv):
+        raise subprocess.CalledProcessError(1, argv)
+
+    w = status.SlurmWatcher("sacct", run=broken)
+    assert w.states(["1"]) is None and w.command == "squeue"  # no accounting: fall back
+
+
+# --- requeue on timeout -----------------------------------------------------------------
+
+
+def _timeout_job(tmp_path, cls):
+    """A command that sleeps past a 4 s limit on its first run and succeeds on its second;
+    submitit's local controller sends USR2 2 s before the limit."""
+    pidfile, runs = tmp_path / "pid", tmp_path / "runs"
+    sleeper = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); time.sleep(60)"
+    cmd = (
+        f"echo run >> {runs}; if [ $(wc -l < {runs}) -ge 2 ]; then exit 0; fi; "
+        f'{sys.executable} -c "{sleeper}"'
+    )
+    ex = LocalExecutor(tmp_path / "sub", max_num_timeout=1)
+    ex.update_parameters(timeout_min=4 / 60, signal_delay_s=2)
+    job = ex.submit(cls(command=cmd, cwd=str(tmp_path), term_grace_s=1))
+    job.wait()
+    pid = int(pidfile.read_text())
+    alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    return job, runs.read_text().split(), alive
+
+
+def test_requeue_reruns_command_and_kills_first_run(tmp_path):
+    job, runs, alive = _timeout_job(tmp_path, jobs.RequeueableShellCommand)
+    assert job.result() == 0 and runs == ["run", "run"]
+    assert not alive
+
+
+def test_no_requeue_without_resource(tmp_path):
+    job, runs, alive = _timeout_job(tmp_path, jobs.ShellCommand)
+    assert "timed-out and not checkpointable" in str(job.exception())
+    assert runs == ["run"] and not alive
