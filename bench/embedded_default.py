@@ -58,7 +58,7 @@ def main() -> None:
                 if not score_file.exists():
                     sample_checkpoint(str(ckpt), str(sdir), nfe=nfe, n_samples=smp["n_samples"], seed=0,
                                       temperature=temp, batch_size=smp["batch_size"])
-                    score_samples(str(sdir), evaluator, str(score_file))
+                    score_samples(str(sdir), evaluator, str(score_file), evaluator_name=str(out / "pretrain/evaluator/model"))
                 r = json.loads(score_file.read_text())
                 rows.append({"backbone": backbone, "nfe": nfe, "temperature": temp, "oracle_gen_ppl": r["oracle_gen_ppl"],
                              "gen_ppl": r["gen_ppl"], "entropy": r["entropy"], "nelbo": nelbo})

@@ -187,11 +187,28 @@ def load_model_dir(path, *, weights: str = "ema", device="cpu") -> tuple[DiT, di
 # --------------------------------------------------------------------------- command line
 
 
+def resolve_hf(src: str) -> str:
+    """``hf:OWNER/REPO/FILE`` -> the local path of that file, downloaded into the HF cache."""
+    if not str(src).startswith("hf:"):
+        return src
+    parts = str(src)[3:].split("/")
+    if len(parts) < 3:
+        raise TokenDriftError(f"checkpoint source {src!r}: expected hf:OWNER/REPO/FILE")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+    except Exception as e:  # network, missing repo/file, auth: all reported as bad input
+        raise TokenDriftError(f"checkpoint source {src!r}: download failed: {e}") from None
+
+
 def import_checkpoint(src: str, dst: str, diffusion: str, preset: str = "small", ema: bool = True,
                       source_cfg: dict | None = None) -> dict:
-    """Convert a released MDLM/DUO checkpoint into a model folder."""
+    """Convert a released MDLM/DUO checkpoint into a model folder (``hf:REPO/FILE`` downloads
+    one file of a Hugging Face repository; no code from it is ever run)."""
     if diffusion not in ("mdlm", "duo"):
         raise TokenDriftError(f"diffusion: {diffusion!r} is not one of ['mdlm', 'duo']")
+    src = resolve_hf(src)
     model = DiT(DiTConfig.preset(preset, time_conditioning=diffusion == "duo"))
     load_into(model, read_external(src, ema=ema, model=model), source=str(src))
     meta = {"model": model.config.to_dict(), "diffusion": diffusion, "step": 0, "variant": "released",
@@ -206,7 +223,8 @@ def _run_import(args) -> int:
     source_cfg = None
     if args.source_json:
         try:
-            source_cfg = json.loads(Path(args.source_json).read_text())
+            text = args.source_json if args.source_json.lstrip().startswith("{") else Path(args.source_json).read_text()
+            source_cfg = json.loads(text)
         except (OSError, json.JSONDecodeError) as e:
             raise TokenDriftError(f"--source-json {args.source_json}: {e}") from None
     import_checkpoint(args.src, args.dst, args.diffusion, args.preset, not args.no_ema, source_cfg)
@@ -222,5 +240,5 @@ def register(sub) -> None:
     q.add_argument("--diffusion", required=True, choices=["mdlm", "duo"])
     q.add_argument("--preset", default="small")
     q.add_argument("--no-ema", action="store_true", help="take state_dict weights instead of the EMA weights")
-    q.add_argument("--source-json", help="data source config (JSON) to record; default OpenWebText/GPT-2")
+    q.add_argument("--source-json", help="data source config to record (a JSON file or a JSON string); default OpenWebText/GPT-2")
     q.set_defaults(func=_run_import)

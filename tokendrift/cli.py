@@ -13,13 +13,17 @@ import sys
 from .utils import TokenDriftError
 
 # module name -> its sub-commands are registered in this order in --help
-JOB_MODULES = ["train", "pretrain", "sample", "score", "checkpoint"]
+JOB_MODULES = ["train", "pretrain", "sample", "score", "checkpoint", "grid", "aggregate", "tracking", "probe"]
+# sub-commands named unlike their module; a job imports only its own module (start-up is per job)
+COMMAND_MODULE = {"nelbo": "score", "track": "tracking", "compare": "tracking"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokendrift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in JOB_MODULES:
+    command = (argv or [None])[0]
+    module = COMMAND_MODULE.get(command, command)
+    for name in [module] if module in JOB_MODULES else JOB_MODULES:
         try:
             module = importlib.import_module(f"tokendrift.{name}")
         except ModuleNotFoundError as e:  # a job module not written yet
@@ -32,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         rc = args.func(args)
     except TokenDriftError as e:

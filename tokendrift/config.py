@@ -50,18 +50,30 @@ def _path(error: jsonschema.ValidationError, prefix: str) -> str:
 
 def validate(name: str, instance: Any, prefix: str = "") -> dict:
     """Validate ``instance`` against schema ``name`` and return it with defaults filled in."""
+    return validate_schema(schema(name), instance, f"{name} config", prefix)
+
+
+def validate_with(path: Path, instance: Any, what: str) -> dict:
+    """Validate against the schema file ``path`` (e.g. workflow/schemas/config.schema.yaml)."""
+    try:
+        sch = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise TokenDriftError(f"schema file not found: {path}") from None
+    return validate_schema(sch, instance, what)
+
+
+def validate_schema(sch: dict, instance: Any, what: str, prefix: str = "") -> dict:
     if instance is None:
         instance = {}
     if not isinstance(instance, dict):
-        raise TokenDriftError(f"{prefix or name} config must be a mapping, got {type(instance).__name__}")
-    sch = schema(name)
+        raise TokenDriftError(f"{what}: {prefix or '(top level)'} must be a mapping, got {type(instance).__name__}")
     filled = fill_defaults(sch, instance)
     errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(filled), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         where = _path(e, prefix)
         msg = "unknown key" if where.endswith("unknown key") else e.message
-        raise TokenDriftError(f"{name} config: {where.removesuffix(': unknown key')}: {msg}")
+        raise TokenDriftError(f"{what}: {where.removesuffix(': unknown key')}: {msg}")
     return filled
 
 

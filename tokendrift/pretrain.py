@@ -13,10 +13,10 @@ from . import config as configlib
 from .train import add_config_args, load_job_config, train
 
 
-def pretrain_backbone(diffusion: str, raw: dict, out: str) -> dict:
+def pretrain_backbone(diffusion: str, raw: dict, out: str, discard_stale: bool = False) -> dict:
     """Train an MDLM or DUO DiT from random initialization with its own denoising loss."""
     raw = dict(raw, variant="continuation", init=None, diffusion=diffusion)
-    return train(raw, out)
+    return train(raw, out, discard_stale=discard_stale)
 
 
 def pretrain_evaluator(raw: dict, out: str) -> dict:
@@ -34,7 +34,7 @@ def run(args) -> int:
     if args.what == "evaluator":
         pretrain_evaluator(raw, args.out)
     else:
-        pretrain_backbone(args.what, raw, args.out)
+        pretrain_backbone(args.what, raw, args.out, discard_stale=args.discard_stale)
     return 0
 
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from .checkpoint import load_model_dir
 from .data import make_source
 from .diffusion import make_diffusion
-from .utils import TokenDriftError, atomic_dir, file_digest
+from .utils import TokenDriftError, atomic_dir, file_digest, temp_str
 
 
 def checkpoint_digest(path: str | Path) -> str:
@@ -27,16 +27,43 @@ def checkpoint_digest(path: str | Path) -> str:
     return file_digest(f if f.exists() else path / "model.safetensors")[:16]
 
 
-def sample_checkpoint(checkpoint: str, out: str, *, nfe: int, n_samples: int, seed: int = 0,
-                      temperature: float = 1.0, precision: str = "float64", batch_size: int = 64,
-                      device: str = "cpu", weights: str = "ema", progress: bool = False) -> dict:
-    if nfe < 1:
-        raise TokenDriftError(f"nfe: must be >= 1, got {nfe}")
+def sample_checkpoint(checkpoint: str, out: str, *, nfe: int | list[int], n_samples: int, seed: int = 0,
+                      temperature: float | list[float] = 1.0, precision: str = "float64", batch_size: int = 64,
+                      device: str = "cpu", weights: str = "ema", progress: bool = False) -> list[dict]:
+    """Sample a checkpoint at each NFE and temperature given, loading it once.
+
+    With one NFE and one temperature ``out`` is the sample folder; with several it is a
+    template holding ``{nfe}`` and ``{temperature}`` (formatted like ``1.0``, ``0.75``).
+    Each folder is seeded by ``seed`` alone, so a cell's samples do not depend on the others.
+    """
+    nfes = [nfe] if isinstance(nfe, int) else list(nfe)
+    temps = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+    for n in nfes:
+        if n < 1:
+            raise TokenDriftError(f"nfe: must be >= 1, got {n}")
+    for t in temps:
+        if not t > 0:
+            raise TokenDriftError(f"temperature: must be > 0, got {t}")
     if n_samples < 1:
         raise TokenDriftError(f"n_samples: must be >= 1, got {n_samples}")
+    if len(nfes) * len(temps) > 1 and not ("{nfe}" in out and "{temperature}" in out):
+        raise TokenDriftError(f"--out {out!r}: several NFEs/temperatures need a template with {{nfe}} and {{temperature}}")
     model, meta = load_model_dir(checkpoint, weights=weights, device=device)
     diffusion = make_diffusion(meta["diffusion"], model.config.vocab_size)
     source = make_source(meta["source"])
+    digest = checkpoint_digest(checkpoint)
+    results = []
+    for t in temps:
+        for n in nfes:
+            folder = out.format(nfe=n, temperature=temp_str(t)) if len(nfes) * len(temps) > 1 else out
+            results.append(_sample_one(model, meta, diffusion, source, folder, checkpoint=checkpoint, digest=digest,
+                                       nfe=n, n_samples=n_samples, seed=seed, temperature=t, precision=precision,
+                                       batch_size=batch_size, device=device, weights=weights, progress=progress))
+    return results
+
+
+def _sample_one(model, meta, diffusion, source, out, *, checkpoint, digest, nfe, n_samples, seed, temperature,
+                precision, batch_size, device, weights, progress) -> dict:
     length = source.length
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -52,7 +79,7 @@ def sample_checkpoint(checkpoint: str, out: str, *, nfe: int, n_samples: int, se
     texts = source.decode(ids)
     sample_meta = {
         "checkpoint": str(checkpoint),
-        "checkpoint_digest": checkpoint_digest(checkpoint),
+        "checkpoint_digest": digest,
         "weights": weights,
         "diffusion": meta["diffusion"],
         "vocab_size": model.config.vocab_size,
@@ -85,11 +112,13 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample a checkpoint with its own ancestral sampler at a given NFE")
     p.add_argument("checkpoint", help="model folder (train/pretrain output or an imported released checkpoint)")
-    p.add_argument("--out", required=True, help="sample folder to write")
-    p.add_argument("--nfe", type=int, required=True, help="network function evaluations (denoising steps)")
+    p.add_argument("--out", required=True,
+                   help="sample folder to write; with several NFEs/temperatures a template with {nfe} and {temperature}")
+    p.add_argument("--nfe", type=int, nargs="+", required=True, help="network function evaluations (denoising steps)")
     p.add_argument("--n-samples", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of p_x0 (default 1.0)")
+    p.add_argument("--temperature", type=float, nargs="+", default=[1.0],
+                   help="sampling temperature(s) of p_x0 (default 1.0)")
     p.add_argument("--precision", choices=["float64", "float32"], default="float64",
                    help="precision of the categorical draws (float32 lowers entropy; DESIGN.md section 3)")
     p.add_argument("--batch-size", type=int, default=64)

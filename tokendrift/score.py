@@ -109,8 +109,9 @@ def read_samples(folder) -> tuple[torch.Tensor, list[str], dict]:
     return ids, texts, meta
 
 
-def score_samples(samples: str, evaluator: str, out: str, *, batch_size: int = 8, device: str = "cpu",
-                  max_length: int = 1024) -> dict:
+def score_samples(samples: str, evaluator, out: str, *, batch_size: int = 8, device: str = "cpu",
+                  max_length: int = 1024, evaluator_name: str | None = None) -> dict:
+    """Score one sample folder; ``evaluator`` is a name/folder or a loaded (model, tokenizer)."""
     ids, texts, meta = read_samples(samples)
     ppl = gen_ppl(texts, evaluator, batch_size=batch_size, max_length=max_length, device=device, progress=True)
     oracle = None
@@ -123,7 +124,7 @@ def score_samples(samples: str, evaluator: str, out: str, *, batch_size: int = 8
             oracle = None
     result = {
         "gen_ppl": ppl["gen_ppl"], "n_tokens": ppl["n_tokens"], "n_samples": ppl["n_samples"],
-        "entropy": sample_entropy(ids), "oracle_gen_ppl": oracle, "evaluator": str(evaluator), "samples": str(samples),
+        "entropy": sample_entropy(ids), "oracle_gen_ppl": oracle, "evaluator": evaluator_name or str(evaluator), "samples": str(samples),
         **{k: meta.get(k) for k in ("nfe", "nfe_rule", "forward_passes", "temperature", "precision", "seed",
                                     "diffusion", "checkpoint", "checkpoint_digest", "step", "variant")},
     }
@@ -154,16 +155,39 @@ def checkpoint_nelbo(checkpoint: str, out: str | None = None, *, n_batches: int 
     return result
 
 
+def run_score(a) -> int:
+    """Score every sample folder with the evaluator loaded once; then the checkpoint's NELBO."""
+    if len(a.samples) != len(a.out):
+        raise TokenDriftError(f"--out: {len(a.out)} files for {len(a.samples)} sample folders")
+    if bool(a.checkpoint) != bool(a.nelbo_out):
+        raise TokenDriftError("--checkpoint and --nelbo-out go together")
+    for samples in a.samples:  # every input is checked before anything is written
+        read_samples(samples)
+    evaluator = load_evaluator(a.evaluator, device=a.device)
+    for samples, out in zip(a.samples, a.out):
+        score_samples(samples, evaluator, out, batch_size=a.batch_size, device=a.device, max_length=a.max_length,
+                      evaluator_name=a.evaluator)
+    if a.checkpoint:
+        checkpoint_nelbo(a.checkpoint, a.nelbo_out, n_batches=a.nelbo_batches, batch_size=a.nelbo_batch_size,
+                         n_t=a.nelbo_n_t, seed=a.nelbo_seed, device=a.device)
+    return 0
+
+
 def register(sub) -> None:
-    p = sub.add_parser("score", help="Gen.-PPL, entropy and oracle Gen.-PPL of a sample folder")
-    p.add_argument("samples", help="sample folder written by `tokendrift sample`")
+    p = sub.add_parser("score", help="Gen.-PPL, entropy and oracle Gen.-PPL of sample folders (and a checkpoint's NELBO)")
+    p.add_argument("samples", nargs="+", help="sample folder(s) written by `tokendrift sample`")
     p.add_argument("--evaluator", required=True, help="causal LM name or local folder (paper: gpt2-large)")
-    p.add_argument("--out", required=True, help="score JSON to write")
+    p.add_argument("--out", required=True, nargs="+", help="score JSON to write, one per sample folder")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.set_defaults(func=lambda a: score_samples(a.samples, a.evaluator, a.out, batch_size=a.batch_size,
-                                                device=a.device, max_length=a.max_length) and 0)
+    p.add_argument("--checkpoint", help="also write this checkpoint's held-out NELBO (to --nelbo-out)")
+    p.add_argument("--nelbo-out")
+    p.add_argument("--nelbo-batches", type=int, default=8)
+    p.add_argument("--nelbo-batch-size", type=int, default=32)
+    p.add_argument("--nelbo-n-t", type=int, default=4)
+    p.add_argument("--nelbo-seed", type=int, default=0)
+    p.set_defaults(func=run_score)
     q = sub.add_parser("nelbo", help="held-out NELBO per token of a checkpoint (the likelihood side)")
     q.add_argument("checkpoint")
     q.add_argument("--out", required=True)

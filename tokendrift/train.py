@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,11 +351,13 @@ def _trim_metrics(path: Path, upto: int) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None) -> dict:
+def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None,
+          discard_stale: bool = False) -> dict:
     """Run (or resume) a training job; returns the last metrics line.
 
     ``stop_after`` ends the job right after that step without a final save: it simulates a
-    kill for the resume tests.
+    kill for the resume tests. ``discard_stale`` deletes checkpoints written under another
+    config or code digest instead of refusing them. A finished run writes ``done.json`` last.
     """
     cfg = resolve_config(raw_cfg)
     s = build(cfg)  # everything that can fail on bad input fails here, before anything is written
@@ -374,6 +377,17 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
 
     step = 0
     resume = latest_checkpoint(out) if out.exists() else None
+    if resume is not None and discard_stale and s.rank == 0:
+        meta = json.loads((resume / "meta.json").read_text())
+        if (meta.get("config_digest"), meta.get("code_digest")) != (s.meta["config_digest"], s.meta["code_digest"]):
+            print(f"discarding stale checkpoints in {out} (config or code changed)", flush=True)
+            for stale in ("checkpoints", "metrics.jsonl", "done.json"):
+                p = out / stale
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            resume = None
+    if s.world > 1:
+        dist.barrier()
+        resume = latest_checkpoint(out) if out.exists() else None
     if resume is not None:
         step = load_train_state(resume, s, model, optimizer, ema, noise)
     if s.rank == 0:
@@ -432,6 +446,10 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
         if stop_after is not None and step >= stop_after:
             break
     bar.close()
+    if step >= cfg["steps"] and s.rank == 0:
+        atomic_write_json(out / "done.json", {"step": step, "last": last, "config_digest": s.meta["config_digest"],
+                                              "code_digest": s.meta["code_digest"],
+                                              "checkpoint": str(out / "checkpoints" / f"step_{step:06d}")})
     return last
 
 
@@ -439,15 +457,24 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
 
 
 def load_job_config(args) -> dict:
-    raw = configlib.load_file(args.config) if args.config else {}
+    if args.config and args.config_json:
+        raise TokenDriftError("give --config or --config-json, not both")
+    try:
+        raw = json.loads(args.config_json) if args.config_json else configlib.load_file(args.config) if args.config else {}
+    except json.JSONDecodeError as e:
+        raise TokenDriftError(f"--config-json is not valid JSON: {e}") from None
     return configlib.apply_overrides(raw, args.set)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML/JSON job config (tokendrift/schemas/train.schema.yaml)")
+    p.add_argument("--config-json", help="the job config as a JSON string (what the Snakemake rules pass)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted path, YAML value); repeatable")
     p.add_argument("--out", required=True, help="output folder (resumed when it holds a checkpoint of the same config)")
+    p.add_argument("--discard-stale", action="store_true",
+                   help="when --out holds checkpoints of another config or code version, delete them and start "
+                        "over (the pipeline's rule for stale results) instead of refusing")
 
 
 def init_distributed() -> None:
@@ -463,7 +490,7 @@ def init_distributed() -> None:
 def run(args) -> int:
     init_distributed()
     try:
-        train(load_job_config(args), args.out)
+        train(load_job_config(args), args.out, discard_stale=args.discard_stale)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -110,6 +110,11 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def temp_str(t: float) -> str:
+    """How a sampling temperature appears in paths: 1.0 -> "1.0", 0.75 -> "0.75"."""
+    return repr(float(t))
+
+
 def read_json(path: str | os.PathLike, what: str = "file", error: type = TokenDriftError) -> Any:
     """Read a JSON file, turning a missing or corrupt file into an ``error`` naming it."""
     path = Path(path)

@@ -1,0 +1,154 @@
+"""The grid of table cells (tokendrift.grid) and the Snakemake DAG over it (issue 4).
+
+The dry runs are real Snakemake runs (`snakemake -n`) of the repository's Snakefile and
+profiles; nothing is executed.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tokendrift.grid import Grid
+from tokendrift.utils import TokenDriftError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+PAPER = REPO / "workflow" / "config" / "paper.yaml"
+
+# DESIGN.md section 2, written out independently of tokendrift/data/tables.yaml:
+# (backbone, run) -> (steps, the options that make the run what it is)
+DESIGN_RUNS = {
+    ("mdlm", "continuation"): (13000, {"variant": "continuation"}),
+    ("mdlm", "tokendrift"): (13000, {"variant": "tokendrift"}),
+    ("mdlm", "hard_lift"): (13000, {"objective": {"lift": "hard"}}),
+    ("mdlm", "logit_l2"): (13000, {"objective": {"loss": "logit_l2"}}),
+    ("mdlm", "logit_kl"): (13000, {"objective": {"loss": "logit_kl"}}),
+    ("mdlm", "feature_l2_base"): (13000, {"objective": {"base_loss": True}}),
+    ("mdlm", "logit_l2_base"): (13000, {"objective": {"loss": "logit_l2", "base_loss": True}}),
+    ("mdlm", "logit_kl_base"): (13000, {"objective": {"loss": "logit_kl", "base_loss": True}}),
+    ("mdlm", "queue4"): (5000, {"objective": {"queue_size": 4}}),
+    ("mdlm", "queue64"): (5000, {"objective": {"queue_size": 64}}),
+    ("mdlm", "ratio_1_0"): (5000, {"objective": {"ratio": [1, 0]}}),
+    ("mdlm", "ratio_2_1"): (5000, {"objective": {"ratio": [2, 1]}}),
+    ("mdlm", "ratio_0_1"): (5000, {"objective": {"ratio": [0, 1]}}),
+    ("mdlm", "ratio_1_2"): (5000, {"objective": {"ratio": [1, 2]}}),
+    ("duo", "continuation"): (13000, {"variant": "continuation"}),
+    ("duo", "tokendrift"): (13000, {"variant": "tokendrift"}),
+}
+
+
+def snakemake(*args, cwd=REPO, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def planned_jobs(out: str) -> list[dict]:
+    """Each planned job of a dry run: its rule and wildcards."""
+    jobs = []
+    for block in re.split(r"\n(?=\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]\n)", out):
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not m:
+            continue
+        w = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        wildcards = dict(kv.split("=", 1) for kv in w.group(1).split(", ")) if w else {}
+        jobs.append({"rule": m.group(1), **wildcards})
+    return jobs
+
+
+def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_design(tmp_path):
+    r = snakemake("all_tables", "-n", "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(PAPER),
+                  "--directory", str(tmp_path))
+    jobs = planned_jobs(r.stdout)
+    train = [(j["backbone"], j["model"], j["seed"]) for j in jobs if j["rule"] == "train"]
+    assert len(train) == len(set(train)) == 48  # 16 unique runs x 3 seeds, each once
+    assert {(b, m) for b, m, _ in train} == set(DESIGN_RUNS)
+    assert {s for *_, s in train} == {"0", "1", "2"}
+    assert sorted(j["backbone"] for j in jobs if j["rule"] == "import_start") == ["duo", "mdlm"]
+    assert not [j for j in jobs if j["rule"] in ("pretrain_start", "pretrain_evaluator")]  # paper: released + gpt2-large
+
+    # Checkpoints evaluated (each sampled by one job, scored by one), counted by hand from DESIGN.md
+    # section 2: MDLM start; 8 runs at 13k; the default at 5k and 6 runs of 5k; Figure 2 adds
+    # continuation at the 7 curve steps and 5k, and the default at the 7 curve steps. DUO: start,
+    # 2 runs at 13k, and both at the 7 curve steps and 5k. Times 3 seeds.
+    mdlm = 1 + 8 + 7 + 8 + 7
+    duo = 1 + 2 + 8 + 8
+    sample = [j for j in jobs if j["rule"] in ("sample_run", "sample_start")]
+    score = [j for j in jobs if j["rule"] in ("score_run", "score_start")]
+    assert len(sample) == len(score) == 3 * (mdlm + duo)
+    keys = {(j["backbone"], j.get("model", "start"), j["seed"], j.get("step", "0")) for j in sample}
+    assert len(keys) == len(sample)  # shared cells computed once
+    assert ("mdlm", "tokendrift", "0", "5000") in keys and ("mdlm", "tokendrift", "0", "13000") in keys
+    assert ("mdlm", "queue4", "1", "13000") not in keys
+    assert {j["rule"] for j in jobs} >= {"table1", "table2", "table3", "table4", "table5", "table6", "figure2",
+                                        "quality_diversity", "track", "all_tables"}
+
+
+def test_train_job_configs_follow_the_sheet():
+    g = Grid(yaml.safe_load(PAPER.read_text()), SCHEMA)
+    for (bb, run), (steps, options) in DESIGN_RUNS.items():
+        cfg = g.train_config(bb, run, 2)
+        assert cfg["steps"] == steps and cfg["seed"] == 2 and cfg["global_batch"] == 512
+        assert cfg["init"] == str(g.start_model(bb))
+        for key, value in options.items():
+            assert cfg[key] == value if not isinstance(value, dict) else {**cfg[key], **value} == cfg[key]
+    # the default run keeps its 5k checkpoint (Tables 5/6) and the curve steps (Figure 2)
+    keep = g.train_config("mdlm", "tokendrift", 0)["checkpoint_steps"]
+    assert 5000 in keep and set(g.config["steps"]["curve"]) <= set(keep) and 13000 not in keep
+    assert g.train_config("mdlm", "queue4", 0)["checkpoint_steps"] == []
+
+
+def test_default_and_ci_configs_expand():
+    for path in (REPO / "workflow" / "config" / "default.yaml", REPO / "tests" / "configs" / "ci.yaml"):
+        g = Grid(yaml.safe_load(path.read_text()), SCHEMA)
+        assert g.summary()["train"] == 16 * len(g.seeds)
+        assert "pretrain" in g.config["start"]["mdlm"] and "pretrain" in g.config["evaluator"]
+
+
+BAD = [
+    ({"seeds": [0, 0]}, "seeds"),
+    ({"seeds": []}, "seeds"),
+    ({"bogus": 1}, "bogus"),
+    ({"steps": {"long": 10, "short": 20}}, "steps.short"),
+    ({"steps": {"long": 0, "short": 0}}, "steps.long"),
+    ({"sample": {"nfe": [0]}}, "sample.nfe"),
+    ({"runs": [{"backbone": "gpt", "id": "x", "steps": "long"}]}, "runs.0.backbone"),
+    ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"variant": "magic"}}]}, "variant"),
+    ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"objective": {"queue_size": 0}}}]},
+     "objective.queue_size"),
+    ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long"}] * 2}, "duplicate run"),
+    ({"start": {"mdlm": {"pretrain": {}}}}, "start.duo"),
+    ({"evaluator": {"name": "gpt2", "pretrain": {}}}, "evaluator"),
+]
+
+
+@pytest.mark.parametrize("change,expected", BAD, ids=[e for _, e in BAD])
+def test_bad_configs_are_refused_naming_the_key(tmp_path, change, expected):
+    cfg = yaml.safe_load((REPO / "tests" / "configs" / "ci.yaml").read_text())
+    cfg.update(change)
+    with pytest.raises(TokenDriftError, match=re.escape(expected)):
+        Grid(cfg, SCHEMA)
+    # the same through Snakemake: exit 1, the key named, nothing written
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = snakemake("all_tables", "-n", "--configfile", str(path), "--directory", str(tmp_path / "wd"), check=False)
+    assert r.returncode != 0 and expected in r.stdout + r.stderr
+    assert not (tmp_path / "wd" / "results").exists()
+
+
+def test_grid_cli_counts_jobs_and_exits_2_on_bad_config(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(PAPER), "--schema", str(SCHEMA)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["train"] == 48
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nseeds: [1, 1]\n")
+    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(bad), "--schema", str(SCHEMA)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "workflow config" in r.stderr

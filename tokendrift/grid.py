@@ -1,0 +1,317 @@
+"""The sheet of table cells: a validated workflow config expanded into the jobs of the paper's
+grid (DESIGN.md section 2), and the one place that names every output path.
+
+A *model* of a backbone is ``start`` (the starting, "released" checkpoint) or the id of a
+training run. An *evaluation unit* ``Unit(backbone, model, seed, step)`` is one checkpoint:
+one sampling job draws its samples at every NFE (and, for the starting checkpoint, every
+temperature of the sweep), one scoring job scores them and the checkpoint's held-out NELBO.
+A checkpoint is shared by every table and figure that needs it, so each is evaluated once;
+loading the model (and gpt2-large) once per checkpoint rather than once per NFE is what keeps
+the embedded default inside its time budget and saves GPU allocations on a cluster. The
+Snakemake rules (workflow/rules/*.smk) only ask this module for paths, job configs and
+target lists.
+
+Layout under ``<results>/<name>/``::
+
+    start/<bb>/pretrain/            pretrained starting checkpoint (embedded default) ...
+    start/<bb>/imported/            ... or the imported released one (paper)
+    evaluator/pretrain/model        the embedded default's causal-LM evaluator
+    train/<bb>/<run>/seed<k>/       a continual-training run (checkpoints/step_NNNNNN, done.json)
+    samples/<bb>/<model>/seed<k>/step<S>/T<t>_nfe<N>/      a sample folder
+    scores/<bb>/<model>/seed<k>/step<S>/T<t>_nfe<N>.json   its score
+    scores/<bb>/<model>/seed<k>/step<S>/nelbo.json         held-out NELBO of the checkpoint
+    tables/, figures/, probe/, mlflow.db
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+
+from . import config as configlib
+from .utils import TokenDriftError, code_digest, temp_str
+
+BACKBONES = ("mdlm", "duo")
+TABLES_FILE = Path(__file__).parent / "data" / "tables.yaml"
+
+
+def paper_tables() -> dict:
+    """The paper's grid and reported values (tokendrift/data/tables.yaml)."""
+    return yaml.safe_load(TABLES_FILE.read_text())
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+@dataclass(frozen=True)
+class Run:
+    backbone: str
+    id: str
+    steps: str  # "long" | "short"
+    set: dict
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """One checkpoint of one seed: sampled (at every NFE and temperature) by one job, scored by one."""
+    backbone: str
+    model: str
+    seed: int
+    step: int
+
+
+class Grid:
+    def __init__(self, config: dict, schema: str | Path):
+        self.schema = str(schema)
+        self.config = configlib.validate_with(Path(schema), config, what="workflow config")
+        c = self.config
+        self.root = Path(c["results"]) / c["name"]
+        self.seeds = list(c["seeds"])
+        self.nfes = sorted(c["sample"]["nfe"])
+        self.long, self.short = c["steps"]["long"], c["steps"]["short"]
+        if self.short > self.long:
+            raise TokenDriftError(f"workflow config: steps.short ({self.short}) must not exceed steps.long ({self.long})")
+        paper = paper_tables()
+        sheet = c["runs"] if c["runs"] is not None else paper["runs"]
+        self.runs: dict[tuple[str, str], Run] = {}
+        for i, r in enumerate(sheet):
+            key = (r["backbone"], r["id"])
+            if key in self.runs:
+                raise TokenDriftError(f"workflow config: runs[{i}]: duplicate run {r['backbone']}/{r['id']}")
+            self.runs[key] = Run(r["backbone"], r["id"], r["steps"], r.get("set", {}))
+        self.tables = {t: paper["tables"][t] for t in c["tables"]}
+        self.figure2 = paper["figure2"]
+        self.backbones = [b for b in BACKBONES if b in c["start"]]
+        self._check()
+
+    # ------------------------------------------------------------------ validation
+
+    def _check(self) -> None:
+        for (bb, rid), run in self.runs.items():
+            if bb not in self.backbones:
+                raise TokenDriftError(f"workflow config: run {bb}/{rid}: backbone {bb!r} has no start checkpoint "
+                                      f"(start.{bb})")
+            cfg = self.train_config(bb, rid, self.seeds[0])
+            configlib.validate("train", cfg, prefix=f"runs.{bb}/{rid}")
+        for name, table in self.tables.items():
+            bb = table["backbone"]
+            if bb not in self.backbones:
+                raise TokenDriftError(f"workflow config: tables: {name} needs backbone {bb!r} (start.{bb})")
+            for row in table["rows"]:
+                m = row.get("model")
+                if m and m != "start":
+                    run = self.runs.get((bb, m))
+                    if run is None:
+                        raise TokenDriftError(f"workflow config: tables: {name} needs run {bb}/{m}, absent from runs")
+                    if self.run_steps(run) < self.table_step(name):
+                        raise TokenDriftError(f"workflow config: run {bb}/{m} trains {self.run_steps(run)} steps but "
+                                              f"{name} reads it at step {self.table_step(name)}")
+        for s in self.config["steps"]["curve"]:
+            if s > self.long:
+                raise TokenDriftError(f"workflow config: steps.curve: {s} exceeds steps.long ({self.long})")
+        for bb in self.backbones:
+            pre = self.config["start"][bb].get("pretrain")
+            if pre is not None:
+                configlib.validate("train", self.pretrain_config(bb), prefix=f"start.{bb}.pretrain")
+
+    # ------------------------------------------------------------------ jobs
+
+    def run_steps(self, run: Run) -> int:
+        return self.long if run.steps == "long" else self.short
+
+    def table_step(self, table: str) -> int:
+        return self.long if self.tables[table]["at"] == "long" else self.short
+
+    def pretrain_config(self, bb: str) -> dict:
+        return deep_merge(self.config["start"][bb]["pretrain"], {"source": self.config["source"]})
+
+    def pretrain_steps(self, bb: str) -> int:
+        return configlib.validate("train", self.pretrain_config(bb))["steps"]
+
+    def evaluator_config(self) -> dict:
+        return deep_merge(self.config["evaluator"]["pretrain"], {"source": self.config["source"]})
+
+    def train_config(self, bb: str, rid: str, seed: int) -> dict:
+        """The full job config of one training run (what `tokendrift train` receives)."""
+        run = self.runs[(bb, rid)]
+        steps = self.run_steps(run)
+        keep = sorted(s for s in self.model_steps(bb, rid) if 0 < s < steps)
+        cfg = deep_merge(self.config["train"], run.set)
+        return deep_merge(cfg, {"init": str(self.start_model(bb)), "seed": seed, "steps": steps,
+                                "checkpoint_steps": keep})
+
+    def model_steps(self, bb: str, model: str) -> set[int]:
+        """Every checkpoint step of a model that some table or figure evaluates."""
+        return {u.step for u in self.units if u.backbone == bb and u.model == model}
+
+    @cached_property
+    def code_digest(self) -> str:
+        return code_digest()
+
+    # ------------------------------------------------------------------ paths
+
+    def start_model(self, bb: str) -> Path:
+        if "pretrain" in self.config["start"][bb]:
+            return self.root / "start" / bb / "pretrain" / "checkpoints" / f"step_{self.pretrain_steps(bb):06d}"
+        return self.root / "start" / bb / "imported"
+
+    def start_done(self, bb: str) -> Path:
+        if "pretrain" in self.config["start"][bb]:
+            return self.root / "start" / bb / "pretrain" / "done.json"
+        return self.start_model(bb) / "meta.json"
+
+    def evaluator(self) -> str:
+        """What `tokendrift score --evaluator` gets: a local folder or a Hugging Face name."""
+        if "pretrain" in self.config["evaluator"]:
+            return str(self.root / "evaluator" / "pretrain" / "model")
+        return self.config["evaluator"]["name"]
+
+    def evaluator_inputs(self) -> list[str]:
+        if "pretrain" in self.config["evaluator"]:
+            return [str(self.root / "evaluator" / "pretrain" / "metrics.json")]
+        return []
+
+    def train_dir(self, bb: str, rid: str, seed: int) -> Path:
+        return self.root / "train" / bb / rid / f"seed{seed}"
+
+    def checkpoint(self, bb: str, model: str, seed: int, step: int) -> Path:
+        if model == "start":
+            return self.start_model(bb)
+        return self.train_dir(bb, model, seed) / "checkpoints" / f"step_{step:06d}"
+
+    def unit_checkpoint(self, u: Unit) -> Path:
+        return self.checkpoint(u.backbone, u.model, u.seed, u.step)
+
+    def checkpoint_done(self, bb: str, model: str, seed: int) -> str:
+        """The file whose existence says the model's checkpoints are complete (a job output)."""
+        if model == "start":
+            return str(self.start_done(bb))
+        return str(self.train_dir(bb, model, seed) / "done.json")
+
+    def unit_dir(self, kind: str, u: Unit) -> Path:
+        return self.root / kind / u.backbone / u.model / f"seed{u.seed}" / f"step{u.step}"
+
+    def temperatures(self, model: str) -> list[float]:
+        """The starting checkpoint is sampled over the sweep; trained models at temperature 1."""
+        return self.sweep() if model == "start" else [1.0]
+
+    def cells(self, u: Unit) -> list[tuple[float, int]]:
+        return [(t, n) for t in self.temperatures(u.model) for n in self.nfes]
+
+    def sample_dir(self, u: Unit, temperature: float, nfe: int) -> Path:
+        return self.unit_dir("samples", u) / f"T{temp_str(temperature)}_nfe{nfe}"
+
+    def score_file(self, u: Unit, temperature: float, nfe: int) -> Path:
+        return self.unit_dir("scores", u) / f"T{temp_str(temperature)}_nfe{nfe}.json"
+
+    def nelbo_file(self, u: Unit) -> Path:
+        return self.unit_dir("scores", u) / "nelbo.json"
+
+    def unit(self, w) -> Unit:
+        """The unit of a Snakemake job's wildcards (the start rules have no model/step wildcard)."""
+        return Unit(w.backbone, getattr(w, "model", "start"), int(w.seed), int(getattr(w, "step", 0)))
+
+    def unit_patterns(self, kind: str, start: bool, leaf: str) -> list[str]:
+        """Output patterns of the sample (kind "samples", leaf "/meta.json") or score (kind "scores",
+        leaf ".json") rule; wildcards backbone and seed, plus model and step for trained runs."""
+        base = (f"{self.root}/{kind}/{{backbone}}/start/seed{{seed}}/step0" if start
+                else f"{self.root}/{kind}/{{backbone}}/{{model}}/seed{{seed}}/step{{step}}")
+        temps = self.sweep() if start else [1.0]
+        return [f"{base}/T{temp_str(t)}_nfe{n}{leaf}" for t in temps for n in self.nfes]
+
+    def device_arg(self, section: str) -> str:
+        """``--device X`` for a job's command line; "auto" leaves the job's own default (cuda if present)."""
+        d = self.config[section]["device"]
+        return "" if d == "auto" else f"--device {d}"
+
+    # ------------------------------------------------------------------ what the targets need
+
+    def row_step(self, table: str, model: str) -> int:
+        return 0 if model == "start" else self.table_step(table)
+
+    def curve_steps(self) -> list[int]:
+        """Steps of Figure 2: 0 (the start checkpoint), the curve steps, short and long."""
+        return sorted({0, self.short, self.long, *self.config["steps"]["curve"]})
+
+    def sweep(self) -> list[float]:
+        return sorted({*map(float, self.config["sample"]["sweep"]), 1.0})
+
+    def table_units(self, table: str) -> list[Unit]:
+        """The rows' checkpoints and the starting checkpoint (its sweep is the matched-entropy control)."""
+        t = self.tables[table]
+        units = [Unit(t["backbone"], r["model"], s, self.row_step(table, r["model"]))
+                 for r in t["rows"] if "model" in r for s in self.seeds]
+        return units + [Unit(t["backbone"], "start", s, 0) for s in self.seeds]
+
+    def figure2_units(self) -> list[Unit]:
+        return [Unit(bb, m, s, step)
+                for bb in self.backbones for m in self.figure2.get(bb, []) if m == "start" or (bb, m) in self.runs
+                for step in ([0] if m == "start" else self.curve_steps()[1:]) for s in self.seeds]
+
+    @cached_property
+    def units(self) -> list[Unit]:
+        units = {u for t in self.tables for u in self.table_units(t)} | set(self.figure2_units())
+        return sorted(units)
+
+    def score_files(self, units) -> list[str]:
+        files = [str(self.score_file(u, t, n)) for u in units for t, n in self.cells(u)]
+        return files + [str(self.nelbo_file(u)) for u in units]
+
+    def table_inputs(self, table: str) -> list[str]:
+        return self.score_files(self.table_units(table))
+
+    def figure2_inputs(self) -> list[str]:
+        return self.score_files(self.figure2_units())
+
+    def table_outputs(self, table: str) -> list[str]:
+        return [str(self.root / "tables" / f"{table}.{ext}") for ext in ("md", "tex", "csv")]
+
+    def figure_outputs(self, name: str) -> list[str]:
+        return [str(self.root / "figures" / f"{name}.{ext}") for ext in ("png", "pdf")]
+
+    def all_outputs(self) -> list[str]:
+        out = [f for t in self.tables for f in self.table_outputs(t)]
+        out += self.figure_outputs("figure2") + self.figure_outputs("quality_diversity")
+        return out
+
+    def summary(self) -> dict:
+        """Counts of unique jobs, for the dry-run test and `tokendrift grid`."""
+        return {
+            "start": len(self.backbones), "evaluator": int("pretrain" in self.config["evaluator"]),
+            "train": len(self.runs) * len(self.seeds), "sample": len(self.units), "score": len(self.units),
+            "sample_sets": sum(len(self.cells(u)) for u in self.units),
+        }
+
+
+def add_grid_args(p) -> None:
+    """The workflow config of a job that reads the whole grid: a file, or JSON (from the DAG)."""
+    p.add_argument("config", nargs="?", help="workflow config file (workflow/config/*.yaml)")
+    p.add_argument("--config-json", help="the workflow config as a JSON string (what the Snakemake rules pass)")
+    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml", help="workflow config schema")
+
+
+def grid_from_args(args) -> Grid:
+    if bool(args.config) == bool(args.config_json):
+        raise TokenDriftError("give a workflow config file or --config-json (exactly one)")
+    raw = json.loads(args.config_json) if args.config_json else configlib.load_file(args.config)
+    return Grid(raw, args.schema)
+
+
+def describe(args) -> int:
+    print(json.dumps(grid_from_args(args).summary(), indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("grid", help="validate a workflow config and count the unique jobs of its grid")
+    add_grid_args(p)
+    p.set_defaults(func=describe)
