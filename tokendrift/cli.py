@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except TokenDriftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an unwritable or vanished results folder, a full disk: name the file
+        where = e.filename or ""
+        print(f"error: {where}: {e.strerror or e}" if where else f"error: {e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

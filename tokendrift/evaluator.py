@@ -91,7 +91,7 @@ def train_evaluator(source, out_dir, *, steps: int = 1500, batch_size: int = 32,
     with torch.no_grad():
         valid = sum(float(_nll(model, _inputs(source, "valid", j, batch_size).to(device))) for j in range(4)) / 4
     metrics = {"step": step, "train_nll": float(loss.detach()), "valid_nll": valid, "uniform_nll": math.log(source.vocab_size),
-               "entropy_rate": getattr(source, "entropy_rate", None), "config_digest": digest}
+               "config_digest": digest}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -149,7 +149,7 @@ def checkpoint_nelbo(checkpoint: str, out: str | None = None, *, n_batches: int 
     sd = (sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1)) ** 0.5
     result = {"nelbo": mean, "nelbo_se": sd / len(vals) ** 0.5, "n_sequences": n_batches * batch_size, "n_t": n_t,
               "checkpoint": str(checkpoint), "diffusion": meta["diffusion"], "step": meta.get("step"),
-              "variant": meta.get("variant"), "entropy_rate": getattr(source, "entropy_rate", None)}
+              "variant": meta.get("variant")}
     if out:
         atomic_write_json(out, result)
     return result

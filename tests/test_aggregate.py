@@ -1,0 +1,154 @@
+"""Tables, figures and MLflow import from hand-made score files (issue 4 items 3-5)."""
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from tokendrift.aggregate import at_entropy, figure2, quality_diversity, write_table
+from tokendrift.grid import Grid, Unit
+from tokendrift.tracking import compare, import_results
+from tokendrift.utils import TokenDriftError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def make_grid(tmp_path, **over) -> Grid:
+    cfg = {"name": "t", "results": str(tmp_path / "results"), "source": {"kind": "openwebtext"},
+           "seeds": [0, 1, 2], "start": {"mdlm": {"pretrain": {}}, "duo": {"pretrain": {}}},
+           "evaluator": {"name": "gpt2-large"}, "steps": {"long": 4, "short": 2},
+           "sample": {"nfe": [4, 8], "sweep": [0.5, 0.8]}, **over}
+    return Grid(cfg, SCHEMA)
+
+
+def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None):
+    f = g.score_file(u, t, nfe)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe}))
+    if nelbo is not None:
+        g.nelbo_file(u).write_text(json.dumps({"nelbo": nelbo}))
+
+
+# start sweep (per NFE): entropy 4.0 / 5.0 / 6.0 at T 0.5 / 0.8 / 1.0, Gen.-PPL 20 / 50 / 200
+SWEEP = {0.5: (20.0, 4.0), 0.8: (50.0, 5.0), 1.0: (200.0, 6.0)}
+TD = {0: (40.0, 4.6), 1: (44.0, 4.4), 2: (42.0, 4.5)}  # TokenDrift per seed at NFE 4
+
+
+@pytest.fixture
+def filled(tmp_path):
+    g = make_grid(tmp_path)
+    for s in g.seeds:
+        for t, (p, e) in SWEEP.items():
+            for n in g.nfes:
+                put(g, Unit("mdlm", "start", s, 0), t, n, p, e, nelbo=3.0)
+        for n in g.nfes:
+            put(g, Unit("mdlm", "tokendrift", s, 4), 1.0, n, *TD[s], nelbo=3.5 + s)
+            if s != 2:  # seed 2 of continuation never finished
+                put(g, Unit("mdlm", "continuation", s, 4), 1.0, n, 190.0 + s, 5.9)
+    return g
+
+
+def rows(g, table):
+    return list(csv.DictReader(open(g.table_outputs(table)[2])))
+
+
+def test_cells_are_mean_and_sample_sd_with_n_and_missing_marked(filled):
+    g = filled
+    write_table(g, "table1")
+    md = Path(g.table_outputs("table1")[0]).read_text()
+    ppl = [TD[s][0] for s in g.seeds]
+    assert f"**{statistics.mean(ppl):.2f} ± {statistics.stdev(ppl):.2f}**" in md  # best Gen.-PPL in bold
+    assert "190.50 ± 0.71 (n=2)" in md  # one seed missing: n shown
+    tex = Path(g.table_outputs("table1")[1]).read_text()
+    assert r"\textbf{42.00 $\pm$ 2.00}" in tex and r"\toprule" in tex
+    assert "1942.33" in md and "SDTT (reported, paper)" in md  # the paper's values beside ours
+    nelbo = [3.5, 4.5, 5.5]
+    assert f"{statistics.mean(nelbo):.3f} ± {statistics.stdev(nelbo):.3f}" in md
+    # table 3's hard-lift row has no score file at all: every cell is the missing mark
+    write_table(g, "table3")
+    hard = next(r for r in Path(g.table_outputs("table3")[0]).read_text().splitlines() if r.startswith("| Hard"))
+    assert hard.count("—") >= 4
+
+
+def test_matched_entropy_row_and_ratio_follow_the_log_linear_frontier(filled):
+    g = filled
+    write_table(g, "table1")
+    by = {(r["row"], r["nfe"]): r for r in rows(g, "table1")}
+    e = statistics.mean(TD[s][1] for s in g.seeds)  # 4.5: halfway between T=0.5 and T=0.8
+    want = math.exp(0.5 * math.log(20) + 0.5 * math.log(50))
+    matched = by[("start at matched entropy", "4")]
+    assert float(matched["gen_ppl"]) == pytest.approx(want)
+    assert float(matched["gen_ppl_matched_temperature"]) == pytest.approx(0.65)
+    assert float(by[("TokenDrift", "4")]["gen_ppl_ratio"]) == pytest.approx(42.0 / want)
+    assert e == pytest.approx(4.5)
+
+
+def test_outside_the_sweep_nothing_is_extrapolated():
+    pts = [(4.0, 20.0, 0.5), (6.0, 200.0, 1.0)]
+    assert at_entropy(pts, 3.0) == (None, None, "<range")
+    assert at_entropy(pts, 7.0) == (None, None, ">range")
+    assert at_entropy(pts, 6.0)[0] == pytest.approx(200.0)
+
+
+def test_figures_are_png_and_pdf(filled):
+    figure2(filled)
+    quality_diversity(filled)
+    for name in ("figure2", "quality_diversity"):
+        png, pdf = filled.figure_outputs(name)
+        assert Path(png).read_bytes()[:4] == b"\x89PNG" and Path(pdf).read_bytes()[:5] == b"%PDF-"
+
+
+def test_a_corrupted_score_file_is_named(filled):
+    f = filled.score_file(Unit("mdlm", "tokendrift", 0, 4), 1.0, 4)
+    f.write_text("{oops")
+    with pytest.raises(TokenDriftError, match=str(f)):
+        write_table(filled, "table1")
+
+
+def test_mlflow_import_is_complete_idempotent_and_incremental(filled):
+    g = filled
+    write_table(g, "table1")
+    first = import_results(g)
+    assert first["tracking_uri"].startswith("sqlite:///") and Path(g.root / "mlflow.db").exists()
+    import mlflow
+
+    mlflow.set_tracking_uri(first["tracking_uri"])
+    cells = mlflow.search_runs(experiment_names=["tokendrift-t"], filter_string="tags.kind = 'cell'")
+    # table1 (start x3, continuation x2, tokendrift x3) + the start rows of tables 2-6 (MDLM ones share files)
+    t1 = cells[cells["tags.table"] == "table1"]
+    assert len(t1) == 8 and set(t1["tags.variant"]) == {"start", "continuation", "tokendrift"}
+    td0 = t1[(t1["tags.variant"] == "tokendrift") & (t1["tags.seed"] == "0")].iloc[0]
+    assert td0["metrics.gen_ppl/nfe4"] == 40.0 and td0["metrics.nelbo"] == 3.5 and td0["params.step"] == "4"
+    assert td0["params.train.objective.queue_size"] == "1024"  # the cell's training options
+    assert td0["tags.mlflow.parentRunId"]
+    again = import_results(g)
+    assert again["imported"] == [] and again["skipped"] > 0
+    put(g, Unit("mdlm", "continuation", 2, 4), 1.0, 4, 191.0, 5.9)  # the missing seed arrives
+    third = import_results(g)
+    assert any("continuation/seed2" in k for k in third["imported"])
+    table = compare(g, "table1")
+    assert list(table.index) == ["start", "continuation", "tokendrift"] and table.loc["continuation", "n"] == 3
+
+
+def test_many_results_at_once_are_all_imported(tmp_path):
+    g = make_grid(tmp_path, seeds=list(range(32)), tables=["table1"])
+    for s in g.seeds:
+        put(g, Unit("mdlm", "tokendrift", s, 4), 1.0, 4, 10.0 + s, 4.0)
+    import_results(g)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{g.root.resolve()}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["tokendrift-t"], filter_string="tags.variant = 'tokendrift'")
+    assert sorted(runs["metrics.gen_ppl/nfe4"]) == [10.0 + s for s in range(32)]  # none lost
+
+
+def test_unreachable_store_is_a_clear_error_and_touches_no_result(filled, monkeypatch):
+    g = make_grid(filled.root.parent.parent, mlflow={"tracking_uri": "http://127.0.0.1:9"})
+    before = sorted(p.name for p in g.root.rglob("*"))
+    with pytest.raises(TokenDriftError, match=r"http://127\.0\.0\.1:9.*unreachable"):
+        import_results(g)
+    assert sorted(p.name for p in g.root.rglob("*")) == before
