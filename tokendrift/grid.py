@@ -155,6 +155,12 @@ class Grid:
 
     @cached_property
     def code_digest(self) -> str:
+        """Digest of the code that trains, samples and scores (a param of those jobs)."""
+        return code_digest(reporting=False)
+
+    @cached_property
+    def report_digest(self) -> str:
+        """Digest of all the package's code (a param of the tables, figures, probe and import)."""
         return code_digest()
 
     # ------------------------------------------------------------------ paths
@@ -278,10 +284,21 @@ class Grid:
     def figure_outputs(self, name: str) -> list[str]:
         return [str(self.root / "figures" / f"{name}.{ext}") for ext in ("png", "pdf")]
 
+    def probe_dir(self, bb: str) -> Path:
+        return self.root / "probe" / bb
+
+    def probe_outputs(self, bb: str) -> list[str]:
+        return [str(self.probe_dir(bb) / f) for f in ("probe.json", "probe.png", "probe.pdf", "top3.md")]
+
+    def probe_models(self, bb: str) -> dict[str, Path]:
+        """label -> checkpoint probed: the Figure-2 models at the long step, first seed."""
+        return {m: self.checkpoint(bb, m, self.seeds[0], 0 if m == "start" else self.long)
+                for m in self.figure2.get(bb, []) if m == "start" or (bb, m) in self.runs}
+
     def all_outputs(self) -> list[str]:
         out = [f for t in self.tables for f in self.table_outputs(t)]
         out += self.figure_outputs("figure2") + self.figure_outputs("quality_diversity")
-        return out
+        return out + [f for bb in self.backbones for f in self.probe_outputs(bb)]
 
     def summary(self) -> dict:
         """Counts of unique jobs, for the dry-run test and `tokendrift grid`."""

@@ -48,7 +48,8 @@ def _client(g: Grid):
     name = g.config["mlflow"]["experiment"] or f"tokendrift-{g.config['name']}"
     try:
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        artifacts = (Path(g.root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+        exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifacts)
     except Exception as e:  # unreachable server, unwritable SQLite file, bad URI
         raise TokenDriftError(f"MLflow store {uri}: unreachable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                               "the result files are intact, rerun `tokendrift track` when it is back") from None
@@ -192,8 +193,26 @@ class Importer:
         self.run(key, digest, name=f"{table} artifacts", parent=parent, tags={"table": table, "kind": "artifacts"})
 
 
+    def probe(self, bb: str):
+        files = [Path(f) for f in self.g.probe_outputs(bb)]
+        if not files[0].exists():
+            return
+        run_id = self.run(f"probe/{bb}", _digest(files), name=f"probe {bb}", tags={"kind": "probe", "backbone": bb})
+        if run_id is None:
+            return
+        data = read_json(files[0], "probe file")
+        metrics = [(f"{label}/{key}", r[key]["mean"][d - 1], d) for label, r in data.items()
+                   for key in ("top1", "entropy", "frequent_share") for d in range(1, r["span"] + 1)]
+        self.log(run_id, {"checkpoints": {k: v["checkpoint"] for k, v in data.items()}}, metrics)
+        for f in files:
+            if f.exists():
+                self.client.log_artifact(run_id, str(f), "probe")
+
+
 def import_results(g: Grid) -> dict:
     imp = Importer(g)
+    for bb in g.backbones:
+        imp.probe(bb)
     for table in g.tables:
         for u in sorted(set(g.table_units(table))):
             imp.cell(table, u)

@@ -159,7 +159,7 @@ def build(cfg: dict) -> Setup:
         "origin": init_meta.get("origin"),
         "variant": cfg["variant"],
         "config_digest": config_digest(cfg),
-        "code_digest": code_digest(),
+        "code_digest": code_digest(reporting=False),
     }
     s = Setup(cfg=cfg, model=model.to(device), encoder=encoder, diffusion=make_diffusion(diffusion_name, vocab),
               source=source, meta=meta, device=device, rank=rank, world=world,

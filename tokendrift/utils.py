@@ -33,6 +33,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed with SIGKILL
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -60,10 +63,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
 
     On any exception the temporary folder is removed and ``path`` is left as it was, so a
-    reader sees either the old complete folder or the new complete one, never a mix.
+    reader sees either the old complete folder or the new complete one, never a mix; the
+    temporary folder of a writer killed outright is removed by the next writer of ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed with SIGKILL
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -99,13 +105,20 @@ def config_digest(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def code_digest() -> str:
-    """Digest of the package's own source files: results go stale when the code changes."""
+# Modules that only read results (tables, figures, MLflow, the probe, the CLI, paths): editing
+# them must not make trained models or their scores stale.
+REPORTING = ("aggregate.py", "tracking.py", "probe.py", "grid.py", "cli.py", "data/tables.yaml")
+
+
+def code_digest(reporting: bool = True) -> str:
+    """Digest of the package's own source files: results go stale when the code changes.
+    ``reporting=False`` leaves out the REPORTING modules (the digest of training and evaluation)."""
     h = hashlib.sha256()
     root = Path(__file__).parent
     for f in sorted(root.rglob("*")):
-        if f.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in f.parts:
-            h.update(str(f.relative_to(root)).encode())
+        rel = f.relative_to(root).as_posix()
+        if f.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in f.parts and (reporting or rel not in REPORTING):
+            h.update(rel.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

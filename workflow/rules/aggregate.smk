@@ -16,7 +16,7 @@ for _table in G.tables:
         params:
             config=CONFIG_ARG,
             table=_table,
-            code=G.code_digest,
+            code=G.report_digest,
         localrule: True
         shell:
             "tokendrift aggregate {params.config} --table {params.table}"
@@ -29,7 +29,7 @@ rule figure2:
         G.figure_outputs("figure2"),
     params:
         config=CONFIG_ARG,
-        code=G.code_digest,
+        code=G.report_digest,
     localrule: True
     shell:
         "tokendrift aggregate {params.config} --figure figure2"
@@ -42,7 +42,7 @@ rule quality_diversity:
         G.figure_outputs("quality_diversity"),
     params:
         config=CONFIG_ARG,
-        code=G.code_digest,
+        code=G.report_digest,
     localrule: True
     shell:
         "tokendrift aggregate {params.config} --figure quality_diversity"
@@ -55,6 +55,7 @@ rule track:
         f"{ROOT}/tracking/imported.json",
     params:
         config=CONFIG_ARG,
+        code=G.report_digest,
     localrule: True
     shell:
         "tokendrift track {params.config}"

@@ -1,26 +1,19 @@
 # Position-wise information-decay probe (DESIGN.md section 8): the start, continuation and
-# TokenDrift checkpoints of each backbone, one forward pass over prompt + masked span.
-
-
-def probe_models(w):
-    """label -> checkpoint of the figure-2 models at the long step, first seed."""
-    seed = G.seeds[0]
-    return {m: G.checkpoint(w.backbone, m, seed, 0 if m == "start" else G.long)
-            for m in G.figure2.get(w.backbone, []) if m == "start" or (w.backbone, m) in G.runs}
+# TokenDrift checkpoints of each backbone (first seed, long step), one forward pass over
+# validation prompts followed by a masked (MDLM) or fully noised (DUO) span.
 
 
 rule probe:
     input:
-        lambda w: [G.checkpoint_done(w.backbone, m, G.seeds[0]) for m in probe_models(w)],
+        lambda w: [G.checkpoint_done(w.backbone, m, G.seeds[0]) for m in G.probe_models(w.backbone)],
     output:
-        multiext(f"{ROOT}/probe/{{backbone}}/probe", ".json", ".png", ".pdf"),
-        f"{ROOT}/probe/{{backbone}}/top3.md",
+        G.probe_outputs("{backbone}"),
     params:
-        ckpts=lambda w: " ".join(f"--checkpoint {m}={p}" for m, p in probe_models(w).items()),
-        out=lambda w: f"{ROOT}/probe/{w.backbone}",
+        ckpts=lambda w: " ".join(f"--checkpoint {m}={p}" for m, p in G.probe_models(w.backbone).items()),
+        out=lambda w: G.probe_dir(w.backbone),
         opts=(f"--n-prompts {G.config['probe']['n_prompts']} --prompt-len {G.config['probe']['prompt_len']} "
               f"--span {G.config['probe']['span']} {G.device_arg('probe')}"),
-        code=G.code_digest,
+        code=G.report_digest,
     log:
         f"{LOGS}/probe/{{backbone}}.log",
     threads: 1
@@ -30,4 +23,4 @@ rule probe:
 
 rule probe_all:
     input:
-        expand(f"{ROOT}/probe/{{backbone}}/probe.json", backbone=G.backbones),
+        [f for bb in G.backbones for f in G.probe_outputs(bb)],

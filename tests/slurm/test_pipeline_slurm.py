@@ -1,0 +1,161 @@
+"""The pipeline on a real single-node Slurm through `snakemake --profile profiles/slurm` and the
+project's submitit executor (issue 5): equal tables to a local run, a cancelled seed reruns
+alone, a requeued training job resumes from its last checkpoint, Ctrl-C leaves no job behind.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).with_name("tiny.yaml")
+ROOT = "results/slurmtiny"
+# The slurm profile as users run it, minus what a 2-CPU node without GPUs cannot give (the
+# profile's 4 H100 and 8 CPUs per job): command-line values replace the profile's.
+ON_THIS_NODE = ["--set-threads", "train=1", "--set-resources", "train:mem_mb=1500",
+                "--default-resources", "mem_mb=1500", "runtime=30"]
+
+
+def command(wd, profile, *extra):
+    return [sys.executable, "-m", "snakemake", "all_tables", "--snakefile", str(REPO / "Snakefile"),
+            "--profile", str(REPO / "profiles" / profile), "--configfile", str(TINY), "--directory", str(wd),
+            *(ON_THIS_NODE if profile == "slurm" else []), *extra]
+
+
+def run(wd, profile, *extra, check=True):
+    r = subprocess.run(command(wd, profile, *extra), capture_output=True, text=True, timeout=1800)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def start(wd, profile, *extra):
+    return subprocess.Popen(command(wd, profile, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def job_counts(out: str) -> dict:
+    """Snakemake's 'Job stats' table of a run: rule -> count."""
+    lines = out[out.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def train_process(needle: str, timeout: float = 600):
+    """The running `tokendrift train` process whose command line contains ``needle``, and its Slurm job id."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "tokendrift train" in cmd and needle in cmd and "python" in cmd:
+                try:
+                    env = open(f"/proc/{p.pid}/environ", "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                var = dict(e.decode().split("=", 1) for e in env if e.startswith(b"SLURM_") and b"=" in e)
+                if "SLURM_ARRAY_JOB_ID" in var:  # an array task: its own id is ARRAY_TASK (the bare
+                    return p, f"{var['SLURM_ARRAY_JOB_ID']}_{var['SLURM_ARRAY_TASK_ID']}"  # id is the array)
+                if "SLURM_JOB_ID" in var:
+                    return p, var["SLURM_JOB_ID"]
+        time.sleep(0.2)
+    raise AssertionError(f"no running training job matching {needle}")
+
+
+def tables(wd) -> dict:
+    return {f.name: f.read_text() for f in sorted((Path(wd) / ROOT / "tables").glob("*"))}
+
+
+def our_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if " smk-" in line]
+
+
+@pytest.fixture(scope="module")
+def clean(slurm, tmp_path_factory):
+    """One uninterrupted local run and one uninterrupted Slurm run of the tiny grid."""
+    local, cluster = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
+    run(local, "local")
+    r = run(cluster, "slurm")
+    return local, cluster, r
+
+
+def test_all_tables_on_slurm_equals_the_local_run(clean):
+    local, cluster, r = clean
+    ids = subprocess.run(["sacct", "-n", "-X", "-o", "JobName%30,State", "-S", "now-2hours"], capture_output=True,
+                         text=True).stdout
+    assert "smk-train" in ids and "COMPLETED" in ids  # the jobs really went through Slurm (and its accounting)
+    t_local, t_slurm = tables(local), tables(cluster)
+    assert set(t_local) == {"table1.md", "table1.tex", "table1.csv"}
+    assert t_local == t_slurm
+
+
+def test_a_cancelled_seed_is_all_that_reruns(clean, tmp_path):
+    _, cluster, _ = clean
+    proc = start(tmp_path, "slurm", "--retries", "0")
+    _, job = train_process("mdlm/tokendrift/seed1")
+    subprocess.run(["scancel", job], check=True)
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode != 0  # one job failed ...
+    root = tmp_path / ROOT
+    assert (root / "train/mdlm/tokendrift/seed0/done.json").exists(), out[-6000:]  # ... the others finished (keep-going)
+    assert (root / "scores/mdlm/continuation/seed1/step120/T1.0_nfe4.json").exists()
+    assert not (root / "train/mdlm/tokendrift/seed1/done.json").exists()
+    r = run(tmp_path, "slurm")
+    counts = job_counts(r.stdout + r.stderr)
+    # that seed's training, its two checkpoints' sampling and scoring, then what reads them
+    assert counts.get("train") == 1 and counts.get("sample_run") == 2 and counts.get("score_run") == 2, counts
+    assert "sample_start" not in counts and "pretrain_start" not in counts
+    assert tables(tmp_path) == tables(cluster)
+
+
+def test_a_requeued_training_job_resumes_and_ends_identical(clean, tmp_path):
+    _, cluster, _ = clean
+    proc = start(tmp_path, "slurm")
+    run_dir = tmp_path / ROOT / "train/mdlm/tokendrift/seed0"
+    _, job = train_process("mdlm/tokendrift/seed0")
+    last = run_dir / "checkpoints/last/meta.json"
+    t0 = time.time()
+    while not last.exists() and time.time() - t0 < 600:
+        time.sleep(0.1)
+    assert last.exists(), "the job finished before its first checkpoint: make the tiny run longer"
+    subprocess.run(["scontrol", "requeue", job], check=True)  # what preemption or a time limit does
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out[-4000:]
+    states = subprocess.run(["sacct", "-n", "-j", job, "-D", "-X", "-o", "State"], capture_output=True,
+                            text=True).stdout
+    assert "REQUEUED" in states or "PREEMPTED" in states or states.count("\n") > 1, states
+    log = (tmp_path / ROOT / "logs/train/mdlm/tokendrift/seed0.log").read_text()
+    assert "/120" in log and " 0/120" not in log.split("\r")[0], "the requeued job started over instead of resuming"
+    want = load_file(cluster / ROOT / "train/mdlm/tokendrift/seed0/checkpoints/step_000120/ema.safetensors")
+    got = load_file(run_dir / "checkpoints/step_000120/ema.safetensors")
+    assert all((got[k] == want[k]).all() for k in want)  # bitwise: nothing lost, nothing repeated
+
+
+def test_ctrl_c_cancels_our_jobs_and_a_rerun_finishes(slurm, tmp_path):
+    proc = start(tmp_path, "slurm")
+    t0 = time.time()
+    while not our_jobs() and time.time() - t0 < 300:
+        time.sleep(0.2)
+    assert our_jobs(), "no job reached the queue"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=300)
+    t0 = time.time()
+    while our_jobs() and time.time() - t0 < 60:
+        time.sleep(0.5)
+    assert our_jobs() == []
+    run(tmp_path, "slurm")  # rerun-incomplete is in the profile
+    assert tables(tmp_path)

@@ -1,0 +1,55 @@
+"""A sample or score job killed with SIGKILL leaves no partial output, and its rerun cleans up
+and completes (issue 5)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_train import TINY_SOURCE, make_init
+from tokendrift.data import make_source
+from tokendrift.evaluator import train_evaluator
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_init(tmp_path_factory.mktemp("ck") / "mdlm")
+
+
+def kill_when(cmd, ready, timeout=120):
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds (mid-job), return when it is dead."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not ready() and p.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    return p.returncode
+
+
+def cli(*args):
+    return [sys.executable, "-m", "tokendrift.cli", *map(str, args)]
+
+
+def test_sigkilled_sample_and_score_jobs_leave_no_partial_output(tmp_path, checkpoint):
+    out = tmp_path / "samples" / "s"
+    sample = cli("sample", checkpoint, "--nfe", 64, "--n-samples", 3000, "--batch-size", 500, "--out", out)
+    rc = kill_when(sample, lambda: False, timeout=6)  # mid-sampling (the whole job takes minutes)
+    assert rc == -signal.SIGKILL and not out.exists()
+    (out.parent / ".s.dead.tmp").mkdir(parents=True)  # what a kill inside the final write would leave
+    small = cli("sample", checkpoint, "--nfe", 2, "--n-samples", 3000, "--batch-size", 500, "--out", out)
+    subprocess.run(small, check=True, capture_output=True)
+    assert (out / "meta.json").exists() and not list(out.parent.glob(".s.*.tmp"))  # the rerun cleaned up
+
+    ev = tmp_path / "ev"
+    train_evaluator(make_source(TINY_SOURCE), ev, steps=2, batch_size=4, n_layer=1, n_embd=16, n_head=2)
+    score = tmp_path / "scores" / "s.json"
+    kill_when(cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 1), lambda: False,
+              timeout=6)  # killed mid-scoring (3000 samples one at a time take far longer)
+    assert not score.exists()
+    subprocess.run(cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 256), check=True,
+                   capture_output=True)
+    assert json.loads(score.read_text())["n_samples"] == 3000

@@ -1,0 +1,70 @@
+"""End to end: the CI-sized default's `all_tables` through the real Snakemake, the local
+profile and the project's submitit executor; then the tables and figures are checked against
+the score files they were built from, and a rerun has nothing to do (issue 4).
+"""
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokendrift.grid import Grid, Unit
+from tokendrift.config import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "tests" / "configs" / "ci.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(wd: Path, *args, timeout=1800):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args,
+           "--profile", str(REPO / "profiles" / "local"), "--configfile", str(CI), "--directory", str(wd)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("pipeline")
+    r = snakemake(wd, "all_tables")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    cfg = load_file(CI)
+    cfg["results"] = str(wd / "results")
+    return wd, Grid(cfg, REPO / "workflow" / "schemas" / "config.schema.yaml"), r
+
+
+def test_all_tables_runs_through_the_submitit_executor(finished):
+    wd, g, r = finished
+    assert "executor: submitit" in (REPO / "profiles" / "local" / "profile.yaml").read_text()
+    assert (wd / ".snakemake" / "submitit").exists()  # jobs went through submitit
+    for f in g.all_outputs():
+        assert (wd / f).stat().st_size > 0, f
+    assert (wd / g.root / "tracking" / "imported.json").exists()
+    assert (wd / g.root / "mlflow.db").exists()
+
+
+def test_tables_are_built_from_the_score_files(finished):
+    wd, g, _ = finished
+    rows = list(csv.DictReader(open(wd / g.root / "tables" / "table1.csv")))
+    assert rows, "table1.csv is empty"
+    # the TokenDrift row at NFE 4: mean over the seeds' score files
+    nfe = g.nfes[0]
+    ppl = [json.loads((wd / g.score_file(Unit("mdlm", "tokendrift", s, g.long), 1.0, nfe)).read_text())["gen_ppl"]
+           for s in g.seeds]
+    text = (wd / g.root / "tables" / "table1.csv").read_text()
+    assert f"{statistics.mean(ppl):.2f}"[:-1] in text or f"{statistics.mean(ppl):.1f}" in text
+    md = (wd / g.root / "tables" / "table1.md").read_text()
+    assert "matched entropy" in md and "1942.33" in md  # the control row and the paper's value
+    for name in ("figure2", "quality_diversity"):
+        assert (wd / g.root / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (wd / g.root / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_rerun_has_nothing_to_do(finished):
+    wd, _, _ = finished
+    r = snakemake(wd, "all_tables", "-n")
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr

@@ -1,0 +1,185 @@
+"""Position-wise information-decay probe (DESIGN.md section 8; "On the role of discretization
+in diffusion LLMs"): a validation prompt followed by a span of fully corrupted positions, ONE
+forward pass, and per position of the span the model's p_theta(x0 | x_t): top-3 tokens and
+probabilities, top-1 probability, predictive entropy, the probability mass on the corpus's
+most frequent tokens, and the EOS probability (when the source has an EOS).
+
+MDLM: the span is masked (its only corruption). DUO has no mask state: the span holds uniform
+noise ids and the model is told the highest noise level (t = 1, as at the sampler's first
+step), which also tells it the prompt is noise; plots and files say so.
+
+    tokendrift probe --checkpoint start=DIR --checkpoint tokendrift=DIR --out OUT
+writes OUT/probe.json (every number), OUT/probe.png and .pdf (three panels against distance
+from the prompt, one line per checkpoint, mean with a 10-90 percentile band), OUT/top3.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import torch
+
+from .checkpoint import load_model_dir
+from .data import make_source
+from .diffusion import make_diffusion
+from .utils import TokenDriftError, atomic_dir
+
+DUO_NOTE = "DUO: span = uniform noise ids at t = 1 (no mask state; the prompt is then also treated as noise)"
+
+
+def frequent_ids(source, k: int, n_batches: int = 16, batch_size: int = 64) -> list[int]:
+    """The k most frequent token ids of the training data (a sample of n_batches batches)."""
+    counts = torch.zeros(source.vocab_size, dtype=torch.long)
+    for i in range(n_batches):
+        counts += torch.bincount(source.batch("train", i, batch_size).flatten(), minlength=source.vocab_size)
+    return counts.topk(min(k, source.vocab_size)).indices.tolist()
+
+
+@torch.no_grad()
+def position_stats(p: torch.Tensor, frequent: list[int], eos: int | None) -> dict:
+    """Per-position statistics of predictive distributions p [N, span, V] (rows sum to 1)."""
+    p = p.double()
+    top = p.topk(3, dim=-1)
+    ent = -(p * p.clamp_min(1e-300).log()).sum(-1)
+    freq = p[..., frequent].sum(-1)
+    per = {"top1": top.values[..., 0], "entropy": ent, "frequent_share": freq}
+    if eos is not None:
+        per["eos"] = p[..., eos]
+    out = {}
+    for name, v in per.items():
+        q = torch.quantile(v, torch.tensor([0.1, 0.9], dtype=v.dtype), dim=0)
+        out[name] = {"mean": v.mean(0).tolist(), "p10": q[0].tolist(), "p90": q[1].tolist()}
+    out["top3_ids"] = top.indices.tolist()
+    out["top3_probs"] = top.values.tolist()
+    return out
+
+
+@torch.no_grad()
+def probe_checkpoint(checkpoint: str, *, n_prompts: int = 128, prompt_len: int = 32, span: int = 32,
+                     batch_size: int = 64, seed: int = 0, top_frequent: int = 10, device: str = "cpu") -> dict:
+    for name, v in (("n_prompts", n_prompts), ("prompt_len", prompt_len), ("span", span)):
+        if v < 1:
+            raise TokenDriftError(f"{name}: must be >= 1, got {v}")
+    model, meta = load_model_dir(checkpoint, device=device)
+    diffusion = make_diffusion(meta["diffusion"], model.config.vocab_size)
+    source = make_source(meta["source"])
+    if prompt_len + span > source.length:
+        raise TokenDriftError(f"prompt_len + span = {prompt_len + span} exceeds the source's sequence length "
+                              f"{source.length} ({checkpoint})")
+    gen = torch.Generator().manual_seed(seed)
+    x = source.batch("valid", 0, n_prompts)[:, : prompt_len + span].clone()
+    prompts = x[:, :prompt_len].clone()
+    if meta["diffusion"] == "mdlm":
+        x[:, prompt_len:] = diffusion.special_id
+    else:
+        x[:, prompt_len:] = diffusion.prior_sample(n_prompts, span, gen, "cpu")
+    sigma = diffusion.sigma(torch.ones(n_prompts))
+    probs = []
+    for a in range(0, n_prompts, batch_size):
+        logits = model(x[a:a + batch_size].to(device), sigma[a:a + batch_size].to(device)).float()
+        probs.append(diffusion.p_x0(logits[:, prompt_len:], torch.float64, 1.0, 1.0).cpu())
+    p = torch.cat(probs)
+    frequent = frequent_ids(source, top_frequent)
+    eos = getattr(source, "eos_id", None)
+    stats = position_stats(p, frequent, eos)
+    return {"checkpoint": str(checkpoint), "diffusion": meta["diffusion"], "step": meta.get("step"),
+            "vocab_size": model.config.vocab_size,
+            "n_prompts": n_prompts, "prompt_len": prompt_len, "span": span, "corruption":
+            "mask" if meta["diffusion"] == "mdlm" else DUO_NOTE, "frequent_ids": frequent,
+            "frequent_tokens": source.decode(torch.tensor([frequent]))[0].split() if frequent else [],
+            "eos_id": eos, "example_prompt": source.decode(prompts[:1])[0],
+            "example_top3": [[(source.decode(torch.tensor([[i]]))[0], pr) for i, pr in zip(ids, prs)]
+                             for ids, prs in zip(stats.pop("top3_ids")[0], stats.pop("top3_probs")[0])],
+            **stats}
+
+
+def distances(span: int) -> list[int]:
+    """1, 2, 4, 8, ... up to the span (and the span itself)."""
+    d = [2 ** k for k in range(int(math.log2(span)) + 1)]
+    return d + ([span] if d[-1] != span else [])
+
+
+def plot(results: dict[str, dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("top1", "top-1 probability"), ("entropy", "predictive entropy (nats)"),
+              ("frequent_share", "mass on the most frequent tokens")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for label, r in results.items():
+        d = list(range(1, r["span"] + 1))
+        for ax, (key, name) in zip(axes, panels):
+            ax.plot(d, r[key]["mean"], label=label)
+            ax.fill_between(d, r[key]["p10"], r[key]["p90"], alpha=0.2)
+            ax.set_xlabel("distance from the prompt (positions)")
+            ax.set_ylabel(name)
+    axes[0].legend()
+    first = next(iter(results.values()))
+    title = f"Information decay over a {first['span']}-position span after a {first['prompt_len']}-token prompt " \
+            f"({first['n_prompts']} prompts; mean, 10-90% band)"
+    if first["diffusion"] == "duo":
+        title += "\n" + DUO_NOTE
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def top3_table(results: dict[str, dict]) -> str:
+    first = next(iter(results.values()))
+    lines = [f"Example prompt (end): `... {' '.join(first['example_prompt'].split()[-12:])}`", "",
+             f"Corruption: {first['corruption']}", "",
+             "| distance | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    for dist in distances(first["span"]):
+        cells = [", ".join(f"{tok} {pr:.2f}" for tok, pr in r["example_top3"][dist - 1]) for r in results.values()]
+        lines.append(f"| {dist} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_probe(checkpoints: dict[str, str], out: str, **kw) -> dict:
+    if not checkpoints:
+        raise TokenDriftError("--checkpoint: give at least one LABEL=PATH")
+    results = {label: probe_checkpoint(path, **kw) for label, path in checkpoints.items()}
+    kinds = {(r["diffusion"], r["vocab_size"]) for r in results.values()}
+    if len(kinds) > 1:
+        raise TokenDriftError(f"--checkpoint: the checkpoints differ in backbone or vocabulary {sorted(kinds)}; "
+                              "probe one backbone at a time")
+    fig = plot(results)
+    import matplotlib.pyplot as plt
+
+    with atomic_dir(out) as tmp:
+        (tmp / "probe.json").write_text(json.dumps(results, indent=1) + "\n")
+        for ext in ("png", "pdf"):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+            (tmp / f"probe.{ext}").write_bytes(buf.getvalue())
+        (tmp / "top3.md").write_text(top3_table(results))
+    plt.close(fig)
+    return results
+
+
+def run(args) -> int:
+    ckpts = {}
+    for item in args.checkpoint:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise TokenDriftError(f"--checkpoint {item!r}: expected LABEL=PATH")
+        ckpts[label] = path
+    write_probe(ckpts, args.out, n_prompts=args.n_prompts, prompt_len=args.prompt_len, span=args.span,
+                seed=args.seed, device=args.device)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("probe", help="position-wise information-decay probe of checkpoints (one forward pass)")
+    p.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH")
+    p.add_argument("--out", required=True, help="folder to write (probe.json, probe.png, probe.pdf, top3.md)")
+    p.add_argument("--n-prompts", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--span", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=run)
