@@ -5,6 +5,7 @@ the score files they were built from, and a rerun has nothing to do (issue 4).
 
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,10 +22,15 @@ CI = REPO / "tests" / "configs" / "ci.yaml"
 pytestmark = pytest.mark.slow
 
 
+# Secrets a user's environment may hold: none may reach a log, a result file or MLflow.
+SECRET = "tokendrift-test-secret-5f2c9a"
+ENV = {**os.environ, "HF_TOKEN": SECRET, "MLFLOW_TRACKING_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET}
+
+
 def snakemake(wd: Path, *args, timeout=1800):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args,
            "--profile", str(REPO / "profiles" / "local"), "--configfile", str(CI), "--directory", str(wd)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +74,10 @@ def test_rerun_has_nothing_to_do(finished):
     wd, _, _ = finished
     r = snakemake(wd, "all_tables", "-n")
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_no_secret_from_the_environment_reaches_logs_results_or_mlflow(finished):
+    wd, _, r = finished
+    assert SECRET not in r.stdout + r.stderr
+    leaks = [p for p in wd.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaks == []  # results/, logs, .snakemake (submitit logs and pickles), mlflow.db, artifacts

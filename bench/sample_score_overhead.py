@@ -1,0 +1,99 @@
+"""Issue 6, figure 3: sampler and scorer overhead against bare forward passes on the same
+tensors, measured side by side in one process (interleaved repetitions, medians).
+
+- Sampling: wall time per NFE of `Diffusion.sample` (MDLM and DUO, float64 draws) against the
+  same number of bare `model(x, sigma)` calls on a batch of the same shape. Target: <= 5%.
+- Scoring: samples per second of `score.gen_ppl` (retokenization, first-EOS rule, NLL) against
+  bare evaluator forwards on the already tokenized ids. Target: <= 10%.
+
+    python bench/sample_score_overhead.py [--device cpu] [--preset tiny] [--n 256] [--nfe 16]
+Writes bench/results/sample_score_overhead_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.step_overhead import machine, make_init
+from tokendrift.checkpoint import load_model_dir
+from tokendrift.data import make_source
+from tokendrift.diffusion import make_diffusion
+from tokendrift.evaluator import train_evaluator
+from tokendrift.score import gen_ppl, load_evaluator
+
+
+def timed(fn, device) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--n", type=int, default=256, help="samples per batch")
+    ap.add_argument("--nfe", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for bb in ("mdlm", "duo"):
+            init = make_init(Path(tmp) / bb, args.preset, args.length, bb)
+            model, meta = load_model_dir(init, device=args.device)
+            diff = make_diffusion(bb, model.config.vocab_size)
+            gen = torch.Generator(device=args.device).manual_seed(0)
+            x = diff.prior_sample(args.n, args.length, gen, args.device)
+            sigma = diff.sigma(torch.full((args.n,), 0.5, device=args.device))
+            info: dict = {}
+            sample = lambda: diff.sample(model, args.n, args.length, args.nfe, generator=gen, batch_size=args.n,  # noqa: E731
+                                         info=info)
+            bare = lambda: [model(x, sigma) for _ in range(info["forward_passes"])]  # noqa: E731
+            sample()  # warm-up, and the forward count the sampler makes
+            ts, tb = [], []
+            for _ in range(args.reps):
+                ts.append(timed(sample, args.device))
+                tb.append(timed(bare, args.device))
+            s, b = statistics.median(ts), statistics.median(tb)
+            rows[f"sample_{bb}"] = {"sampler_s": s, "bare_forwards_s": b, "forward_passes": info["forward_passes"],
+                                    "per_nfe_s": s / args.nfe, "overhead": s / b - 1}
+        # scoring: the embedded default's kind of evaluator (GPT-2 architecture, word-level tokenizer)
+        src = make_source({"kind": "synthetic", "length": args.length})
+        train_evaluator(src, Path(tmp) / "ev", steps=1, batch_size=4)
+        lm, tok = load_evaluator(str(Path(tmp) / "ev" / "model"), device=args.device)
+        texts = src.decode(src.batch("valid", 0, args.n))
+        ids = tok(texts, return_tensors="pt", padding=True)["input_ids"].to(args.device)
+        score = lambda: gen_ppl(texts, (lm, tok), batch_size=64, device=args.device)  # noqa: E731
+        bare = lambda: [lm(ids[i:i + 64]).logits.float() for i in range(0, len(ids), 64)]  # noqa: E731
+        score()
+        ts, tb = [], []
+        for _ in range(args.reps):
+            ts.append(timed(score, args.device))
+            tb.append(timed(bare, args.device))
+        s, b = statistics.median(ts), statistics.median(tb)
+        rows["score"] = {"score_s": s, "bare_forwards_s": b, "samples_per_s": args.n / s,
+                         "bare_samples_per_s": args.n / b, "overhead": s / b - 1}
+    for k, r in rows.items():
+        print(f"{k:12} overhead {100 * r['overhead']:6.1f}%  " + "  ".join(
+            f"{a}={v:.4g}" for a, v in r.items() if a != "overhead"))
+    out = Path(__file__).parent / "results" / f"sample_score_overhead_{args.device}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "machine": machine(args.device), "rows": rows,
+                               "targets": {"sampler_overhead": 0.05, "score_overhead": 0.10}}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
