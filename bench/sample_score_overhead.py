@@ -71,7 +71,8 @@ def main() -> None:
                                     "per_nfe_s": s / args.nfe, "overhead": s / b - 1}
         # scoring: the embedded default's kind of evaluator (GPT-2 architecture, word-level tokenizer)
         src = make_source({"kind": "synthetic", "length": args.length})
-        train_evaluator(src, Path(tmp) / "ev", steps=1, batch_size=4)
+        with torch.enable_grad():
+            train_evaluator(src, Path(tmp) / "ev", steps=1, batch_size=4)
         lm, tok = load_evaluator(str(Path(tmp) / "ev" / "model"), device=args.device)
         texts = src.decode(src.batch("valid", 0, args.n))
         ids = tok(texts, return_tensors="pt", padding=True)["input_ids"].to(args.device)

@@ -242,6 +242,9 @@ class Executor(RemoteExecutor):
         self.next_seconds_between_status_checks = self.settings.poll_interval
         self._job_cores: int | None = None
         self._used_ids: set = set()
+        # external ids of submitted jobs not yet reported finished: Snakemake's active_jobs
+        # list is empty while a status cycle runs, so cancel_jobs must not rely on it alone
+        self._unfinished: dict[str, None] = {}
         self._started = time.monotonic()
         self.logger.info(f"submitit executor: cluster={self.cluster}, files in {self.run_folder}")
 
@@ -381,6 +384,7 @@ class Executor(RemoteExecutor):
                 self._retire_stale_files(job_id)
                 self.watcher.watch(job_id, handle)
             self._used_ids.add(job_id)
+            self._unfinished[job_id] = None
             self.logger.info(
                 f"Job {job.jobid} submitted as submitit {self.cluster} job {job_id} "
                 f"(log: {tracked.paths.stderr})."
@@ -413,6 +417,7 @@ class Executor(RemoteExecutor):
                 yield info
                 continue
             self.poller.forget(t.job_id)
+            self._unfinished.pop(t.job_id, None)
             if self.cluster == "local":
                 self.watcher.forget(t.job_id)
             if outcome == "success":
@@ -447,7 +452,8 @@ class Executor(RemoteExecutor):
 
     # --- cancel / shutdown -----------------------------------------------------------
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
-        ids = [j.external_jobid for j in active_jobs if j.external_jobid]
+        given = [j.external_jobid for j in active_jobs if j.external_jobid]
+        ids = list(dict.fromkeys(given + list(self._unfinished)))
         if not ids:
             return
         if self.cluster == "slurm":

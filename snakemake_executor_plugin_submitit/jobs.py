@@ -15,6 +15,11 @@ CUDA_VISIBLE_DEVICES. Global rank 0 runs the inner Snakemake (which prepares and
 the outputs); the other ranks run the rule's formatted ``shell:`` command directly, so
 only one Snakemake manages the job's files. Rank 0 alone decides success.
 
+When the command ends, what is left of its process group is stopped. When the scheduler
+stopped it (SIGTERM: scancel, ``scontrol requeue``, preemption), the task exits without a
+result file (SystemExit is not pickled by submitit), so the status loop goes by the
+scheduler's state: a requeued job is still active, a cancelled one failed.
+
 ``RequeueableShellCommand`` adds submitit's ``checkpoint()`` hook: on timeout or preemption
 (USR2) it stops the command (SIGTERM to its process group, SIGKILL after
 ``term_grace_s``) and returns a ``DelayedSubmission`` of itself, so submitit requeues the
@@ -28,6 +33,10 @@ import time
 
 from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
+
+
+# seconds the processes a finished command left behind get between SIGTERM and SIGKILL
+LEFTOVER_GRACE_S = 2.0
 
 
 class CommandFailed(RuntimeError):
@@ -173,13 +182,19 @@ class ShellCommand:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
+        # what the command left in its process group (an inner Snakemake whose /bin/sh
+        # died first is re-parented to init, where proctrack/linuxproc loses it)
+        kill_group(self._proc, min(self.term_grace_s, LEFTOVER_GRACE_S))
+        if rc != 0 and self._sigterm_at is not None:
+            # stopped by the scheduler (scancel, scontrol requeue, preemption): preemption
+            # sends USR2 next, so give submitit's handler the chance to requeue; then
+            # leave no result file, so that the scheduler's state decides (a requeued
+            # job runs again, a cancelled one is reported failed)
+            end = time.monotonic() + self.usr2_wait_s
+            while time.monotonic() < end:
+                time.sleep(0.1)
+            raise SystemExit(f"command stopped by SIGTERM (status {rc}, rank {rank}); no result written")
         if rc != 0:
-            if self._sigterm_at is not None:
-                # preemption sends SIGTERM, then USR2: give submitit's handler the chance
-                # to requeue before this task reports a failure
-                end = time.monotonic() + self.usr2_wait_s
-                while time.monotonic() < end:
-                    time.sleep(0.1)
             raise CommandFailed(f"command exited with status {rc} (rank {rank})")
         return 0
 

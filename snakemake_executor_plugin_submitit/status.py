@@ -51,8 +51,10 @@ ACTIVE_STATES = frozenset(
 
 
 def _run_text(argv: Sequence[str]) -> str:
+    # own session: a Ctrl-C to Snakemake's process group must not kill the query
     return subprocess.run(
-        list(argv), check=True, capture_output=True, text=True, timeout=120
+        list(argv), check=True, capture_output=True, text=True, timeout=120,
+        start_new_session=True,
     ).stdout
 
 
