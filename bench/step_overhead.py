@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from tokendrift import train as T
-from tokendrift.checkpoint import save_model_dir
-from tokendrift.model import DiT, DiTConfig
+from tokendrift.checkpoint import random_model_dir
 from tokendrift.objective import drift_field
 
 
@@ -45,19 +44,10 @@ def machine(device: str) -> dict:
 
 
 def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
-    source = {"kind": "synthetic", "length": length, **({"vocab_size": 50257} if preset == "small" else {})}
     from tokendrift.data import make_source
 
-    src = make_source(source)
-    cfg = DiTConfig.preset(preset, vocab_size=src.vocab_size + 1, length=length, time_conditioning=diffusion == "duo")
-    model = DiT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    state = model.state_dict()
-    save_model_dir(folder, state, state, {"diffusion": diffusion, "source": src.config, "step": 0}, config=cfg)
-    return folder
+    src = make_source({"kind": "synthetic", "length": length, **({"vocab_size": 50257} if preset == "small" else {})})
+    return random_model_dir(folder, diffusion, src.config, src.vocab_size + 1, length, preset)
 
 
 def setup(init: Path, variant: str, args) -> tuple:

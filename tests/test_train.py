@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokendrift import train as trainlib
-from tokendrift.checkpoint import load_model_dir, save_model_dir
+from tokendrift.checkpoint import load_model_dir, random_model_dir, save_model_dir
 from tokendrift.cli import main as cli
 from tokendrift.data import make_source
 from tokendrift.model import DiT, DiTConfig
@@ -28,16 +28,7 @@ def make_init(path: Path, diffusion: str = "mdlm", seed: int = 0) -> Path:
     """A random tiny "released" checkpoint folder (random adaLN weights so the model is not constant)."""
     src = make_source(TINY_SOURCE)
     torch.manual_seed(seed)
-    cfg = DiTConfig.preset("tiny", vocab_size=src.vocab_size + 1, length=src.length,
-                           time_conditioning=diffusion == "duo", **TINY_MODEL)
-    model = DiT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    state = model.state_dict()
-    save_model_dir(path, state, state, {"diffusion": diffusion, "source": src.config, "step": 0}, config=cfg)
-    return path
+    return random_model_dir(path, diffusion, src.config, src.vocab_size + 1, src.length, **TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
