@@ -1,13 +1,12 @@
 """The real single-node Slurm (tests/slurm/slurm_up.sh) for the tests in this folder.
 
 Every test here is marked ``slurm``. When Slurm cannot be brought up (not root, no apt, no
-network to the Debian mirror), each test is skipped with the reason printed on stderr and in
-pytest's summary (-ra), never silently.
+network to the Debian mirror), each test is skipped with the reason in pytest's summary
+(-ra, in pyproject's addopts), never silently.
 """
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ UP = Path(__file__).with_name("slurm_up.sh")
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if here in Path(item.path).parents:
             item.add_marker(pytest.mark.slurm)
 
 
@@ -45,6 +44,5 @@ def slurm():
         ok, said = False, str(e)
     if not ok:
         reason = f"no real Slurm on this machine: {said.splitlines()[-1] if said else 'slurm_up.sh failed'}"
-        print(f"\n{reason}", file=sys.stderr)
         pytest.skip(reason)
     return True

@@ -85,7 +85,8 @@ def assert_same_csv(a, b):
     import pandas as pd
 
     x, y = (pd.read_csv(io.StringIO(tables(w)["table1.csv"])) for w in (a, b))
-    pd.testing.assert_frame_equal(x, y, check_exact=False, rtol=1e-5)  # float32 scoring: last-bit noise
+    # float32 scoring noise (seen: 2.4e-7 relative in one Gen.-PPL, so 7e-5 in the SD of two near-equal seeds)
+    pd.testing.assert_frame_equal(x, y, check_exact=False, rtol=1e-4, atol=1e-3)
 
 
 def our_jobs() -> list[str]:
