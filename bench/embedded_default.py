@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--config", default="workflow/config/default.yaml")
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 64])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 1.0])
+    ap.add_argument("--n-samples", type=int, default=256, help="samples per (NFE, temperature) cell")
     args = ap.parse_args()
     g = Grid(yaml.safe_load(Path(args.config).read_text()), "workflow/schemas/config.schema.yaml")
     out, smp = g.root, g.config["sample"]
@@ -54,7 +55,7 @@ def main() -> None:
                 sdir = out / f"evidence/{backbone}/nfe{nfe}_T{temp}"
                 score_file = sdir.parent / f"{sdir.name}.json"
                 if not score_file.exists():
-                    sample_checkpoint(str(ckpt), str(sdir), nfe=nfe, n_samples=smp["n_samples"], seed=0,
+                    sample_checkpoint(str(ckpt), str(sdir), nfe=nfe, n_samples=args.n_samples, seed=0,
                                       temperature=temp, batch_size=smp["batch_size"])
                     score_samples(str(sdir), evaluator, str(score_file), evaluator_name=g.evaluator())
                 r = json.loads(score_file.read_text())

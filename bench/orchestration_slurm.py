@@ -33,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SMK = [sys.executable, "-m", "snakemake", "--nocolor"]
+# The reference plugin and what it needs beyond Snakemake's own dependencies (pandas, numpy, pyyaml).
+SLURM_PLUGIN = ["snakemake-executor-plugin-slurm==2.8.0", "snakemake-executor-plugin-slurm-jobstep==0.6.1",
+                "throttler"]
 OURS = ["--executor", "submitit", "--submitit-cluster", "slurm"]
 SQUEUE = shutil.which("squeue") or "squeue"
 
@@ -61,8 +64,9 @@ for j in jobs:
 """
 
 
-def env(path_prefix: str | None = None) -> dict:
-    e = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def env(path_prefix: str | None = None, extra_path: Path | None = None) -> dict:
+    paths = [str(extra_path) if extra_path else None, str(REPO), os.environ.get("PYTHONPATH")]
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     if path_prefix:
         e["PATH"] = f"{path_prefix}:{e['PATH']}"
     return e
@@ -100,10 +104,11 @@ def timeline(array_id: str) -> dict:
             "job_seconds_sum": sum(ts(r[2]) - ts(r[1]) for r in rows), "jobs": len(rows)}
 
 
-def run_snakemake(tag: str, args: list[str]) -> dict:
+def run_snakemake(tag: str, args: list[str], extra_path: Path | None = None) -> dict:
     wd = workdir(tag)
     t0 = time.perf_counter()
-    r = subprocess.run([*SMK, "--jobs", "8", *args], cwd=wd, env=env(), capture_output=True, text=True, timeout=900)
+    r = subprocess.run([*SMK, "--jobs", "8", *args], cwd=wd, env=env(extra_path=extra_path), capture_output=True,
+                       text=True, timeout=900)
     dt = time.perf_counter() - t0
     out = r.stdout + r.stderr
     if r.returncode != 0 or len(list((wd / "out").iterdir())) != 8:
@@ -129,12 +134,18 @@ def run_bare() -> dict:
     return {"seconds": dt}
 
 
-def slurm_plugin_args() -> list[str] | None:
-    try:
-        version("snakemake-executor-plugin-slurm")
-    except PackageNotFoundError:
-        return None
-    return ["--executor", "slurm"]
+def slurm_plugin(folder: Path) -> Path | None:
+    """snakemake-executor-plugin-slurm installed into its own folder, put on PYTHONPATH only for
+    its runs: Snakemake imports every executor plugin it finds at start-up, and this one asks
+    sacct for the job age limit while being imported, which would slow every other run."""
+    marker = folder / "snakemake_executor_plugin_slurm" / "__init__.py"
+    if not marker.exists():
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder),
+                            *SLURM_PLUGIN], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"snakemake-executor-plugin-slurm could not be installed: {r.stderr.strip()[-500:]}")
+            return None
+    return folder
 
 
 def queries_per_minute(seconds: float) -> dict:
@@ -193,28 +204,31 @@ def machine() -> dict:
     node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N cpus=%c mem=%m partition=%P"], capture_output=True,
                           text=True).stdout.strip()
     versions = {}
-    for pkg in ("snakemake", "submitit", "snakemake-executor-plugin-slurm"):
+    for pkg in ("snakemake", "submitit"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = None
     return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "mem_mb": mem, "os": platform.platform(),
-            "python": platform.python_version(), "slurm": slurm, "node": node, "versions": versions}
+            "python": platform.python_version(), "slurm": slurm, "node": node,
+            "versions": {**versions, "snakemake-executor-plugin-slurm": SLURM_PLUGIN[0].split("==")[1]}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=60.0, help="counting window for the 100-job query rate")
+    ap.add_argument("--plugin-dir", default=str(REPO / "bench" / ".slurm-plugin"),
+                    help="where snakemake-executor-plugin-slurm is installed for its runs (pip --target)")
     args = ap.parse_args()
     if not shutil.which("sbatch"):
         sys.exit("no Slurm here: run `bash tests/slurm/slurm_up.sh` first")
     variants = {"ours": lambda: run_snakemake("ours", OURS),
                 "ours_direct_shell": lambda: run_snakemake("direct", [*OURS, "--submitit-direct-shell"]),
                 "bare_submitit_array": run_bare}
-    slurm_args = slurm_plugin_args()
-    if slurm_args:
-        variants["snakemake_executor_plugin_slurm"] = lambda: run_snakemake("slurmplugin", slurm_args)
+    plugin = slurm_plugin(Path(args.plugin_dir))
+    if plugin:
+        variants["snakemake_executor_plugin_slurm"] = lambda: run_snakemake("slurmplugin", ["--executor", "slurm"], plugin)
     runs: dict[str, list] = {k: [] for k in variants}
     for k in range(args.runs):
         for name, fn in variants.items():  # side by side: the variants take turns
@@ -227,8 +241,8 @@ def main() -> None:
     for name, rs in runs.items():
         secs = [r["seconds"] for r in rs]
         latency[name] = {"median_s": statistics.median(secs), "runs_s": secs, "runs": rs}
-    if not slurm_args:
-        latency["snakemake_executor_plugin_slurm"] = "not installed (pip install snakemake-executor-plugin-slurm)"
+    if not plugin:
+        latency["snakemake_executor_plugin_slurm"] = "could not be installed"
     q = queries_per_minute(args.seconds)
     res = {"machine": machine(), "when": datetime.now().isoformat(timespec="seconds"),
            "latency_8_jobs": latency, "target_ours_s": 15.0, "queries_100_jobs": q}

@@ -87,11 +87,21 @@ def pooled_features(h_penult: torch.Tensor, h_final: torch.Tensor) -> torch.Tens
 # --------------------------------------------------------------------------- Sec. 3.2
 
 
-def affinities(h: torch.Tensor, y: torch.Tensor, tau: float, kernel: str, mean_dist: torch.Tensor | None) -> torch.Tensor:
+def distances(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, kernel: str):
+    """||h_i - y_j|| to every positive and negative (shared by all temperatures), and for
+    ``l2_meannorm`` their mean distance."""
+    d_pos, d_neg = torch.cdist(h, pos), torch.cdist(h, neg)
+    mean_dist = None
+    if kernel == "l2_meannorm":
+        mean_dist = torch.cat([d_pos, d_neg], 1).mean().clamp_min(1e-12)
+    return d_pos, d_neg, mean_dist
+
+
+def affinities(dist: torch.Tensor, tau: float, kernel: str, mean_dist: torch.Tensor | None) -> torch.Tensor:
     """s_ij = -||h_i - y_j||^2 / tau (Sec. 3.2); or -||h_i - y_j|| / mean distance / tau."""
     if kernel == "sq_l2":
-        return -torch.cdist(h, y).square() / tau
-    return -torch.cdist(h, y) / mean_dist / tau
+        return -dist.square() / tau
+    return -dist / mean_dist / tau
 
 
 def joint_weights(logits_neg: torch.Tensor, logits_pos: torch.Tensor, normalization: str, floor: float):
@@ -110,13 +120,14 @@ def joint_weights(logits_neg: torch.Tensor, logits_pos: torch.Tensor, normalizat
     return W_neg, W_pos
 
 
-def barycenters(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0):
-    """b+_i = sum_j W+_ij u_j and b-_i = sum_k W-_ik v_k at one temperature (Sec. 3.2)."""
-    mean_dist = None
-    if kernel == "l2_meannorm":
-        mean_dist = torch.cdist(h, torch.cat([pos, neg])).mean().clamp_min(1e-12)
-    s_pos = affinities(h, pos, tau, kernel, mean_dist)
-    s_neg = affinities(h, neg, tau, kernel, mean_dist)
+def barycenters(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0,
+                dists=None):
+    """b+_i = sum_j W+_ij u_j and b-_i = sum_k W-_ik v_k at one temperature (Sec. 3.2).
+
+    ``dists``: the output of ``distances(h, pos, neg, kernel)``, when already computed."""
+    d_pos, d_neg, mean_dist = dists if dists is not None else distances(h, pos, neg, kernel)
+    s_pos = affinities(d_pos, tau, kernel, mean_dist)
+    s_neg = affinities(d_neg, tau, kernel, mean_dist)
     if exclude_self:
         B = h.shape[0]
         eye = torch.zeros_like(s_neg)
@@ -143,9 +154,10 @@ def drift_field(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     with torch.no_grad():
         h, pos, neg = h.detach().float(), pos.detach().float(), neg.detach().float()
         total = torch.zeros_like(h)
+        dists = distances(h, pos, neg, kernel)
         for tau in temperatures:
             b_pos, b_neg = barycenters(h, pos, neg, tau, exclude_self, kernel=kernel,
-                                       normalization=normalization, floor=floor)
+                                       normalization=normalization, floor=floor, dists=dists)
             V_tau = a * b_pos - r * b_neg
             if stats is not None:
                 stats[f"drift_norm/tau={tau:g}"] = float(V_tau.norm(dim=-1).mean())
