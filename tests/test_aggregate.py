@@ -74,6 +74,20 @@ def test_cells_are_mean_and_sample_sd_with_n_and_missing_marked(filled):
     assert hard.count("—") >= 4
 
 
+def test_the_start_row_counts_each_seed_once(filled):
+    # the start checkpoint is both a table row and the sweep: its seeds must not be read twice
+    # (duplicated values keep the mean but shrink the sample SD)
+    g = filled
+    for s in g.seeds:
+        for n in g.nfes:
+            put(g, Unit("mdlm", "start", s, 0), 1.0, n, 200.0 + 10 * s, 6.0, nelbo=3.0 + s)
+    write_table(g, "table1")
+    start = next(r for r in rows(g, "table1") if r["row"] == "MDLM (start checkpoint)" and r["nfe"] == "4")
+    assert float(start["n_seeds"]) == 3
+    assert float(start["gen_ppl"]) == pytest.approx(210.0) and float(start["gen_ppl_sd"]) == pytest.approx(10.0)
+    assert float(start["nelbo_sd"]) == pytest.approx(1.0)
+
+
 def test_matched_entropy_row_and_ratio_follow_the_log_linear_frontier(filled):
     g = filled
     write_table(g, "table1")

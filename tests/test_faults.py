@@ -2,7 +2,9 @@
 and completes (issue 5)."""
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +19,18 @@ from tokendrift.evaluator import train_evaluator
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return make_init(tmp_path_factory.mktemp("ck") / "mdlm")
+
+
+def test_atomic_writes_get_the_umask_permissions_not_tempfile_private_ones(tmp_path):
+    from tokendrift.utils import atomic_dir, atomic_write_json
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
 
 
 def kill_when(cmd, ready, timeout=120):

@@ -148,6 +148,17 @@ def test_resume_is_bitwise_exact(tmp_path, init_mdlm, stop_after):
     assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated or missing metric lines after the resume
 
 
+def test_a_finished_run_reran_writes_nothing(tmp_path, init_mdlm):
+    # a rerun of a finished job (the same command, e.g. a bench pretraining what exists) must not
+    # touch done.json: Snakemake would rerun everything downstream of the newer file
+    out = tmp_path / "run"
+    cfg = job(init_mdlm, steps=3, save_every=2)
+    last = trainlib.train(cfg, out, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert trainlib.train(cfg, out, progress=False) == last
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_resume_refuses_other_config(tmp_path, init_mdlm):
     out = tmp_path / "run"
     trainlib.train(job(init_mdlm, steps=4), out, stop_after=2, progress=False)

@@ -256,7 +256,8 @@ class Grid:
         t = self.tables[table]
         units = [Unit(t["backbone"], r["model"], s, self.row_step(table, r["model"]))
                  for r in t["rows"] if "model" in r for s in self.seeds]
-        return units + [Unit(t["backbone"], "start", s, 0) for s in self.seeds]
+        # once each: a table whose rows include the start checkpoint must not count its seeds twice
+        return list(dict.fromkeys(units + [Unit(t["backbone"], "start", s, 0) for s in self.seeds]))
 
     def figure2_units(self) -> list[Unit]:
         return [Unit(bb, m, s, step)

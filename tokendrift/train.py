@@ -50,7 +50,8 @@ from .objective import (
     pooled_features,
     soft_lift,
 )
-from .utils import TokenDriftError, atomic_dir, atomic_write_json, atomic_write_text, config_digest, code_digest
+from .utils import (TokenDriftError, atomic_dir, atomic_write_json, atomic_write_text, code_digest, config_digest,
+                    read_json)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -374,6 +375,10 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
     noise = torch.Generator(device=s.device)
     noise.manual_seed(cfg["seed"] * 1_000_003 + 17)
     torch.manual_seed(cfg["seed"] + 1)
+
+    done = read_json(out / "done.json", "done file") if (out / "done.json").exists() else None
+    if done and (done.get("config_digest"), done.get("code_digest")) == (s.meta["config_digest"], s.meta["code_digest"]):
+        return done.get("last", {})  # finished under this config and code: a rerun writes nothing
 
     step = 0
     resume = latest_checkpoint(out) if out.exists() else None
