@@ -352,6 +352,11 @@ def _trim_metrics(path: Path, upto: int) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+def _same_run(record: dict, s: Setup) -> bool:
+    """Whether a checkpoint's meta or a done.json was written under this job's config and code."""
+    return (record.get("config_digest"), record.get("code_digest")) == (s.meta["config_digest"], s.meta["code_digest"])
+
+
 def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None,
           discard_stale: bool = False) -> dict:
     """Run (or resume) a training job; returns the last metrics line.
@@ -363,6 +368,9 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
     cfg = resolve_config(raw_cfg)
     s = build(cfg)  # everything that can fail on bad input fails here, before anything is written
     out = Path(out)
+    done = read_json(out / "done.json", "done file") if (out / "done.json").exists() else None
+    if done and _same_run(done, s):
+        return done.get("last", {})  # finished under this config and code: a rerun writes nothing
     model = s.model
     if s.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -376,15 +384,10 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
     noise.manual_seed(cfg["seed"] * 1_000_003 + 17)
     torch.manual_seed(cfg["seed"] + 1)
 
-    done = read_json(out / "done.json", "done file") if (out / "done.json").exists() else None
-    if done and (done.get("config_digest"), done.get("code_digest")) == (s.meta["config_digest"], s.meta["code_digest"]):
-        return done.get("last", {})  # finished under this config and code: a rerun writes nothing
-
     step = 0
     resume = latest_checkpoint(out) if out.exists() else None
     if resume is not None and discard_stale and s.rank == 0:
-        meta = json.loads((resume / "meta.json").read_text())
-        if (meta.get("config_digest"), meta.get("code_digest")) != (s.meta["config_digest"], s.meta["code_digest"]):
+        if not _same_run(json.loads((resume / "meta.json").read_text()), s):
             print(f"discarding stale checkpoints in {out} (config or code changed)", flush=True)
             for stale in ("checkpoints", "metrics.jsonl", "done.json"):
                 p = out / stale

@@ -28,7 +28,8 @@ def _umask() -> int:
 
 # tempfile creates private (0600 / 0700) files and folders; results are shared like any other
 # file the user writes, so atomic writes give them the permissions the umask allows
-FILE_MODE, DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+_UMASK = _umask()
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
 
 
 def _fsync_dir(path: Path) -> None:
