@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.step_overhead import machine, make_init
+from bench.step_overhead import add_allocator_arg, allocator, machine, make_init, malloc_suffix
 from tokendrift.checkpoint import load_model_dir
 from tokendrift.data import make_source
 from tokendrift.diffusion import make_diffusion
@@ -47,7 +47,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="samples per batch")
     ap.add_argument("--nfe", type=int, default=16)
     ap.add_argument("--reps", type=int, default=5)
+    add_allocator_arg(ap)
     args = ap.parse_args()
+    malloc = allocator(args)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for bb in ("mdlm", "duo"):
@@ -77,7 +79,7 @@ def main() -> None:
         texts = src.decode(src.batch("valid", 0, args.n))
         ids = tok(texts, return_tensors="pt", padding=True)["input_ids"].to(args.device)
         score = lambda: gen_ppl(texts, (lm, tok), batch_size=64, device=args.device)  # noqa: E731
-        bare = lambda: [lm(ids[i:i + 64]).logits.float() for i in range(0, len(ids), 64)]  # noqa: E731
+        bare = lambda: [lm(ids[i:i + 64], use_cache=False).logits.float() for i in range(0, len(ids), 64)]  # noqa: E731
         score()
         ts, tb = [], []
         for _ in range(args.reps):
@@ -89,9 +91,9 @@ def main() -> None:
     for k, r in rows.items():
         print(f"{k:12} overhead {100 * r['overhead']:6.1f}%  " + "  ".join(
             f"{a}={v:.4g}" for a, v in r.items() if a != "overhead"))
-    out = Path(__file__).parent / "results" / f"sample_score_overhead_{args.device}.json"
+    out = Path(__file__).parent / "results" / f"sample_score_overhead_{args.device}{malloc_suffix(args)}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": machine(args.device), "rows": rows,
+    out.write_text(json.dumps({"args": vars(args), "machine": {**machine(args.device), "malloc": malloc}, "rows": rows,
                                "targets": {"sampler_overhead": 0.05, "score_overhead": 0.10}}, indent=2) + "\n")
     print(f"wrote {out}")
 

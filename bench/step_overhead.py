@@ -28,6 +28,7 @@ import torch
 
 from tokendrift import train as T
 from tokendrift.checkpoint import random_model_dir
+from tokendrift.cli import tune_allocator
 from tokendrift.objective import drift_field
 
 
@@ -41,6 +42,23 @@ def machine(device: str) -> dict:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def add_allocator_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--glibc-default-malloc", action="store_true",
+                    help="leave glibc's malloc as it starts, instead of tuning it as every pipeline job does")
+
+
+def allocator(args) -> str:
+    """Set up malloc as the pipeline's jobs do (tokendrift.cli.tune_allocator); say which it got."""
+    if args.glibc_default_malloc:
+        return "glibc default"
+    return "tuned as the jobs are" if tune_allocator() else "untouched (malloc tuned by the user, or not glibc)"
+
+
+def malloc_suffix(args) -> str:
+    """Results of a --glibc-default-malloc run go to their own file, beside the tuned run's."""
+    return "_glibc_default" if args.glibc_default_malloc else ""
 
 
 def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
@@ -108,7 +126,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak (H100 SXM bf16 dense: 989)")
     ap.add_argument("--backbones", nargs="+", default=["mdlm", "duo"])
+    add_allocator_arg(ap)
     args = ap.parse_args()
+    malloc = allocator(args)
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,9 +170,9 @@ def main() -> None:
         print(f"{r['backbone']:8} {r['continuation_s']:9.4f} {r['tokendrift_s']:9.4f} {r['ratio']:6.2f} "
               f"{r['drift_field_s']:9.5f} {100 * r['drift_share']:6.2f}%"
               + (f"  MFU {100 * r['continuation_mfu']:.1f}%" if "continuation_mfu" in r else ""))
-    out = Path(__file__).parent / "results" / f"step_overhead_{args.device}_{args.preset}.json"
+    out = Path(__file__).parent / "results" / f"step_overhead_{args.device}_{args.preset}{malloc_suffix(args)}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": machine(args.device), "rows": rows,
+    out.write_text(json.dumps({"args": vars(args), "machine": {**machine(args.device), "malloc": malloc}, "rows": rows,
                                "targets": {"ratio": 2.1, "drift_share": 0.02, "mfu": 0.40}}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -276,10 +276,32 @@ def test_nelbo_of_the_exact_denoiser_is_the_entropy_and_a_wrong_one_pays_the_kl(
 # ---------------------------------------------------------------- categorical draws
 
 def test_sample_categorical_is_exact_in_float64():
-    w = torch.tensor([5.0, 3.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    w = torch.tensor([0.0, 5.0, 3.0, 0.0, 1.0, 1.0, 0.0], dtype=torch.float64)  # zeros first, inside, last
     draws = sample_categorical(w.expand(40_000, -1), torch.Generator().manual_seed(0), torch.float64)
-    f = freqs(draws, 5)
-    assert torch.allclose(f, w / w.sum(), atol=0.01) and f[4] == 0
+    f = freqs(draws, 7)
+    assert torch.allclose(f, w / w.sum(), atol=0.01) and f[0] == f[3] == f[6] == 0
+    # rows of different weights in one call, and leading batch dimensions
+    w2 = torch.stack([w, w.flip(0)]).expand(3, 20_000, 2, 7)
+    draws = sample_categorical(w2, torch.Generator().manual_seed(1), torch.float64)
+    assert draws.shape == (3, 20_000, 2)
+    assert torch.allclose(freqs(draws[..., 1], 7), w.flip(0) / w.sum(), atol=0.01)
+
+
+def tail_draws(r: float, dtype, M: int = 50_000, rows: int = 8_000, chunk: int = 400) -> tuple[int, float]:
+    """Draws from one head id (weight 1) and M tail ids of weight r: (tail draws, expected)."""
+    w = torch.full((chunk, M + 1), r, dtype=torch.float64)
+    w[:, 0] = 1.0
+    g = torch.Generator().manual_seed(0)
+    tail = sum(int((sample_categorical(w, g, dtype) != 0).sum()) for _ in range(rows // chunk))
+    return tail, rows * M * r / (1 + M * r)
+
+
+def test_float64_draws_keep_the_tail_of_a_peaked_distribution():
+    """The float64 counterpart of the float32 test below, with the tail at 1e-7 per id: the
+    exact tail rate is M 1e-7 / (1 + M 1e-7) ~ 5e-3, 39.8 tail draws expected in 8,000 rows.
+    A draw that lost the tail as float32 does would give ~0."""
+    tail, exact = tail_draws(1e-7, torch.float64)
+    assert abs(tail - exact) < 4 * exact ** 0.5, (tail, exact)  # within 4 Poisson SDs
 
 
 def test_float32_race_noise_is_floored_and_quantized():
@@ -296,12 +318,11 @@ def test_float32_race_noise_is_floored_and_quantized():
     assert len(small32) > 10 and len(small64) > 10
     on_grid = lambda v: float(((v - v.round()).abs() < 0.01).double().mean())
     assert on_grid(small32) == 1.0 and on_grid(small64) < 0.5
-    # and the draw is exactly the race with that noise, in the requested precision
+    # and a float32 draw is exactly the race with that noise (float64 draws by inverse CDF)
     w = torch.rand(64, 1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for dtype in (torch.float32, torch.float64):
-        a = sample_categorical(w, torch.Generator().manual_seed(5), dtype)
-        b = (w.to(dtype) / race_noise(w.shape, torch.Generator().manual_seed(5), dtype=dtype)).argmax(-1)
-        assert torch.equal(a, b)
+    a = sample_categorical(w, torch.Generator().manual_seed(5), torch.float32)
+    b = (w.float() / race_noise(w.shape, torch.Generator().manual_seed(5), dtype=torch.float32)).argmax(-1)
+    assert torch.equal(a, b)
 
 
 def test_nucleus_keeps_the_top_mass_as_duo():
@@ -454,12 +475,6 @@ def test_float32_draws_lose_the_tail_of_a_peaked_distribution():
     M 1e-8 / (1 + M 1e-8) ~ 5e-4, i.e. ~4 tail draws in 8,000 rows. float32 race noise has its
     floor at 5.96e-8, so a tail id wins only if the head's noise exceeds ~6 (probability e^-6):
     the expected float32 count is ~0.06, so the draws have lower entropy than the distribution
-    (Zheng et al. 2024). float64 reproduces the rate (a one-off run with 40,000 rows drew 19 tail
-    ids for 20 expected); it is left out here for time. Cost: 4e8 race entries."""
-    M, r, rows, chunk = 50_000, 1e-8, 8_000, 400
-    w = torch.full((chunk, M + 1), r, dtype=torch.float64)
-    w[:, 0] = 1.0
-    g = torch.Generator().manual_seed(0)
-    tail = sum(int((sample_categorical(w, g, torch.float32) != 0).sum()) for _ in range(rows // chunk))
-    exact = rows * M * r / (1 + M * r)
+    (Zheng et al. 2024). Cost: 4e8 race entries."""
+    tail, exact = tail_draws(1e-8, torch.float32)
     assert exact > 3.9 and tail <= 1  # P(tail >= 2) ~ 2e-3 under float32; ~0.91 for an exact sampler

@@ -7,7 +7,9 @@ Each job module exposes ``register(subparsers)``, which adds its sub-command and
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
+import os
 import sys
 
 from .utils import TokenDriftError
@@ -16,6 +18,32 @@ from .utils import TokenDriftError
 JOB_MODULES = ["train", "pretrain", "sample", "score", "checkpoint", "grid", "aggregate", "tracking", "probe"]
 # sub-commands named unlike their module; a job imports only its own module (start-up is per job)
 COMMAND_MODULE = {"nelbo": "score", "track": "tracking", "compare": "tracking"}
+
+
+# glibc mallopt parameters (malloc.h) and the values every job runs with
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum on 64-bit systems
+TRIM_THRESHOLD = 2**31 - 1
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process for the next step instead of handing it back to the OS.
+
+    glibc's malloc serves blocks above its mmap threshold (128 KiB at start) with fresh mmaps
+    and trims the heap when more than its trim threshold is free, so a CPU training or sampling
+    loop page-faults its activations back in at every step. Here the threshold goes to its
+    maximum (32 MiB) and trimming happens only above 2 GiB free; PyTorch's CPU tuning guide
+    gets the same effect by preloading jemalloc or tcmalloc. BENCHMARKS.md (sections 1 and 5)
+    measures what it saves. Left alone when the user tunes malloc
+    (MALLOC_*_ variables, GLIBC_TUNABLES, LD_PRELOAD) and off glibc. Returns whether it applied.
+    """
+    if any(k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD") for k in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -37,6 +65,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    tune_allocator()
     args = build_parser(argv).parse_args(argv)
     try:
         rc = args.func(args)

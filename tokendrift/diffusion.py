@@ -13,8 +13,10 @@ Facts taken from the reference code (kuleshov-group/mdlm, s-sahoo/duo):
 - Training times: antithetic u_i = (U / B + i / B) mod 1, t = (1 - eps) u + eps
   (mdlm diffusion.py _sample_t, duo trainer_base.py Diffusion._sample_t; sampling_eps = 1e-3).
 - Sampling times: linspace(1, 1e-5, steps + 1) (mdlm _sample, duo generate_samples).
-- Categorical draws: Gumbel-max in the form argmax(w / (1e-10 - log(u + 1e-10)))
-  (mdlm _sample_categorical, duo sample_categorical); DUO casts to float64 (use_float64: True).
+- Categorical draws: the reference code races argmax(w / (1e-10 - log(u + 1e-10))) (mdlm
+  _sample_categorical, duo sample_categorical), DUO in float64 (use_float64: True). Here a
+  float64 draw is the inverse CDF instead (the same distribution, one uniform per position
+  instead of one per vocabulary entry); float32 keeps the race, to reproduce its entropy loss.
 """
 
 from __future__ import annotations
@@ -47,8 +49,19 @@ def race_noise(shape, generator=None, device=None, dtype=torch.float64) -> torch
 
 
 def sample_categorical(weights: torch.Tensor, generator=None, dtype=torch.float64) -> torch.Tensor:
-    """One draw per row from unnormalized non-negative ``weights`` [..., K], computed in ``dtype``."""
+    """One draw per row from unnormalized non-negative ``weights`` [..., K], computed in ``dtype``.
+
+    float64: inverse CDF, the first j with c_j >= v c_K, c = cumsum(w), v ~ U(0, 1]. Exact to
+    float64 resolution, never an id of weight 0, and one uniform per row: the race's K uniforms
+    and K logarithms per row were most of the sampler's cost beside a small model (BENCHMARKS.md,
+    section 3). float32: the reference code's race argmax(w / E) with float32 ``race_noise``,
+    kept to reproduce what float32 draws do to entropy (Zheng et al. 2024).
+    """
     w = weights.to(dtype)
+    if dtype == torch.float64:
+        c = w.cumsum(-1)
+        v = 1 - torch.rand(c.shape[:-1] + (1,), generator=generator, device=c.device, dtype=dtype)
+        return torch.searchsorted(c, v * c[..., -1:]).squeeze(-1)  # v c_K <= c_K: always in range
     e = race_noise(w.shape, generator, w.device, dtype)
     return torch.div(w, e, out=e).argmax(dim=-1)
 
@@ -140,7 +153,8 @@ class Diffusion:
         """p_theta(x0 | x_t) over the data ids for sampling: softmax(logits / temperature) in
         ``dtype``, then the optional nucleus. The special id gets no mass (MDLM: SUBS removes
         the mask; DUO: the pad is never a data token)."""
-        p = torch.softmax(logits[..., : self.n_data].to(dtype) / temperature, dim=-1)
+        x = logits[..., : self.n_data].to(dtype)
+        p = torch.softmax(x / temperature if temperature != 1 else x, dim=-1)
         return nucleus(p, top_p)
 
     def _draw(self, rows: int, weight_fn, generator, dtype, device) -> torch.Tensor:
@@ -398,9 +412,9 @@ class DUO(Diffusion):
         N = self.vocab_size
         a_ts = a_t / a_s
         x = torch.cat([p, torch.zeros_like(p[:, :1])], dim=-1)
-        base = a_s * x + (1 - a_s) / N
+        base = x.mul_(a_s).add_((1 - a_s) / N)  # in place: x is this call's own copy
         w = base * ((1 - a_ts) / N)
-        return w.scatter_add(-1, z[:, None], a_ts * base.gather(-1, z[:, None]))
+        return w.scatter_add_(-1, z[:, None], a_ts * base.gather(-1, z[:, None]))
 
     def _posterior_draw(self, model, x, t, a_s, state, generator, dtype, temperature, top_p):
         logits = self._forward(model, x, t, state).reshape(-1, self.vocab_size)

@@ -53,8 +53,8 @@ def gen_ppl(texts: list[str], evaluator, *, batch_size: int = 8, max_length: int
     nll_sum, n_tokens = 0.0, 0
     for i in tqdm(range(0, ids.shape[0], batch_size), desc="score", disable=not progress, mininterval=2.0):
         x = ids[i:i + batch_size].to(device)
-        logits = model(x, attention_mask=attn[i:i + batch_size].to(device)).logits.float()
-        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+        logits = model(x, attention_mask=attn[i:i + batch_size].to(device), use_cache=False).logits.float()
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none").view_as(x[:, 1:])
         first_eos = (x == eos).cumsum(-1) == 1
         counted = (first_eos | (x != eos))[:, 1:]
         nll_sum += float((nll * counted).sum())
