@@ -50,20 +50,20 @@ def cli(*args):
 
 def test_sigkilled_sample_and_score_jobs_leave_no_partial_output(tmp_path, checkpoint):
     out = tmp_path / "samples" / "s"
-    sample = cli("sample", checkpoint, "--nfe", 64, "--n-samples", 3000, "--batch-size", 500, "--out", out)
-    rc = kill_when(sample, lambda: False, timeout=6)  # mid-sampling (the whole job takes minutes)
+    sample = cli("sample", checkpoint, "--nfe", 1024, "--n-samples", 3000, "--batch-size", 500, "--out", out)
+    rc = kill_when(sample, lambda: False, timeout=6)  # mid-sampling (the whole job takes a minute alone)
     assert rc == -signal.SIGKILL and not out.exists()
     (out.parent / ".s.dead.tmp").mkdir(parents=True)  # what a kill inside the final write would leave
-    small = cli("sample", checkpoint, "--nfe", 2, "--n-samples", 3000, "--batch-size", 500, "--out", out)
+    small = cli("sample", checkpoint, "--nfe", 2, "--n-samples", 12_000, "--batch-size", 2000, "--out", out)
     subprocess.run(small, check=True, capture_output=True)
     assert (out / "meta.json").exists() and not list(out.parent.glob(".s.*.tmp"))  # the rerun cleaned up
 
     ev = tmp_path / "ev"
-    train_evaluator(make_source(TINY_SOURCE), ev, steps=2, batch_size=4, n_layer=1, n_embd=16, n_head=2)
+    train_evaluator(make_source(TINY_SOURCE), ev, steps=2, batch_size=4, n_layer=8, n_embd=16, n_head=2)
     score = tmp_path / "scores" / "s.json"
     kill_when(cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 1), lambda: False,
-              timeout=6)  # killed mid-scoring (3000 samples one at a time take far longer)
+              timeout=6)  # killed mid-scoring (12,000 samples one at a time: 18 s alone, 3.4 of them start-up)
     assert not score.exists()
     subprocess.run(cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 256), check=True,
                    capture_output=True)
-    assert json.loads(score.read_text())["n_samples"] == 3000
+    assert json.loads(score.read_text())["n_samples"] == 12_000
