@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tokendrift.cli import user_malloc_settings
+
 # TokenDrift steps of the tiny DiT at length 64 and batch 16 (the bench's CPU setting, whose
 # activations are far above glibc's initial 128 KiB mmap threshold); prints whether the
 # allocator was tuned, then the minor page faults of each step.
@@ -33,8 +35,8 @@ for k in range(12):
 
 
 def run_steps(mode: str, **env) -> tuple[bool, list[int]]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    user = user_malloc_settings()
+    clean = {k: v for k, v in os.environ.items() if k not in user}
     out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True,
                          env={**clean, "OMP_NUM_THREADS": "1", **env})
     applied, *faults = out.stdout.split()

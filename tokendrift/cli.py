@@ -26,6 +26,11 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum on 64-bit systems
 TRIM_THRESHOLD = 2**31 - 1
 
 
+def user_malloc_settings(environ=os.environ) -> list[str]:
+    """The variables by which the user tunes or replaces malloc (then tune_allocator keeps off)."""
+    return [k for k in environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]
+
+
 def tune_allocator() -> bool:
     """Keep freed memory in the process for the next step instead of handing it back to the OS.
 
@@ -37,7 +42,7 @@ def tune_allocator() -> bool:
     measures what it saves. Left alone when the user tunes malloc
     (MALLOC_*_ variables, GLIBC_TUNABLES, LD_PRELOAD) and off glibc. Returns whether it applied.
     """
-    if any(k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD") for k in os.environ):
+    if user_malloc_settings():
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
