@@ -366,13 +366,14 @@ def test_duo_posterior_weights_are_bayes_rule():
     N = 5
     d = DUO(N)
     g = torch.Generator().manual_seed(0)
-    p = torch.softmax(torch.randn(6, N - 1, generator=g, dtype=torch.float64), -1)
+    p = d.p_x0(torch.randn(6, N, generator=g), torch.float64, 1.0, 1.0)  # 0 at the pad, whatever its logit
+    assert (p[:, -1] == 0).all() and torch.allclose(p.sum(-1), torch.ones(6, dtype=torch.float64))
     z = torch.tensor([0, 1, 2, 3, 4, 4])
     for a_t, a_s in [(0.2, 0.5), (0.9, 0.95), (0.3, 1.0)]:
-        w = d._posterior_weights(p, z, a_t, a_s)
+        w = d._posterior_weights(p.clone(), z, a_t, a_s)  # overwrites its argument
         w = w / w.sum(-1, keepdim=True)
         for i in range(6):
-            want = _posterior(p[i].tolist() + [0.0], int(z[i]), a_s, a_t, N)
+            want = _posterior(p[i].tolist(), int(z[i]), a_s, a_t, N)
             assert torch.allclose(w[i], torch.tensor(want, dtype=torch.float64), atol=1e-12)
         assert (w[:, -1] == 0).all() if a_s == 1.0 else (w[:, -1] > 0).all()
 

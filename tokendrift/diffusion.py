@@ -150,12 +150,14 @@ class Diffusion:
         return total / int(n_t)
 
     def p_x0(self, logits: torch.Tensor, dtype, temperature: float, top_p: float) -> torch.Tensor:
-        """p_theta(x0 | x_t) over the data ids for sampling: softmax(logits / temperature) in
-        ``dtype``, then the optional nucleus. The special id gets no mass (MDLM: SUBS removes
-        the mask; DUO: the pad is never a data token)."""
-        x = logits[..., : self.n_data].to(dtype)
-        p = torch.softmax(x / temperature if temperature != 1 else x, dim=-1)
-        return nucleus(p, top_p)
+        """p_theta(x0 | x_t) over the V ids for sampling: softmax(logits / temperature) in
+        ``dtype``, then the optional nucleus. The special id (the last) gets probability 0 (MDLM:
+        SUBS removes the mask; DUO: the pad is never a data token). The samplers turn the
+        result into their weights in place: beside a small model, every extra [rows, V] float64
+        pass shows in the sampler's overhead."""
+        x = logits.to(dtype, copy=True)
+        x[..., self.n_data:] = -math.inf
+        return nucleus(torch.softmax(x.div_(temperature) if temperature != 1 else x, dim=-1), top_p)
 
     def _draw(self, rows: int, weight_fn, generator, dtype, device) -> torch.Tensor:
         """Categorical draws for ``rows`` rows whose weights ``weight_fn(slice)`` builds, in
@@ -316,8 +318,9 @@ class MDLM(Diffusion):
         mc_t, mc_s = 1 - self.alpha(t), 1 - self.alpha(s)
 
         def weights(sl):
-            p = self.p_x0(logits[where[sl]], dtype, temperature, top_p)
-            return torch.cat([p * (mc_t - mc_s), torch.full_like(p[:, :1], mc_s)], dim=-1)
+            w = self.p_x0(logits[where[sl]], dtype, temperature, top_p).mul_(mc_t - mc_s)
+            w[:, self.special_id] = mc_s
+            return w
 
         x = x.clone()
         x.view(-1)[where] = self._draw(where.numel(), weights, generator, dtype, x.device)
@@ -406,15 +409,15 @@ class DUO(Diffusion):
         return torch.randint(0, self.vocab_size, (b, length), generator=generator, device=device)
 
     def _posterior_weights(self, p, z, a_t, a_s):
-        """q(z_s = j | z_t = z, x) ∝ q(z_t = z | z_s = j) q(z_s = j | x) with x = [p, 0 at pad]:
+        """q(z_s = j | z_t = z, x) ∝ q(z_t = z | z_s = j) q(z_s = j | x) with x = p (0 at the pad):
         (a_ts 1[j = z] + (1 - a_ts)/N)(a_s x_j + (1 - a_s)/N), a_ts = a_t / a_s. This is Bayes'
-        rule behind duo DUO_BASE._posterior_from_x0 (same values up to normalization)."""
+        rule behind duo DUO_BASE._posterior_from_x0 (same values up to normalization). ``p`` is
+        p_x0's own [rows, V] tensor (0 at the pad) and is overwritten."""
         N = self.vocab_size
         a_ts = a_t / a_s
-        x = torch.cat([p, torch.zeros_like(p[:, :1])], dim=-1)
-        base = x.mul_(a_s).add_((1 - a_s) / N)  # in place: x is this call's own copy
-        w = base * ((1 - a_ts) / N)
-        return w.scatter_add_(-1, z[:, None], a_ts * base.gather(-1, z[:, None]))
+        base = p.mul_(a_s).add_((1 - a_s) / N)
+        at_z = base.gather(-1, z[:, None]).mul_(a_ts)
+        return base.mul_((1 - a_ts) / N).scatter_add_(-1, z[:, None], at_z)
 
     def _posterior_draw(self, model, x, t, a_s, state, generator, dtype, temperature, top_p):
         logits = self._forward(model, x, t, state).reshape(-1, self.vocab_size)
