@@ -424,7 +424,7 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
                 if not torch.isfinite(loss):
                     last_ckpt = latest_checkpoint(out)
                     raise TokenDriftError(
-                        f"non-finite loss ({float(loss)}) at step {step + 1}, micro-batch {a}: stopping. "
+                        f"non-finite loss ({float(loss.detach())}) at step {step + 1}, micro-batch {a}: stopping. "
                         f"Terms: {stats}. The last good checkpoint is {last_ckpt or 'none (nothing was saved yet)'}")
                 (loss / s.accum).backward()
             total += float(loss.detach()) / s.accum
