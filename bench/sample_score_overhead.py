@@ -9,14 +9,14 @@ tensors, measured side by side in one process (interleaved repetitions, medians)
 - Scoring: samples per second of `score.gen_ppl` (retokenization, first-EOS rule, NLL) against
   bare evaluator forwards on the already tokenized ids. Target: <= 10%.
 
-    python bench/sample_score_overhead.py [--device cpu] [--preset tiny] [--n 256] [--nfe 16]
-Writes bench/results/sample_score_overhead_<device>.json.
+    python -m bench.sample_score_overhead [--device cpu] [--preset tiny] [--n 256] [--nfe 16]
+Writes bench/results/sample_score_overhead_<device>.json (with --glibc-default-malloc:
+..._glibc_default.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.step_overhead import add_allocator_arg, allocator, machine, make_init, malloc_suffix
+from bench.step_overhead import add_allocator_arg, allocator, make_init, write_results
 from tokendrift.checkpoint import load_model_dir
 from tokendrift.data import make_source
 from tokendrift.diffusion import make_diffusion
@@ -114,11 +114,8 @@ def main() -> None:
     for k, r in rows.items():
         print(f"{k:12} overhead {100 * r['overhead']:6.1f}%  " + "  ".join(
             f"{a}={v:.4g}" for a, v in r.items() if a != "overhead"))
-    out = Path(__file__).parent / "results" / f"sample_score_overhead_{args.device}{malloc_suffix(args)}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": {**machine(args.device), "malloc": malloc}, "rows": rows,
-                               "targets": {"sampler_overhead": 0.05, "score_overhead": 0.10}}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(f"sample_score_overhead_{args.device}", args, malloc, rows,
+                  {"sampler_overhead": 0.05, "score_overhead": 0.10})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ features of size 2d).
     python bench/step_overhead.py --device cuda --preset small --length 1024 --micro-batch 2 --bf16
                                                         # the paper's H100 setting (random weights)
 
-Prints a table and writes bench/results/step_overhead_<device>_<preset>.json. Targets: ratio
+Prints a table and writes bench/results/step_overhead_<device>_<preset>.json (with
+--glibc-default-malloc: ..._glibc_default.json). Targets: ratio
 <= 2.1 (the floor is about 2.0: the frozen encoder's forward and input-gradient backward on the
 soft embeddings plus its forward on clean text); drift share <= 2%; on the H100, the
 continuation step's model FLOPs utilization >= 40%.
@@ -56,9 +57,14 @@ def allocator(args) -> str:
     return "tuned as the jobs are" if tune_allocator() else "untouched (malloc tuned by the user, or not glibc)"
 
 
-def malloc_suffix(args) -> str:
-    """Results of a --glibc-default-malloc run go to their own file, beside the tuned run's."""
-    return "_glibc_default" if args.glibc_default_malloc else ""
+def write_results(stem: str, args, malloc: str, rows, targets: dict) -> None:
+    """bench/results/<stem>.json with the arguments, the machine and its malloc, the rows and the
+    targets. A --glibc-default-malloc run goes to <stem>_glibc_default.json, beside the tuned run's."""
+    out = Path(__file__).parent / "results" / f"{stem}{'_glibc_default' if args.glibc_default_malloc else ''}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "machine": {**machine(args.device), "malloc": malloc}, "rows": rows,
+                               "targets": targets}, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
@@ -170,11 +176,8 @@ def main() -> None:
         print(f"{r['backbone']:8} {r['continuation_s']:9.4f} {r['tokendrift_s']:9.4f} {r['ratio']:6.2f} "
               f"{r['drift_field_s']:9.5f} {100 * r['drift_share']:6.2f}%"
               + (f"  MFU {100 * r['continuation_mfu']:.1f}%" if "continuation_mfu" in r else ""))
-    out = Path(__file__).parent / "results" / f"step_overhead_{args.device}_{args.preset}{malloc_suffix(args)}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": {**machine(args.device), "malloc": malloc}, "rows": rows,
-                               "targets": {"ratio": 2.1, "drift_share": 0.02, "mfu": 0.40}}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(f"step_overhead_{args.device}_{args.preset}", args, malloc, rows,
+                  {"ratio": 2.1, "drift_share": 0.02, "mfu": 0.40})
 
 
 if __name__ == "__main__":
