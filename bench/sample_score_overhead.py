@@ -55,6 +55,32 @@ class StoredOutput(torch.nn.Module):
         return self.out
 
 
+def time_sampler(model, diff, n: int, length: int, nfe: int, reps: int, device: str) -> dict:
+    """One sampler batch of ``n`` samples at ``nfe`` against the same number of bare forwards, and
+    the sampler's own work (StoredOutput); medians of ``reps`` interleaved repetitions."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = diff.prior_sample(n, length, gen, device)
+    sigma = diff.sigma(torch.full((n,), 0.5, device=device))
+    info: dict = {}
+    stored = StoredOutput(model(x, sigma))
+
+    def sample(m=model, i=info):
+        return diff.sample(m, n, length, nfe, generator=gen, batch_size=n, info=i)
+
+    bare = lambda: [model(x, sigma) for _ in range(info["forward_passes"])]  # noqa: E731
+    own = lambda: sample(stored, {})  # noqa: E731
+    sample()  # warm-up, and the forward count the sampler makes
+    own()
+    ts, tb, to = [], [], []
+    for _ in range(reps):
+        ts.append(timed(sample, device))
+        tb.append(timed(bare, device))
+        to.append(timed(own, device))
+    s, b, o = statistics.median(ts), statistics.median(tb), statistics.median(to)
+    return {"sampler_s": s, "bare_forwards_s": b, "forward_passes": info["forward_passes"], "per_nfe_s": s / nfe,
+            "own_work_s": o, "own_work_share": o / b, "overhead": s / b - 1}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -72,28 +98,7 @@ def main() -> None:
             init = make_init(Path(tmp) / bb, args.preset, args.length, bb)
             model, meta = load_model_dir(init, device=args.device)
             diff = make_diffusion(bb, model.config.vocab_size)
-            gen = torch.Generator(device=args.device).manual_seed(0)
-            x = diff.prior_sample(args.n, args.length, gen, args.device)
-            sigma = diff.sigma(torch.full((args.n,), 0.5, device=args.device))
-            info: dict = {}
-            stored = StoredOutput(model(x, sigma))
-
-            def sample(m=model, i=info):
-                return diff.sample(m, args.n, args.length, args.nfe, generator=gen, batch_size=args.n, info=i)
-
-            bare = lambda: [model(x, sigma) for _ in range(info["forward_passes"])]  # noqa: E731
-            own = lambda: sample(stored, {})  # noqa: E731
-            sample()  # warm-up, and the forward count the sampler makes
-            own()
-            ts, tb, to = [], [], []
-            for _ in range(args.reps):
-                ts.append(timed(sample, args.device))
-                tb.append(timed(bare, args.device))
-                to.append(timed(own, args.device))
-            s, b, o = statistics.median(ts), statistics.median(tb), statistics.median(to)
-            rows[f"sample_{bb}"] = {"sampler_s": s, "bare_forwards_s": b, "forward_passes": info["forward_passes"],
-                                    "per_nfe_s": s / args.nfe, "own_work_s": o, "own_work_share": o / b,
-                                    "overhead": s / b - 1}
+            rows[f"sample_{bb}"] = time_sampler(model, diff, args.n, args.length, args.nfe, args.reps, args.device)
         # scoring: the embedded default's kind of evaluator (GPT-2 architecture, word-level tokenizer)
         src = make_source({"kind": "synthetic", "length": args.length})
         with torch.enable_grad():

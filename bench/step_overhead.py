@@ -74,10 +74,12 @@ def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
     return random_model_dir(folder, diffusion, src.config, src.vocab_size + 1, length, preset)
 
 
-def setup(init: Path, variant: str, args) -> tuple:
+def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
+    """A training job's Setup with AdamW and its noise generator; ``extra`` adds job options."""
     cfg = T.resolve_config({"variant": variant, "init": str(init), "global_batch": args.micro_batch,
                             "micro_batch": args.micro_batch, "device": args.device,
-                            "precision": "bf16" if args.bf16 else "fp32", "optim": {"warmup_steps": 0}})
+                            "precision": "bf16" if args.bf16 else "fp32", "optim": {"warmup_steps": 0},
+                            **(extra or {})})
     s = T.build(cfg)
     if variant == "tokendrift":  # steady state: full queues
         d = s.queues["real"].dim
@@ -88,16 +90,25 @@ def setup(init: Path, variant: str, args) -> tuple:
     return s, opt, noise
 
 
-def step(s, opt, noise, k: int) -> float:
+def step(s, opt, noise, k: int, x0: torch.Tensor | None = None, split: dict | None = None) -> float:
+    """Seconds of one training step (micro-step, backward, AdamW) on batch ``k`` of the source, or
+    on ``x0``; ``split`` gets the micro-step with its backward ("micro_s") and the optimizer
+    ("optimizer_s") apart, for a loop that accumulates several micro-steps per optimizer step."""
     sync = torch.cuda.synchronize if s.device.type == "cuda" else (lambda: None)
-    x0 = s.source.batch("train", k, s.cfg["micro_batch"]).to(s.device)
+    x0 = s.source.batch("train", k, s.cfg["micro_batch"]).to(s.device) if x0 is None else x0
     sync()
     t0 = time.perf_counter()
     loss = T.micro_step(s, s.model, x0, noise, {})
     loss.backward()
+    if split is not None:
+        sync()
+        split["micro_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
     opt.step()
     opt.zero_grad(set_to_none=True)
     sync()
+    if split is not None:
+        split["optimizer_s"] = time.perf_counter() - t1
     return time.perf_counter() - t0
 
 

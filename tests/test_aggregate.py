@@ -1,4 +1,4 @@
-"""Tables, figures and MLflow import from hand-made score files (issue 4 items 3-5)."""
+"""Tables, figures and MLflow import from hand-made score files."""
 
 import csv
 import json

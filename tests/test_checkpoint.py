@@ -139,3 +139,8 @@ def test_import_into_model_folder(tmp_path, monkeypatch):
     model, meta2 = load_model_dir(tmp_path / "out")
     assert torch.equal(logits(model), logits(ema))
     assert meta2["origin_sha256"] == meta["origin_sha256"] and meta2["diffusion"] == "mdlm"
+    # the EMA's update count and decay travel with its weights (train's optim.ema_start: continue)
+    assert meta2["ema_num_updates"] == 10 and meta2["ema_decay"] == 0.9999
+    raw_meta = ck.import_checkpoint(str(tmp_path / "mdlm.ckpt"), str(tmp_path / "raw"), "mdlm", preset="testsize",
+                                    ema=False)
+    assert "ema_num_updates" not in raw_meta  # raw weights: no EMA to continue

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tokendrift.data import SyntheticHMM, _blocks, make_source
+from tokendrift.prepare import prepare
 from tokendrift.utils import TokenDriftError
 
 TINY = {"kind": "synthetic", "n_states": 3, "vocab_size": 4, "length": 4, "tokens_per_state": 2, "n_successors": 1,
@@ -52,6 +53,16 @@ def test_batches_are_deterministic_and_splits_differ():
     assert not torch.equal(a, src.batch("valid", 7, 16))
     with pytest.raises(TokenDriftError, match="split"):
         src.batch("test", 0, 2)
+
+
+def test_the_training_seed_selects_the_train_stream_and_leaves_validation_alone():
+    src = make_source({"kind": "synthetic"})
+    base = src.batch("train", 3, 8)
+    assert torch.equal(src.batch("train", 3, 8, seed=0), base)  # seed 0 = the source's own stream
+    assert torch.equal(src.batch("train", 3, 8, seed=None), base)
+    one, two = src.batch("train", 3, 8, seed=1), src.batch("train", 3, 8, seed=2)
+    assert not torch.equal(one, base) and not torch.equal(one, two) and not torch.equal(two, base)
+    assert torch.equal(src.batch("train", 3, 8, seed=1), one)  # deterministic per (seed, index)
 
 
 def test_pseudo_words_are_distinct_and_round_trip_through_the_tokenizer():
@@ -109,6 +120,7 @@ def test_openwebtext_path_on_a_local_dataset(tmp_path, monkeypatch):
     _train_tokenizer(tmp_path / "tok", texts)
     cfg = {"kind": "openwebtext", "path": str(tmp_path / "owt"), "tokenizer": str(tmp_path / "tok"),
            "n_valid_docs": 10, "length": 32, "cache_dir": str(tmp_path / "cache")}
+    prepare(cfg, progress=False)  # the data stage; jobs only read what it wrote
     src = make_source(cfg)
     tok = src.hf_tokenizer()
     eos = tok.eos_token_id
@@ -125,33 +137,23 @@ def test_openwebtext_path_on_a_local_dataset(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
-def test_textdir_trains_a_tokenizer(tmp_path):
-    for i in range(12):
-        (tmp_path / f"doc{i}.txt").write_text(f"Document {i} talks about rivers and stones. " * 20)
-    src = make_source({"kind": "textdir", "path": str(tmp_path), "n_valid_docs": 2, "length": 16,
-                       "tokenizer_vocab_size": 300, "cache_dir": str(tmp_path / "cache")})
-    x = src.batch("train", 0, 2)
-    assert x.shape == (2, 16) and int(x.max()) < src.vocab_size
-    assert "rivers" in "".join(src.decode(src.batch("valid", 0, 1)))
-
-
 @pytest.mark.parametrize("cfg, message", [
     ({"kind": "wikipedia"}, "source.kind"),
     ({"kind": "synthetic", "n_states": 0}, "source.n_states"),
     ({"kind": "synthetic", "stickiness": 1.5}, "source.stickiness"),
     ({"kind": "synthetic", "tokenizer": "gpt2"}, "tokenizer"),
     ({"kind": "textdir", "path": "/nonexistent/corpus"}, "/nonexistent/corpus"),
-    ({"kind": "openwebtext", "path": "/nonexistent/owt", "tokenizer": "/nonexistent/tok"}, "source.tokenizer"),
+    ({"kind": "openwebtext", "path": "/nonexistent/owt", "tokenizer": "/nonexistent/tok"}, "/nonexistent/owt"),
 ])
-def test_bad_source_config_names_the_field(cfg, message):
+def test_bad_source_config_names_the_field(cfg, message, tmp_path):
     with pytest.raises(TokenDriftError, match=message):
-        make_source(cfg)
+        prepare({**cfg, "cache_dir": str(tmp_path)} if cfg["kind"] != "synthetic" else cfg, progress=False)
 
 
 def test_empty_corpus_folder_is_refused(tmp_path):
     (tmp_path / "notes.md").write_text("not a txt file")
     with pytest.raises(TokenDriftError, match=f"{tmp_path}.*no .txt files"):
-        make_source({"kind": "textdir", "path": str(tmp_path)})
+        prepare({"kind": "textdir", "path": str(tmp_path), "cache_dir": str(tmp_path / "c")}, progress=False)
 
 
 def test_log_likelihood_checks_ids():

@@ -245,3 +245,182 @@ def test_bad_options_name_their_field(kwargs, field):
         O.check_drift_options(**{**base, **kwargs})
     with pytest.raises(TokenDriftError, match="queue_size"):
         O.FeatureQueue(0, 4)
+
+
+# --------------------------------------------------------------------------- mirror teacher: g w.r.t. the logits
+
+
+def _teacher_inputs(seed):
+    """Random logits (a SUBS-style -inf entry included), an encoder, a predicted-position mask and a drift."""
+    g = torch.Generator().manual_seed(seed)
+    B, L, vocab, d = 3, 5, 7, 4
+    logits = 2 * torch.randn(B, L, vocab, generator=g)
+    logits[..., 0] = float("-inf")
+    E, W = torch.randn(vocab, d, generator=g), torch.randn(d, d, generator=g)
+    x_bar = torch.randint(1, vocab, (B, L), generator=g)
+    predicted = torch.rand(B, L, generator=g) < 0.6
+    predicted[:, 0] = True
+    V = torch.randn(B, 2 * d, generator=g)
+    return logits, E, W, x_bar, predicted, V
+
+
+def _features(p, x_bar, predicted, E, W):
+    e = O.soft_lift(p, x_bar, predicted, E)
+    return O.pooled_features(e, torch.tanh(e @ W))
+
+
+def _paper_g(logits, E, W, x_bar, predicted, V):
+    """g = grad_l <h(l), sg(V)> with h built from p = softmax(l) (Sec. 3.4), by autograd on l itself."""
+    leaf = logits.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((_features(leaf.softmax(-1), x_bar, predicted, E, W) * V).sum(), leaf)
+    return g
+
+
+def _train_path_teacher(logits, E, W, x_bar, predicted, V, eta):
+    """The teacher as training calls it: normalized logits log p (the backbone's log_probs), the
+    lift fed with their exp (tokendrift.train.micro_step)."""
+    raw = logits.clone().requires_grad_(True)
+    log_p = raw.log_softmax(-1)
+    h = _features(log_p.exp(), x_bar, predicted, E, W)
+    return raw, log_p, O.mirror_teacher(log_p, h, V, eta)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mirror_teacher_steps_along_the_logit_gradient_of_the_paper(seed):
+    inputs = _teacher_inputs(seed)
+    eta = 0.8
+    g = _paper_g(*inputs)
+    assert torch.allclose(g.sum(-1), torch.zeros(()), atol=1e-6)  # a softmax gradient sums to 0
+    _, log_p, l_star = _train_path_teacher(*inputs, eta)
+    ok = torch.isfinite(l_star)
+    assert torch.equal(ok, torch.isfinite(log_p))
+    step = torch.where(ok, l_star - log_p.detach(), torch.zeros_like(l_star))
+    assert torch.allclose(step, eta * g, atol=1e-5), float((step - eta * g).abs().max())
+    # teacher given raw logits whose h is built through softmax: the same step (l* = sg(l + eta g))
+    leaf = inputs[0].clone().requires_grad_(True)
+    h = _features(leaf.softmax(-1), *inputs[3:4], inputs[4], inputs[1], inputs[2])
+    l_star_raw = O.mirror_teacher(leaf, h, inputs[5], eta)
+    step_raw = torch.where(ok, l_star_raw - inputs[0], torch.zeros_like(l_star_raw))
+    assert torch.allclose(step_raw, eta * g, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_mirror_teacher_is_the_closed_form_of_prop_d1(seed):
+    """p*_v = p_v exp(eta g_v) / sum_u p_u exp(eta g_u), the maximizer of <g, q> - KL(q || p) / eta (App. D.1)."""
+    inputs = _teacher_inputs(seed)
+    eta = 1.3
+    g = _paper_g(*inputs).double()
+    p = inputs[0].double().softmax(-1)
+    closed = p * (eta * g).exp()
+    closed = closed / closed.sum(-1, keepdim=True)
+    _, _, l_star = _train_path_teacher(*inputs, eta)
+    p_star = l_star.double().softmax(-1)
+    assert torch.allclose(p_star, closed, atol=1e-6)
+
+    def objective(q):  # <g, q> - KL(q || p) / eta over the support of p
+        s = p > 0
+        kl = torch.where(s, q * (q.clamp_min(1e-300).log() - p.clamp_min(1e-300).log()), torch.zeros_like(q))
+        return (g * q).sum(-1) - kl.sum(-1) / eta
+
+    best = objective(p_star)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(20):  # any other distribution on the support scores lower
+        q = (p_star * (0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).exp())
+        q = q / q.sum(-1, keepdim=True)
+        assert torch.all(objective(q) <= best + 1e-9)
+
+
+def test_mirror_losses_use_the_paper_teacher():
+    inputs = _teacher_inputs(4)
+    logits, predicted, eta = inputs[0], inputs[4], 0.9
+    g = _paper_g(*inputs)
+    raw, log_p, l_star = _train_path_teacher(*inputs, eta)
+    B = logits.shape[0]
+    # KL(p* || p): its gradient w.r.t. the logits is (p - p*) on predicted positions, / B
+    p = logits.softmax(-1)
+    p_star = (logits + eta * g).softmax(-1)
+    (grad,) = torch.autograd.grad(O.mirror_kl_loss(log_p, l_star, predicted), raw, retain_graph=True)
+    assert torch.allclose(grad, (p - p_star) * predicted[..., None] / B, atol=1e-6)
+    # ||l* - l||^2 = eta^2 ||g||^2 on predicted positions, / B; its gradient -2 eta g
+    l2 = O.mirror_l2_loss(log_p, l_star, predicted)
+    want = (eta * g).square().sum(-1)[predicted].sum() / B
+    assert float(l2.detach()) == pytest.approx(float(want), rel=1e-5)
+    (grad,) = torch.autograd.grad(l2, raw)
+    assert torch.allclose(grad, -2 * eta * g * predicted[..., None] / B, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- ratio readings (Table 6)
+
+RATIOS = st.tuples(st.floats(0, 3), st.floats(0, 3)).filter(lambda ar: ar[0] + ar[1] > 0)
+
+
+def _refs(seed, B=4, P=9, N=7, m=8):
+    h = unit(B, m, seed=seed)
+    return h, unit(P, m, seed=seed + 1), torch.cat([h, unit(N, m, seed=seed + 2)])
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), tau=st.sampled_from([0.02, 0.05, 0.2]), ar=RATIOS,
+       kernel=st.sampled_from(["sq_l2", "l2_meannorm"]))
+def test_displacement_reading_differs_by_a_minus_r_times_S_h(seed, tau, ar, kernel):
+    """V_disp = a sum W+ (u - h) - r sum W- (v - h) = V_vec - (a - r) S h with joint weights (S+ = S- = S)."""
+    h, pos, neg = _refs(seed)
+    a, r = ar
+    kw = dict(kernel=kernel, normalization="joint")
+    V_vec = O.drift_at_temperature(h, pos, neg, tau, ar, True, ratio_reading="vector", **kw)
+    V_disp = O.drift_at_temperature(h, pos, neg, tau, ar, True, ratio_reading="displacement", **kw)
+    W_pos, W_neg = O.reference_weights(h, pos, neg, tau, True, **kw)
+    S = W_pos.sum(1, keepdim=True)
+    assert torch.allclose(S, W_neg.sum(1, keepdim=True), rtol=1e-4, atol=1e-7)
+    assert torch.allclose(V_disp, V_vec - (a - r) * S * h, atol=1e-5)
+    # brute force: sum of weighted displacements
+    want = a * (W_pos[..., None] * (pos[None] - h[:, None])).sum(1) - r * (W_neg[..., None] * (neg[None] - h[:, None])).sum(1)
+    assert torch.allclose(V_disp, want, atol=1e-5)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), opts=OPTIONS)
+def test_readings_agree_at_one_to_one(seed, opts):
+    if opts.get("normalization") == "softmax":  # S+ != S-: the readings differ there even at 1:1
+        return
+    h, pos, neg = _refs(seed)
+    V_vec = O.drift_field(h, pos, neg, exclude_self=True, ratio_reading="vector", **opts)
+    V_disp = O.drift_field(h, pos, neg, exclude_self=True, ratio_reading="displacement", **opts)
+    assert torch.allclose(V_vec, V_disp, atol=1e-4)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), ar=RATIOS, opts=OPTIONS)
+def test_displacement_reading_is_anti_symmetric(seed, ar, opts):
+    """Swapping the references and the two scales negates V: a:r on (P, N) is -(r:a on (N, P))."""
+    h, pos, neg = unit(3, 8, seed=seed), unit(7, 8, seed=seed + 1), unit(6, 8, seed=seed + 2)
+    a, r = ar
+    V = O.drift_field(h, pos, neg, ratio=(a, r), ratio_reading="displacement", **opts)
+    V_swapped = O.drift_field(h, neg, pos, ratio=(r, a), ratio_reading="displacement", **opts)
+    assert torch.allclose(V, -V_swapped, atol=1e-5)
+
+
+def test_vector_reading_inflates_the_scale_when_unbalanced():
+    """At 2:1 the vector reading's extra (a - r) S h raises s^tau, shrinking the rest of V
+    (features clustered around one direction, as pooled encoder features are)."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(16, generator=g)
+    cluster = lambda n: F.normalize(c + 0.15 * torch.randn(n, 16, generator=g), dim=-1)
+    h = cluster(8)
+    pos, neg = cluster(40), torch.cat([h, cluster(32)])
+    V_vec = O.drift_at_temperature(h, pos, neg, 0.05, (2, 1), True, ratio_reading="vector")
+    V_disp = O.drift_at_temperature(h, pos, neg, 0.05, (2, 1), True, ratio_reading="displacement")
+    s_vec, s_disp = O.temperature_scale(V_vec), O.temperature_scale(V_disp)
+    assert s_vec > 2 * s_disp
+    # the component orthogonal to h (what survives normalization) is the same before scaling
+    tangent = lambda V: V - (V * h).sum(-1, keepdim=True) * h
+    assert torch.allclose(tangent(V_vec), tangent(V_disp), atol=1e-5)
+    assert float(tangent(V_vec / s_vec).norm()) < 0.5 * float(tangent(V_disp / s_disp).norm())
+
+
+def test_bad_ratio_reading_floor_and_preset_name_their_field():
+    base = dict(temperatures=[0.05], ratio=(1, 1), alpha=1.0)
+    for kwargs, field in [(dict(ratio_reading="both"), "ratio_reading"), (dict(floor=-1.0), "floor"),
+                          (dict(preset="nope"), "preset")]:
+        with pytest.raises(TokenDriftError, match=f"objective.{field}"):
+            O.check_drift_options(**{**base, **kwargs})

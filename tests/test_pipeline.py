@@ -81,3 +81,34 @@ def test_no_secret_from_the_environment_reaches_logs_results_or_mlflow(finished)
     assert SECRET not in r.stdout + r.stderr
     leaks = [p for p in wd.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaks == []  # results/, logs, .snakemake (submitit logs and pickles), mlflow.db, artifacts
+
+
+def test_report_shows_every_table_and_figure_in_a_browser(finished, tmp_path):
+    """`--report` gives one self-contained HTML file; opened in headless Chromium, after its
+    scripts ran, its front page shows Table 1's rows and Figure 2's image."""
+    from .test_report import Elements, chromium, rendered_dom
+
+    wd, g, _ = finished
+    report = wd / "report.html"
+    r = snakemake(wd, "all_tables", "--report", str(report))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = report.read_text()
+    # every item is inside the file, grouped by table, each with its caption
+    for item in [f"{t}.html" for t in g.tables] + ["figure2.png", "quality_diversity.png", "probe.png"]:
+        assert item in text, item
+    assert '"Table 1"' in text and "matched-entropy ratio" in text and "src=\"results/" not in text
+    if chromium() is None:
+        pytest.skip("chromium absent (Debian: apt-get install chromium)")
+    dom = Elements()
+    dom.feed(rendered_dom(report, tmp_path / "chromium"))
+    t1 = next(t for t in g.tables.values() if t["backbone"] == "mdlm" and t["title"].startswith("Few-step"))
+    for row in t1["rows"]:
+        if row.get("model"):
+            assert row["label"] in dom.row_headers, (row["label"], dom.row_headers[:20])
+    assert "start at matched entropy" in dom.row_headers and "↳ paper" in dom.row_headers
+    fig2 = [a for a in dom.images if a.get("alt") == "figure2"]
+    assert fig2 and fig2[0]["src"].startswith("data:image/png;base64,")
+    import base64
+
+    png = base64.b64decode(fig2[0]["src"].split(",", 1)[1])
+    assert png == (wd / g.figure_outputs("figure2")[0]).read_bytes()

@@ -73,3 +73,36 @@ def test_cli_writes_the_files_and_refuses_bad_input(tmp_path, capsys):
         assert cli(["probe", "--checkpoint", f"start={a}", "--prompt-len", "4", "--span", "8", *args,
                     "--out", str(bad)]) == 2
         assert msg in capsys.readouterr().err and not bad.exists()
+
+
+@pytest.mark.parametrize("diffusion", ["mdlm", "duo"])
+@pytest.mark.parametrize("input_length, duo_time", [("block", "matched"), ("span", "matched"), ("block", 1.0)])
+def test_probe_input_is_a_training_length_block_and_duo_is_told_the_matched_time(tmp_path, monkeypatch, diffusion,
+                                                                                input_length, duo_time):
+    src = make_source(TINY_SOURCE)  # length 16
+    ckpt = constant_model(tmp_path / diffusion, diffusion, torch.zeros(src.vocab_size + 1))
+    calls = []
+    real = DiT.forward
+
+    def spy(self, x, sigma=None, **kw):
+        calls.append((x.clone(), sigma.clone()))
+        return real(self, x, sigma, **kw)
+    monkeypatch.setattr(DiT, "forward", spy)
+    r = probe_checkpoint(str(ckpt), n_prompts=4, prompt_len=4, span=8, input_length=input_length, duo_time=duo_time)
+    x, sigma = calls[0]
+    L = 16 if input_length == "block" else 12
+    assert x.shape == (4, L) and r["input_length"] == L and len(r["top1"]["mean"]) == 8
+    assert torch.equal(x[:, :4], src.batch("valid", 0, 4)[:, :4])  # the prompt is clean
+    if diffusion == "mdlm":
+        assert (x[:, 4:] == src.vocab_size).all() and (sigma == 0).all() and r["time"] is None
+    else:
+        alpha = 4 / L if duo_time == "matched" else 1e-3  # alpha_t = 1 - (1 - eps) t
+        assert r["alpha_t"] == pytest.approx(alpha) and torch.allclose(sigma, torch.tensor(-math.log(alpha)))
+        assert ("prompt is noise too" in r["corruption"]) == (duo_time == 1.0)
+
+
+def test_probe_refuses_a_bad_duo_time(tmp_path):
+    ckpt = constant_model(tmp_path / "d", "duo", torch.zeros(25))
+    for bad in ("soon", 0, 1.5):
+        with pytest.raises(Exception, match="duo_time"):
+            probe_checkpoint(str(ckpt), n_prompts=2, prompt_len=4, span=8, duo_time=bad)

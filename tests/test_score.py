@@ -98,6 +98,41 @@ def test_true_samples_score_near_the_entropy_rate_floor_under_the_oracle():
     assert ppl == pytest.approx(math.exp(src.entropy_rate), rel=0.02)
 
 
+def _gpt2_style_tokenizer():
+    """A byte-level BPE tokenizer like GPT-2's (built here, no downloads), pad = EOS."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["It's a dog 's life . Isn't it , they 're here ! Why ? We 've seen I 'm fine ."] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, special_tokens=["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+
+
+def test_round_trip_uses_the_reference_decode_options():
+    from tokendrift.score import decode_samples, retokenize
+
+    tok = _gpt2_style_tokenizer()
+    ids = tok(["a dog 's life . Isn't it , they 're here !<|endoftext|> Why ?"])["input_ids"]
+    # transformers 4.38 (MDLM/DUO): special tokens kept, clean_up_tokenization_spaces=True
+    assert decode_samples(ids, tok) == ["a dog's life. Isn't it, they're here!<|endoftext|> Why?"]
+    plain = tok.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    assert plain == ["a dog 's life . Isn't it , they 're here !<|endoftext|> Why ?"]  # what 5.x gives
+    again = retokenize(decode_samples(ids, tok), tok, 1024)["input_ids"][0].tolist()
+    assert again != ids[0] and again.count(tok.eos_token_id) == 1  # the EOS survives as EOS, not as text
+    assert retokenize(decode_samples(ids, tok), tok, 5)["input_ids"].shape == (1, 5)  # right truncation
+
+
+def test_padding_is_per_evaluation_batch(tiny_lm):
+    model, tok = load_evaluator(tiny_lm)
+    texts = ["ka lo mu", "ka lo mu pe ri", "so ka lo mu", "pe ri so ka"]  # 3, 5 | 4, 4 tokens
+    # per batch of 2: only row 0 is shorter than its batch's longest and gets a counted EOS
+    assert gen_ppl(texts, (model, tok), batch_size=2)["n_tokens"] == (2 + 4 + 3 + 3) + 1
+    # one batch: rows 0, 2, 3 are padded to 5
+    assert gen_ppl(texts, (model, tok), batch_size=4)["n_tokens"] == (2 + 4 + 3 + 3) + 3
+
+
 def test_evaluator_that_cannot_load_is_named(tmp_path):
     with pytest.raises(TokenDriftError, match="evaluator.*no-such-model"):
         load_evaluator(str(tmp_path / "no-such-model"))

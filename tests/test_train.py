@@ -194,6 +194,97 @@ def test_sigkill_at_random_step_then_resume_via_cli(tmp_path, init_mdlm):
     assert_bitwise_equal(weights(full / "checkpoints/step_000014"), weights(part / "checkpoints/step_000014"))
 
 
+# ----------------------------------------------------------------------------- data order and EMA start
+
+
+def _spy_batches(monkeypatch) -> list:
+    """Record every train batch the job draws: (index, seed, batch)."""
+    from tokendrift.data import SyntheticHMM
+
+    seen, real = [], SyntheticHMM.batch
+
+    def spy(self, split, index, batch_size, seed=None):
+        x = real(self, split, index, batch_size, seed=seed)
+        if split == "train":
+            seen.append((index, seed, x.clone()))
+        return x
+    monkeypatch.setattr(SyntheticHMM, "batch", spy)
+    return seen
+
+
+def test_the_training_seed_drives_the_data_order_and_survives_a_resume(tmp_path, init_mdlm, monkeypatch):
+    seen = _spy_batches(monkeypatch)
+    trainlib.train(job(init_mdlm, variant="continuation", steps=2, seed=1), tmp_path / "s1", progress=False)
+    one = list(seen)
+    seen.clear()
+    trainlib.train(job(init_mdlm, variant="continuation", steps=2, seed=2), tmp_path / "s2", progress=False)
+    two = list(seen)
+    # 2 steps of 2 micro-batches: data positions 0..3
+    assert [(i, s) for i, s, _ in one] == [(k, 1) for k in range(4)] and [s for _, s, _ in two] == [2] * 4
+    assert all(not torch.equal(a[2], b[2]) for a, b in zip(one, two))  # two seeds, two data orders
+    # one seed: the same batch at every data position, with or without a kill and resume
+    cfg = job(init_mdlm, variant="continuation", steps=6, save_every=2, seed=1)
+    seen.clear()
+    trainlib.train(cfg, tmp_path / "full", progress=False)
+    full = {i: x for i, _, x in seen}
+    seen.clear()
+    trainlib.train(cfg, tmp_path / "part", stop_after=3, progress=False)
+    trainlib.train(cfg, tmp_path / "part", progress=False)  # resumes at step 2: positions 4.. again
+    assert sorted({i for i, _, _ in seen}) == sorted(full)
+    assert all(torch.equal(x, full[i]) for i, _, x in seen)
+
+
+def _released(path: Path, count: int | None) -> Path:
+    """A released-like folder whose EMA weights differ from its raw weights, with an EMA count."""
+    src = make_source(TINY_SOURCE)
+    cfg = DiTConfig.preset("tiny", vocab_size=src.vocab_size + 1, length=src.length, **TINY_MODEL)
+    torch.manual_seed(11)
+    raw = DiT(cfg).state_dict()
+    ema = {k: v + 0.05 * torch.randn_like(v) if v.dtype.is_floating_point else v for k, v in raw.items()}
+    meta = {"diffusion": "mdlm", "source": src.config, "step": 0}
+    if count is not None:
+        meta["ema_num_updates"] = count
+    save_model_dir(path, raw, ema, meta, config=cfg)
+    return path
+
+
+@pytest.mark.parametrize("start", ["restart", "continue"])
+def test_ema_start_restart_warms_up_from_the_start_and_continue_keeps_the_released_ema(tmp_path, start):
+    init = _released(tmp_path / "released", 10 ** 6)
+    out = tmp_path / start
+    trainlib.train(job(init, variant="continuation", steps=1, init_weights="raw",
+                       optim={"ema": 0.9, "ema_start": start}), out, progress=False)
+    w1 = load_file(out / "checkpoints/step_000001/model.safetensors")
+    ema1 = load_file(out / "checkpoints/step_000001/ema.safetensors")
+    if start == "restart":  # shadow = the starting (raw) weights, decay min(0.9, 2/11) at update 1
+        d, shadow, count = 2 / 11, load_file(init / "model.safetensors"), 1
+    else:  # shadow = the released EMA, decay 0.9 (count 10^6 + 1)
+        d, shadow, count = 0.9, load_file(init / "ema.safetensors"), 10 ** 6 + 1
+    for k in w1:
+        assert torch.allclose(ema1[k], d * shadow[k] + (1 - d) * w1[k], atol=1e-6), k
+    meta = json.loads((out / "checkpoints/step_000001/meta.json").read_text())
+    assert meta["ema_num_updates"] == count  # what a later `continue` from this checkpoint reads
+
+
+def test_ema_continue_resumes_exactly_and_refuses_an_init_without_a_count(tmp_path, capsys):
+    init = _released(tmp_path / "released", 500)
+    cfg = job(init, steps=4, save_every=2, optim={"ema_start": "continue"})
+    trainlib.train(cfg, tmp_path / "full", progress=False)
+    trainlib.train(cfg, tmp_path / "part", stop_after=3, progress=False)
+    trainlib.train(cfg, tmp_path / "part", progress=False)
+    assert_bitwise_equal(weights(tmp_path / "full/checkpoints/step_000004"),
+                         weights(tmp_path / "part/checkpoints/step_000004"))
+    assert json.loads((tmp_path / "full/checkpoints/step_000004/meta.json").read_text())["ema_num_updates"] == 504
+    bare = _released(tmp_path / "bare", None)
+    for over, message in [({"init": str(bare)}, "ema_num_updates"),
+                          ({"init": None, "diffusion": "mdlm", "source": TINY_SOURCE, "model": {"preset": "tiny"},
+                            "variant": "continuation"}, "optim.ema_start")]:
+        out = tmp_path / "refused"
+        rc = cli(["train", "--config", _write_cfg(tmp_path, {**cfg, **over}), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and not out.exists()
+
+
 # ----------------------------------------------------------------------------- non-finite loss
 
 
@@ -348,3 +439,37 @@ def test_torchrun_two_ranks_trains_end_to_end(tmp_path, init_mdlm):
     assert steps == [1, 2, 3]  # written once, by rank 0
     state = torch.load(out / "checkpoints/step_000003/train_state.pt", weights_only=True)
     assert state["queues"]["gen"]["buffer"].shape[0] == 8  # 3 steps x 2 micro-steps x 2 ranks, capped at 8
+
+
+def _train_rank(rank, world, cfg, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    trainlib.init_distributed()
+    try:
+        trainlib.train(cfg, out, progress=False)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("variant", ["continuation", "tokendrift"])
+def test_two_gloo_ranks_train_the_weights_of_one_process_on_the_gathered_batch(tmp_path, init_mdlm, variant):
+    """2 ranks x micro-batch 2 x 2 accumulation steps = 1 process x micro-batch 4 x 2: the same
+    corruption noise and dropout masks (drawn for all ranks' rows on every rank), the same
+    gathered drift references, DDP's mean of the gradients. Equal up to float rounding."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    cfg = job(init_mdlm, variant=variant, steps=2, global_batch=8, micro_batch=2, save_every=0)
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    mp.start_processes(_train_rank, args=(2, cfg, str(tmp_path / "two"), port), nprocs=2, start_method="spawn")
+    trainlib.train({**cfg, "micro_batch": 4}, tmp_path / "one", progress=False)
+    two, one = (weights(tmp_path / d / "checkpoints/step_000002") for d in ("two", "one"))
+    init = weights(Path(init_mdlm))
+    moved = max(float((one[k] - init[k]).abs().max()) for k in one)
+    apart = max(float((two[k] - one[k]).abs().max()) for k in one)
+    # float rounding (Adam turns it into ~1e-4 of an update where a gradient is near 0); another
+    # noise draw or dropout mask moves the weights as far as training does (~1x)
+    assert moved > 1e-4 and apart <= 1e-3 * moved, (apart, moved)

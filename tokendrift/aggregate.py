@@ -2,27 +2,35 @@
 
 Every cell is the mean ± sample SD over the seeds whose score file exists (``n`` is shown
 when fewer than the configured seeds finished; a cell with none is "—", so partial results
-render). Beside ours: the paper's values (tokendrift/data/tables.yaml), the distillation rows
-it reported, each trained row's held-out NELBO, and the control the paper lacks (DESIGN.md
-section 9): the starting checkpoint sampled over a temperature sweep gives a frontier of
-Gen.-PPL against entropy (log Gen.-PPL linear in entropy between sweep points); the row
-"start at matched entropy" is that frontier at the entropy of the table's method, and the
-column "ratio" is a row's Gen.-PPL over the frontier at the row's own entropy (below 1 beats
-plain sharpening). Outside the sweep's entropy range nothing is extrapolated.
+render). Each table file holds the paper's table first (per NFE "Gen.-PPL ± SD" and entropy,
+each of our rows with the paper's values under it, tokendrift/data/tables.yaml, and the
+distillation rows it reported), then what the paper lacks: oracle Gen.-PPL, each row's
+held-out NELBO, and the sharpening control. The starting checkpoint sampled over a temperature
+sweep gives a frontier of Gen.-PPL against entropy (log Gen.-PPL linear in entropy between
+sweep points); the row "start at matched entropy" is that frontier at the entropy of the
+table's method, and the column "ratio" is a row's Gen.-PPL over the frontier at the row's own
+entropy (below 1 beats plain sharpening). Outside the sweep's entropy range nothing is
+extrapolated. Above the table, the baseline gate says whether our starting checkpoint
+reproduces the paper's (``baseline_gate``); paper entries marked ``suspect`` are shown with
+their note and never compared. Markdown, LaTeX (booktabs), CSV (one line per row x NFE) and an
+HTML page for Snakemake's report are written per table.
 
     tokendrift aggregate CONFIG [--table table1 ...] [--figure figure2|quality_diversity ...]
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
+import re
 import statistics
 from dataclasses import dataclass
 
 import pandas as pd
 
-from .grid import Grid, add_grid_args, grid_from_args
+from .grid import Grid, add_grid_args, grid_from_args, paper_tables
 from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, config_digest, read_json
 
 METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl")
@@ -146,11 +154,11 @@ def table_frame(g: Grid, table: str) -> pd.DataFrame:
         step = g.row_step(table, model) if model else None
         nl = cell(nelbo, "nelbo", model=model, step=step) if model else Stat(None, None, 0)
         for n in g.nfes:
-            paper = (row.get("paper") or {}).get(n) or (row.get("paper") or {}).get(str(n)) or [None] * 4
+            paper = _paper(row, n) or [None] * 4
             line = {"table": table, "row": label, "model": model or "", "kind": "ours" if model else "reported",
                     "nfe": n, "step": step, "n_seeds": 0,
                     "paper_gen_ppl": paper[0], "paper_gen_ppl_sd": paper[1], "paper_entropy": paper[2],
-                    "paper_entropy_sd": paper[3], "nelbo": nl.mean, "nelbo_sd": nl.sd}
+                    "paper_entropy_sd": paper[3], "paper_suspect": _suspect(row, n), "nelbo": nl.mean, "nelbo_sd": nl.sd}
             if model:
                 where = dict(model=model, step=step, nfe=n, temperature=1.0)
                 ent = cell(scores, "entropy", **where)
@@ -192,92 +200,398 @@ def _g(line, key):
     return None if _nan(v) else v
 
 
-def render(g: Grid, table: str, df: pd.DataFrame, floor: float | None) -> tuple[str, str]:
-    """Markdown and LaTeX of one table (best Gen.-PPL per NFE among our rows in bold)."""
+def _paper(row: dict, nfe: int) -> list | None:
+    """The paper's [Gen.-PPL, SD, entropy, SD] of a tables.yaml row at ``nfe`` (None if not reported)."""
+    p = row.get("paper") or {}
+    return p.get(nfe) or p.get(str(nfe))
+
+
+def _suspect(row: dict, nfe: int) -> bool:
+    """A paper entry marked as a likely copy error in tables.yaml: shown, never compared."""
+    return nfe in (row.get("suspect") or {}).get("nfe", [])
+
+
+def _table_name(table: str) -> str:
+    return f"Table {table[5:]}" if table.startswith("table") and table[5:].isdigit() else table
+
+
+# --------------------------------------------------------------------------- the baseline gate
+
+def gate_enabled(g: Grid) -> tuple[bool, str]:
+    """Whether the paper's numbers apply to this config (workflow option ``baseline_gate.enabled``)."""
+    opt = g.config["baseline_gate"]["enabled"]
+    if opt is True or opt is False:
+        return opt, "baseline_gate.enabled: " + str(opt).lower()
+    kind = g.config["source"].get("kind")
+    if kind != "openwebtext":
+        return False, f"{kind} source; the paper's numbers are OpenWebText under GPT-2 Large"
+    if "pretrain" in g.config["evaluator"]:
+        return False, "the evaluator is trained here, not the paper's GPT-2 Large"
+    return True, "OpenWebText source"
+
+
+def paper_start_row(bb: str) -> tuple[str, dict] | None:
+    """The paper's row of the starting checkpoint of ``bb`` (Table 1 for MDLM, Table 2 for DUO)."""
+    for name, t in paper_tables()["tables"].items():
+        for r in t["rows"]:
+            if t["backbone"] == bb and r.get("model") == "start" and r.get("paper"):
+                return name, r
+    return None
+
+
+def baseline_gate(g: Grid, table: str, scores: pd.DataFrame) -> dict:
+    """Compare the table's starting checkpoint (temperature 1) with the paper's row for it, per
+    NFE, Gen.-PPL and entropy: a cell fails when |ours - paper| > max(sd x sqrt(SD_paper^2 +
+    SD_ours^2), rel x paper) (workflow/schemas/config.schema.yaml, ``baseline_gate``)."""
+    bb = g.tables[table]["backbone"]
+    opts = g.config["baseline_gate"]
+    on, why = gate_enabled(g)
+    ref = paper_start_row(bb)
+    out = {"table": table, "backbone": bb, "enabled": on, "reason": why,
+           "rule": "fail when |ours - paper| > max(sd * sqrt(SD_paper^2 + SD_ours^2), rel * paper)",
+           "tolerance": {k: opts[k] for k in ("sd", "gen_ppl_rel", "entropy_rel")},
+           "paper_table": ref[0] if ref else None, "paper_row": ref[1]["label"] if ref else None, "cells": []}
+    if on and ref:
+        for n in g.nfes:
+            p = _paper(ref[1], n)
+            if p is None or _suspect(ref[1], n):
+                continue
+            for metric, pm, psd, rel in (("gen_ppl", p[0], p[1], opts["gen_ppl_rel"]),
+                                         ("entropy", p[2], p[3], opts["entropy_rel"])):
+                st = cell(scores, metric, model="start", step=0, nfe=n, temperature=1.0)
+                c = {"nfe": n, "metric": metric, "paper": pm, "paper_sd": psd, "ours": st.mean, "ours_sd": st.sd,
+                     "n_seeds": st.n}
+                if st.mean is not None:
+                    sd = math.hypot(psd, st.sd or 0.0)
+                    delta = st.mean - pm
+                    limit = max(opts["sd"] * sd, rel * abs(pm))
+                    c.update(delta=delta, delta_pct=100 * delta / pm, delta_sd=delta / sd if sd else None,
+                             limit=limit, within=abs(delta) <= limit)
+                out["cells"].append(c)
+    cells = out["cells"]
+    who = f"the {bb.upper()} start checkpoint"
+    where = f"the paper's {_table_name(out['paper_table'])} row" if ref else ""
+    if not cells:
+        out["status"] = "not applicable"
+        out["summary"] = ("Baseline gate: not applicable (" + (why if not on else
+                          f"no NFE of this config in {where}" if ref else f"the paper reports no {bb} start row") + ").")
+    elif any(c.get("within") is False for c in cells):
+        out["status"] = "fail"
+        out["summary"] = (f"BASELINE NOT REPRODUCED: {who} is outside the tolerance of {where} at "
+                          + "; ".join(_gate_cell(c) for c in cells if c.get("within") is False)
+                          + ". Every number of this table is in doubt until it is.")
+    elif any(c["ours"] is None for c in cells):
+        out["status"] = "incomplete"
+        missing = sorted({c["nfe"] for c in cells if c["ours"] is None})
+        out["summary"] = f"Baseline gate incomplete: no score of {who} at NFE {', '.join(map(str, missing))} yet."
+    else:
+        out["status"] = "pass"
+        worst = max(cells, key=lambda c: abs(c["delta"]) / c["limit"] if c["limit"] else 0.0)
+        out["summary"] = (f"Baseline reproduced: {who} is within the tolerance of {where} at NFE "
+                          f"{', '.join(str(n) for n in sorted({c['nfe'] for c in cells}))} (closest to the limit: "
+                          f"{_gate_cell(worst)}).")
+    out["mlflow_tags"] = {"baseline_gate": out["status"], "baseline_gate.summary": out["summary"][:5000]}
+    return out
+
+
+def _gate_cell(c: dict) -> str:
+    name = "Gen.-PPL" if c["metric"] == "gen_ppl" else "entropy"
+    sd = f", {c['delta_sd']:+.1f} SD" if c.get("delta_sd") is not None else ""
+    return (f"NFE {c['nfe']} {name} {c['ours']:.2f} vs {c['paper']:.2f} ± {c['paper_sd']:.2f} "
+            f"({c['delta_pct']:+.1f}%{sd}; tolerance ±{c['limit']:.2f})")
+
+
+# --------------------------------------------------------------------------- rendering
+
+@dataclass
+class Block:
+    """One tabular: a label column, then per group (NFE) the ``sub`` columns, then ``tail``.
+    Rows are (style, label, cells); style: ours | paper | reported | matched | section | note
+    (section and note rows span the table and have no cells). A cell "**x**" is bold."""
+    groups: list
+    sub: list
+    tail: list
+    rows: list
+
+    @property
+    def width(self) -> int:
+        return 1 + len(self.groups) * len(self.sub) + len(self.tail)
+
+
+def _best(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return min(v) if v else None
+
+
+def main_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+    """The paper's shape: per NFE "Gen.-PPL ± SD" and entropy; our row, then the paper's under it."""
+    t = g.tables[table]
+    want = len(g.seeds)
+    by_label = {r.get("label") or f"{r['reported']} (reported, paper)": r for r in t["rows"]}
+    ours = df[df.kind == "ours"]
+    best = {n: _best(_g(r, "gen_ppl") for r in ours[ours.nfe == n].to_dict("records")) for n in g.nfes}
+    best_paper = {n: _best((_paper(r, n) or [None])[0] for r in t["rows"] if not _suspect(r, n)) for n in g.nfes}
+    rows, section = [], False
+    for label, lines in df[df.kind != "matched"].groupby("row", sort=False):
+        recs = {int(r["nfe"]): r for r in lines.to_dict("records")}
+        spec = by_label[label]
+        paper_cells = []
+        for n in g.nfes:
+            p = _paper(spec, n)
+            if p is None:
+                paper_cells += ["", ""]
+                continue
+            ppl = f"{p[0]:.2f} ± {p[1]:.2f}" + (" †" if _suspect(spec, n) else "")
+            paper_cells += [f"**{ppl}**" if p[0] == best_paper[n] and not _suspect(spec, n) else ppl,
+                            f"{p[2]:.2f} ± {p[3]:.2f}"]
+        if recs[g.nfes[0]]["kind"] == "reported":
+            if not section:
+                rows.append(("section", "Distillation, reported by the paper (not re-run, not controlled)", []))
+                section = True
+            rows.append(("reported", label, paper_cells))
+            continue
+        cells = []
+        for n in g.nfes:
+            r = recs[n]
+            ppl = _fmt(_g(r, "gen_ppl"), _g(r, "gen_ppl_sd"), r.get("n_seeds"), want)
+            cells += [f"**{ppl}**" if best[n] is not None and _g(r, "gen_ppl") == best[n] else ppl,
+                      _fmt(_g(r, "entropy"), _g(r, "entropy_sd"))]
+        rows.append(("ours", label, cells))
+        if any(paper_cells):
+            rows.append(("paper", "paper", paper_cells))
+        if spec.get("suspect"):
+            rows.append(("note", f"† {spec['suspect']['note']}; shown as printed, never compared with our runs.", []))
+    return Block([f"NFE = {n}" for n in g.nfes], ["Gen.-PPL ↓", "Entropy ↑"], [], rows)
+
+
+def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+    """What the paper does not report: oracle Gen.-PPL, the matched-entropy ratio, the start
+    checkpoint at the method's entropy, held-out NELBO."""
+    has_oracle = "oracle_gen_ppl" in df.columns
+    rows = []
+    for label, lines in df[df.kind != "reported"].groupby("row", sort=False):
+        recs = {int(r["nfe"]): r for r in lines.to_dict("records")}
+        kind, cells = recs[g.nfes[0]]["kind"], []
+        for n in g.nfes:
+            r = recs[n]
+            if has_oracle:
+                cells.append(_fmt(_g(r, "oracle_gen_ppl"), _g(r, "oracle_gen_ppl_sd")))
+            if kind == "matched":
+                ppl, temp = _g(r, "gen_ppl"), _g(r, "gen_ppl_matched_temperature")
+                cells.append(f"{ppl:.2f} @ T={temp:.2f}" if ppl is not None and temp is not None
+                             else (r.get("gen_ppl_ratio_note") or DASH))
+            elif r["model"] == "start":
+                cells.append("1 (frontier)")
+            else:
+                ratio = _g(r, "gen_ppl_ratio")
+                text = f"{ratio:.2f}" if ratio is not None else (r.get("gen_ppl_ratio_note") or DASH)
+                if has_oracle:
+                    o = _g(r, "oracle_gen_ppl_ratio")
+                    text += f" ({o:.2f})" if o is not None else f" ({r.get('oracle_gen_ppl_ratio_note') or DASH})"
+                cells.append(text)
+        nl = recs[g.nfes[0]]
+        cells.append(_fmt(_g(nl, "nelbo"), _g(nl, "nelbo_sd"), digits=3) if kind == "ours" else "")
+        rows.append(("matched" if kind == "matched" else "ours", label, cells))
+    sub = (["Oracle Gen.-PPL ↓"] if has_oracle else []) + ["Ratio ↓"]
+    return Block([f"NFE = {n}" for n in g.nfes], sub, ["NELBO ↓"], rows)
+
+
+def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> dict:
+    """The prose around the two tabulars (Markdown inline marks: **bold**, *italic*, `code`)."""
     t = g.tables[table]
     has_oracle = "oracle_gen_ppl" in df.columns
-    want = len(g.seeds)
-    cols = ["Gen.-PPL", "Entropy"] + (["Oracle"] if has_oracle else []) + ["Ratio", "Paper Gen.-PPL / Ent."]
-    best = {}
-    for n in g.nfes:
-        ours = df[(df.nfe == n) & (df.kind == "ours")].dropna(subset=["gen_ppl"]) if "gen_ppl" in df else df[:0]
-        best[n] = float(ours.gen_ppl.min()) if len(ours) else None
-    header = ["Method"] + [f"NFE {n} {c}" for n in g.nfes for c in cols] + ["NELBO"]
-    md_rows, tex_rows = [], []
-    for label, lines in df.groupby("row", sort=False):
-        by_nfe = {int(r["nfe"]): r for r in lines.to_dict("records")}
-        cells_md, cells_tex = [label], [_tex(label)]
-        for n in g.nfes:
-            r = by_nfe[n]
-            ppl = _fmt(_g(r, "gen_ppl"), _g(r, "gen_ppl_sd"), r.get("n_seeds"), want)
-            bold = r["kind"] == "ours" and best[n] is not None and _g(r, "gen_ppl") == best[n]
-            vals = [f"**{ppl}**" if bold else ppl, _fmt(_g(r, "entropy"), _g(r, "entropy_sd"))]
-            if has_oracle:
-                vals.append(_fmt(_g(r, "oracle_gen_ppl"), _g(r, "oracle_gen_ppl_sd")))
-            if r["kind"] == "matched":
-                temp = _g(r, "gen_ppl_matched_temperature")
-                vals.append(f"T={temp:.2f}" if temp is not None else (r.get("gen_ppl_ratio_note") or DASH))
-            else:
-                ratio = _fmt(_g(r, "gen_ppl_ratio"), digits=2) if _g(r, "gen_ppl_ratio") is not None else \
-                    (r.get("gen_ppl_ratio_note") or DASH) if r["kind"] == "ours" and r["model"] != "start" else ""
-                if has_oracle and _g(r, "oracle_gen_ppl_ratio") is not None:
-                    ratio += f" (oracle {_g(r, 'oracle_gen_ppl_ratio'):.2f})"
-                vals.append(ratio)
-            if r["kind"] == "reported":  # the paper's number only: our cells are not missing, they do not exist
-                vals = [""] * len(vals)
-            pp = _g(r, "paper_gen_ppl")
-            vals.append(f"{pp:.2f} ± {_g(r, 'paper_gen_ppl_sd') or 0:.2f} / {_g(r, 'paper_entropy'):.2f}"
-                        if pp is not None else "")
-            cells_md += vals
-            cells_tex += [rf"\textbf{{{_tex(ppl)}}}" if bold and i == 0 else _tex(v) for i, v in enumerate(vals)]
-        nl = by_nfe[g.nfes[0]]
-        nelbo = _fmt(_g(nl, "nelbo"), _g(nl, "nelbo_sd"), digits=3) if nl["kind"] == "ours" else ""
-        cells_md.append(nelbo)
-        cells_tex.append(_tex(nelbo))
-        md_rows.append("| " + " | ".join(cells_md) + " |")
-        tex_rows.append(" & ".join(cells_tex) + r" \\")
-    step = g.table_step(table)
-    caption = (f"**{table}: {t['title']}** (step {step}; mean ± SD over seeds {g.seeds}; n shown when fewer "
-               f"finished; — = missing). Gen.-PPL under `{g.evaluator()}` at temperature 1"
-               + ("; Oracle = Gen.-PPL under the true distribution" + (f" (floor {floor:.2f})" if floor else "")
-                  if has_oracle else "")
-               + ". Ratio = Gen.-PPL / the start checkpoint's temperature-sweep frontier at the row's entropy "
-                 "(< 1 beats sharpening; <range/>range = outside the sweep, not extrapolated). "
-                 "NELBO = held-out NELBO per token. Paper = the paper's Gen.-PPL ± SD / entropy.")
-    md = caption + "\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join(md_rows) + "\n"
-    tex = ("\\begin{table}[t]\n\\centering\\small\n\\caption{" + _tex(caption.replace("**", "")) + "}\n"
-           "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}\n\\toprule\n"
-           + " & ".join(_tex(h) for h in header) + r" \\" + "\n\\midrule\n" + "\n".join(tex_rows)
-           + "\n\\bottomrule\n\\end{tabular}\n\\end{table}\n")
-    return md, tex
+    method = next((r["label"].rstrip("*") for r in t["rows"] if r.get("model") == t["method"]), t["method"])
+    caption = (f"**{_table_name(table)} ({table}): {t['title']}** (step {g.table_step(table)}; mean ± SD over "
+               f"seeds {g.seeds}; n shown when fewer finished; — = missing). Gen.-PPL under `{g.evaluator()}` at "
+               "temperature 1, sample entropy in nats. Each of our rows has the paper's values under it (*paper*: "
+               "OpenWebText, GPT-2 Large); bold = the best Gen.-PPL per NFE among our rows, and among the paper's.")
+    honesty = ("**Not in the paper** (below): " + ("Oracle Gen.-PPL = Gen.-PPL under the true distribution"
+               + (f" (floor {floor:.2f})" if floor else "") + "; " if has_oracle else "")
+               + "Ratio = Gen.-PPL / the start checkpoint's temperature-sweep frontier at the row's own entropy"
+               + (" (in parentheses: the same under the oracle)" if has_oracle else "")
+               + ": below 1 beats plain sharpening, 1 is what lowering the temperature gives for free; "
+                 "<range/>range = outside the sweep (not extrapolated). "
+               + f"*start at matched entropy* = the start checkpoint sampled at the temperature T whose entropy "
+                 f"equals {method}'s (its Gen.-PPL @ T in the Ratio column), the denominator of {method}'s ratio. "
+                 "NELBO = held-out NELBO per token (the likelihood side sharpening cannot game).")
+    return {"caption": caption, "gate": gate["summary"] if gate["status"] != "not applicable" else "",
+            "gate_fail": gate["status"] == "fail", "honesty": honesty,
+            "notes": gate["summary"] if gate["status"] == "not applicable" else ""}
+
+
+def render(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> tuple[str, str, str]:
+    """Markdown, LaTeX and HTML of one table: the paper's table, then the honesty columns."""
+    main, honesty = main_block(g, table, df), honesty_block(g, table, df)
+    text = table_text(g, table, df, floor, gate)
+    gate_line = (f"**{text['gate'].split(':', 1)[0]}:**{text['gate'].split(':', 1)[1]}" if text["gate_fail"]
+                 else text["gate"])
+    parts = [text["caption"], gate_line, main, text["honesty"], honesty, text["notes"]]
+    parts = [p for p in parts if p != ""]
+    md = "\n\n".join(_md_block(p) if isinstance(p, Block) else p for p in parts) + "\n"
+    tex = ("% " + _table_name(table) + r": needs \usepackage{booktabs}" + "\n\\begin{table}[t]\n\\centering\\small\n"
+           "\\setlength{\\tabcolsep}{4pt}\n\\caption{" + _tex_inline(text["caption"]) + "}\n\\label{tab:" + table + "}\n"
+           + "\n".join(_tex_block(p) if isinstance(p, Block) else "\\par\\smallskip{\\footnotesize "
+                       + _tex_inline(p) + "}\\par\\smallskip" for p in parts[1:])
+           + "\n\\end{table}\n")
+    body = "\n".join(_html_block(p) if isinstance(p, Block) else
+                     f"<p class=\"{'gate fail' if p is gate_line and text['gate_fail'] else 'gate' if p is gate_line else 'text'}\">"
+                     f"{_html_inline(p)}</p>" for p in parts)
+    return md, tex, _html_page(f"td-{table}", _table_name(table), body)
+
+
+# Markdown, LaTeX and HTML writers of a Block and of inline-marked text.
+
+def _md_block(b: Block) -> str:
+    head = ["Method"] + [f"{grp.replace(' = ', ' ')} {s}" for grp in b.groups for s in b.sub] + b.tail
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for style, label, cells in b.rows:
+        if style in ("section", "note"):
+            cells, label = [""] * (b.width - 1), (f"*{label}*" if style == "section" else f"↳ *{label}*")
+        elif style == "paper":
+            label = "↳ *paper*"
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in [label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
+       "}": r"\}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "±": r"$\pm$", "—": "--", "–": "--",
+       "|": r"$|$", "<": r"$<$", ">": r"$>$", "*": r"$^*$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
+       "↳": "", "†": r"\dag{}", "×": r"$\times$", "’": "'", "φ": r"$\phi$"}
 
 
 def _tex(s) -> str:
-    s = str(s).replace("**", "")
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("—", "--"), ("|", r"$|$"), ("<", r"$<$"), (">", r"$>$"), ("*", r"$^*$")):
-        s = s.replace(a, b)
-    return s
+    """Plain text to LaTeX (every special character escaped; the characters we write mapped)."""
+    return "".join(TEX.get(ch, ch) for ch in str(s))
+
+
+def _split_marks(s: str):
+    """(mark, text) pieces of inline-marked text: mark is "**", "*", "`" or ""."""
+    for m in re.finditer(r"\*\*(.+?)\*\*|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])|`(.+?)`|([^*`]+|[*`])", s):
+        if m.group(1) is not None:
+            yield "**", m.group(1)
+        elif m.group(2) is not None:
+            yield "*", m.group(2)
+        elif m.group(3) is not None:
+            yield "`", m.group(3)
+        else:
+            yield "", m.group(4)
+
+
+def _tex_inline(s: str) -> str:
+    wrap = {"**": r"\textbf{%s}", "*": r"\textit{%s}", "`": r"\texttt{%s}", "": "%s"}
+    return "".join(wrap[m] % _tex(x) for m, x in _split_marks(s))
+
+
+def _html_inline(s: str) -> str:
+    wrap = {"**": "<strong>%s</strong>", "*": "<em>%s</em>", "`": "<code>%s</code>", "": "%s"}
+    return "".join(wrap[m] % html.escape(x) for m, x in _split_marks(s))
+
+
+def _bold(cell: str) -> tuple[bool, str]:
+    return (True, cell[2:-2]) if len(cell) > 4 and cell.startswith("**") and cell.endswith("**") else (False, cell)
+
+
+def _tex_block(b: Block) -> str:
+    k = len(b.sub)
+    top = [""] + [rf"\multicolumn{{{k}}}{{c}}{{{_tex(grp)}}}" for grp in b.groups] + [""] * len(b.tail)
+    rules = "".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(b.groups)))
+    head = ["Method"] + [_tex(s) for _ in b.groups for s in b.sub] + [_tex(s) for s in b.tail]
+    lines = [r"\begin{tabular}{l" + "r" * (b.width - 1) + "}", r"\toprule", " & ".join(top) + r" \\", rules,
+             " & ".join(head) + r" \\", r"\midrule"]
+    for style, label, cells in b.rows:
+        if style == "section":
+            lines.append(rf"\multicolumn{{{b.width}}}{{l}}{{\textit{{{_tex(label)}}}}} \\")
+        elif style == "note":
+            lines.append(rf"\multicolumn{{{b.width}}}{{p{{0.95\linewidth}}}}{{\footnotesize\textit{{{_tex(label)}}}}} \\")
+        else:
+            first = r"\quad\textit{paper}" if style == "paper" else _tex(label)
+            out = [rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for bold, c in map(_bold, cells)]
+            lines.append(" & ".join([first, *out]) + r" \\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"])
+
+
+def _html_block(b: Block) -> str:
+    k = len(b.sub)
+    top = ["<th></th>"] + [f'<th colspan="{k}">{html.escape(grp)}</th>' for grp in b.groups] + ["<th></th>"] * len(b.tail)
+    head = ["<th>Method</th>"] + [f"<th>{html.escape(s)}</th>" for _ in b.groups for s in b.sub] + \
+        [f"<th>{html.escape(s)}</th>" for s in b.tail]
+    lines = ["<table>", "<thead>", "<tr>" + "".join(top) + "</tr>", "<tr>" + "".join(head) + "</tr>", "</thead>",
+             "<tbody>"]
+    for style, label, cells in b.rows:
+        if style in ("section", "note"):
+            lines.append(f'<tr class="{style}"><td colspan="{b.width}">{html.escape(label)}</td></tr>')
+            continue
+        tds = "".join(f"<td><strong>{html.escape(c)}</strong></td>" if bold else f"<td>{html.escape(c)}</td>"
+                      for bold, c in map(_bold, cells))
+        first = "↳ paper" if style == "paper" else label
+        lines.append(f'<tr class="{style}"><th scope="row">{html.escape(first)}</th>{tds}</tr>')
+    return "\n".join(lines + ["</tbody>", "</table>"])
+
+
+CSS = """
+.td-report{font-family:system-ui,sans-serif;font-size:13px;line-height:1.35;color:#111;background:#fff;
+  padding:8px 12px;margin:0 0 16px;max-width:none;border-radius:4px}
+.td-report table{border-collapse:collapse;margin:6px 0 10px;width:auto}
+.td-report th,.td-report td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap;
+  color:#111;font-size:13px}
+.td-report thead th{text-align:center;border-bottom:1px solid #888}
+.td-report th[scope=row],.td-report thead tr:last-child th:first-child{text-align:left;font-weight:normal}
+.td-report tr.paper th,.td-report tr.paper td{color:#555;font-style:italic}
+.td-report tr.reported th,.td-report tr.reported td,.td-report tr.section td{background:#eee}
+.td-report tr.note td{white-space:normal;text-align:left;font-size:12px;color:#8a4b00}
+.td-report p{margin:4px 0;max-width:75em}
+.td-report p.gate.fail{background:#b00020;color:#fff;padding:6px 8px;font-weight:bold}
+.td-report img{max-width:100%;height:auto}
+.prose:has(.td-report){max-width:none}
+"""
+
+
+def _html_page(ident: str, title: str, body: str) -> str:
+    """A standalone page (the report's view) that also reads well inlined into the report's front page."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body>\n<div class=\"td-report\" id=\"{ident}\">\n{body}\n</div>\n"
+            "</body></html>\n")
 
 
 def write_table(g: Grid, table: str) -> None:
     df = table_frame(g, table)
-    md, tex = render(g, table, df, entropy_floor(g))
-    md_path, tex_path, csv_path = g.table_outputs(table)
+    gate = baseline_gate(g, table, read_scores(g, g.table_units(table)))
+    md, tex, page = render(g, table, df, entropy_floor(g), gate)
+    md_path, tex_path, csv_path, html_path, gate_path = g.table_outputs(table)
     buf = io.StringIO()
     df.to_csv(buf, index=False)
+    atomic_write_json(gate_path, gate)
     atomic_write_text(csv_path, buf.getvalue())
     atomic_write_text(tex_path, tex)
+    atomic_write_text(html_path, page)
     atomic_write_text(md_path, md)
 
 
 # --------------------------------------------------------------------------- figures
 
+FIGURE_TEXT = {
+    "figure2": "Figure 2: Gen.-PPL (log scale) against continual-training step, one panel per backbone and NFE "
+               "(step 0 = the start checkpoint; mean ± SD over seeds; panels of one metric share their y-limits). "
+               "The dashed line is the start checkpoint: a curve that falls below it improved, but read it with "
+               "the tables' matched-entropy ratio, since a model that only sharpens also falls.",
+    "quality_diversity": "Quality against diversity: Gen.-PPL (log scale) against sample entropy per NFE. The black "
+                         "curve is the start checkpoint's temperature sweep (the sharpening frontier); each model of "
+                         "the tables is one colour and marker (mean ± SD over seeds). A point below the curve beats "
+                         "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL.",
+}
+
+
 def _save(fig, name: str, g: Grid) -> None:
+    """PNG and PDF, and an HTML page holding the PNG for the report's front page."""
     for path in g.figure_outputs(name):
         buf = io.BytesIO()
         fig.savefig(buf, format=path.rsplit(".", 1)[1], bbox_inches="tight", dpi=150)
         atomic_write_bytes(path, buf.getvalue())
+        if path.endswith(".png"):
+            img = base64.b64encode(buf.getvalue()).decode()
+            body = (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{img}">'
+                    f"<figcaption><p>{_html_inline(FIGURE_TEXT[name])}</p></figcaption></figure>")
+            atomic_write_text(g.report_html(name), _html_page(f"td-{name}", name, body))
 
 
 def _plot_metrics(scores: pd.DataFrame) -> list[tuple[str, str]]:
@@ -285,6 +599,26 @@ def _plot_metrics(scores: pd.DataFrame) -> list[tuple[str, str]]:
     if scores["oracle_gen_ppl"].notna().any():
         out.append(("oracle_gen_ppl", "oracle Gen.-PPL"))
     return out
+
+
+def _share_ylim(axes) -> None:
+    """One y-range for panels that show the same metric (each panel's autoscaled range, united)."""
+    lims = [ax.get_ylim() for ax in axes if ax.has_data()]
+    if lims:
+        lo, hi = min(a for a, _ in lims), max(b for _, b in lims)
+        for ax in axes:
+            ax.set_ylim(lo, hi)
+
+
+def _legend_outside(fig, axes, **kw) -> None:
+    """One legend for the whole figure, right of the panels (labels deduplicated across panels)."""
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   frameon=False, **kw)
 
 
 def figure2(g: Grid) -> None:
@@ -300,6 +634,8 @@ def figure2(g: Grid) -> None:
     rows = [(bb, m) for bb in g.backbones for m in metrics]
     fig, axes = plt.subplots(len(rows), len(g.nfes), figsize=(4 * len(g.nfes), 3 * len(rows)), squeeze=False)
     floor = entropy_floor(g)
+    models = sorted({m for bb in g.backbones for m in g.figure2.get(bb, []) if m != "start"})
+    colour = {m: f"C{i}" for i, m in enumerate(models)}
     for i, (bb, (metric, name)) in enumerate(rows):
         for j, n in enumerate(g.nfes):
             ax = axes[i][j]
@@ -314,26 +650,42 @@ def figure2(g: Grid) -> None:
                 agg = d.groupby("step")[metric].agg(["mean", "std", "count"]).reset_index()
                 if len(agg) == 0:
                     continue
-                ax.plot(agg["step"], agg["mean"], marker="o", label=model)
+                ax.plot(agg["step"], agg["mean"], marker="o", color=colour[model], label=model)
                 ax.fill_between(agg["step"], agg["mean"] - agg["std"].fillna(0), agg["mean"] + agg["std"].fillna(0),
-                                alpha=0.2)
+                                color=colour[model], alpha=0.2)
             if metric == "oracle_gen_ppl" and floor:
                 ax.axhline(floor, color="k", lw=0.8, ls=":", label="entropy-rate floor")
             ax.set_yscale("log")
             ax.set_title(f"{bb.upper()}, NFE {n}")
             ax.set_xlabel("training step")
             ax.set_ylabel(name)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+    for metric, _ in metrics:
+        _share_ylim([axes[i][j] for i, (_, (m, _)) in enumerate(rows) if m == metric for j in range(len(g.nfes))])
     fig.suptitle(f"Figure 2: Gen.-PPL during continual training ({g.config['name']}; mean ± SD over seeds)")
     fig.tight_layout()
+    _legend_outside(fig, axes.flat, fontsize=8)
     _save(fig, "figure2", g)
     plt.close(fig)
 
 
+# Every model of the quality-diversity figure gets its own colour and marker: tab20's ten strong
+# colours first, then its ten light ones; the marker steps on with every colour, and again after
+# each round of twenty, so no two models share both up to 200 models.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+COLOURS = [*range(0, 20, 2), *range(1, 20, 2)]
+
+
+def model_styles(keys) -> dict:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {k: (cmap(COLOURS[i % 20]), MARKERS[(i + i // 20) % len(MARKERS)]) for i, k in enumerate(keys)}
+
+
 def quality_diversity(g: Grid) -> None:
     """Gen.-PPL against entropy per NFE: the start checkpoint's temperature sweep as a curve,
-    every model of the tables (at its table step) as a point with SD bars."""
+    every model of the tables (at its table step) as a point with SD bars, each in its own
+    colour and marker, with one legend right of the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -345,34 +697,37 @@ def quality_diversity(g: Grid) -> None:
     rows = [(bb, m) for bb in g.backbones if any(g.tables[t]["backbone"] == bb for t in g.tables) for m in metrics]
     fig, axes = plt.subplots(max(1, len(rows)), len(g.nfes), figsize=(4.5 * len(g.nfes), 3.5 * max(1, len(rows))),
                              squeeze=False)
-    points = {(g.tables[t]["backbone"], r["model"], g.row_step(t, r["model"]))
-              for t in g.tables for r in g.tables[t]["rows"] if r.get("model") and r["model"] != "start"}
+    points = sorted({(g.tables[t]["backbone"], r["model"], g.row_step(t, r["model"]))
+                     for t in g.tables for r in g.tables[t]["rows"] if r.get("model") and r["model"] != "start"})
+    style = model_styles(points)
     for i, (bb, (metric, name)) in enumerate(rows):
         for j, n in enumerate(g.nfes):
             ax = axes[i][j]
             front = frontier(scores, bb, n, metric)
             if front:
-                ax.plot([p[0] for p in front], [p[1] for p in front], "k-o", ms=3, label="start, temperature sweep")
+                ax.plot([p[0] for p in front], [p[1] for p in front], "k-", lw=1, label="start, temperature sweep")
+                ax.plot([p[0] for p in front], [p[1] for p in front], "ko", ms=3)
                 for e, p, t in front:
                     ax.annotate(f"T={t:g}", (e, p), fontsize=6, xytext=(2, 2), textcoords="offset points")
-            for bb2, model, step in sorted(points):
+            for key in points:
+                bb2, model, step = key
                 if bb2 != bb:
                     continue
                 d = scores[(scores.backbone == bb) & (scores.model == model) & (scores.step == step) & (scores.nfe == n)]
                 d = d.dropna(subset=[metric])
                 if not len(d):
                     continue
+                c, m = style[key]
                 ax.errorbar(d.entropy.mean(), d[metric].mean(), xerr=d.entropy.std() if len(d) > 1 else None,
-                            yerr=d[metric].std() if len(d) > 1 else None, fmt="o", ms=4, capsize=2,
-                            label=f"{model} @{step}")
+                            yerr=d[metric].std() if len(d) > 1 else None, fmt=m, color=c, ms=6, capsize=2,
+                            markeredgecolor="k", markeredgewidth=0.4, label=f"{bb.upper()} {model} @{step}")
             ax.set_yscale("log")
             ax.set_xlabel("sample entropy (nats)")
             ax.set_ylabel(name)
             ax.set_title(f"{bb.upper()}, NFE {n}")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=5, ncol=2)
     fig.suptitle("Quality vs diversity: below the black curve beats sharpening the start checkpoint")
     fig.tight_layout()
+    _legend_outside(fig, axes.flat, fontsize=7, title="model @ step")
     _save(fig, "quality_diversity", g)
     plt.close(fig)
 

@@ -16,6 +16,7 @@ and what the writer adds).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import types
 from pathlib import Path
@@ -25,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .model import DiT, DiTConfig
+from .fetch import provenance
 from .utils import TokenDriftError, atomic_dir, file_digest, read_json
 
 
@@ -103,8 +105,10 @@ def _strip(state: dict, prefix: str = "backbone.") -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def read_external(path, *, ema: bool = True, model: DiT | None = None) -> dict:
-    """Backbone weights (keys without ``backbone.``) of a released checkpoint."""
+def read_external(path, *, ema: bool = True, model: DiT | None = None, info: dict | None = None) -> dict:
+    """Backbone weights (keys without ``backbone.``) of a released checkpoint. When the EMA
+    weights of a Lightning .ckpt are taken, ``info`` (if a dict) receives their update count
+    and decay (``ema_num_updates``, ``ema_decay``) where the checkpoint holds them."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -125,6 +129,12 @@ def read_external(path, *, ema: bool = True, model: DiT | None = None) -> dict:
         if len(shadow) < len(names):
             raise CheckpointError(f"{path}: ema.shadow_params has {len(shadow)} tensors, the model has {len(names)} parameters")
         state = dict(state, **dict(zip(names, shadow)))
+        if info is not None:
+            count, decay = ckpt["ema"].get("num_updates"), ckpt["ema"].get("decay")
+            if isinstance(count, int) and not isinstance(count, bool):
+                info["ema_num_updates"] = count
+            if isinstance(decay, float):
+                info["ema_decay"] = decay
     return state
 
 
@@ -199,21 +209,30 @@ def resolve_hf(src: str) -> str:
     try:
         return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
     except Exception as e:  # network, missing repo/file, auth: all reported as bad input
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            from .prepare import offline_hint
+
+            raise TokenDriftError(f"checkpoint source {src!r}: " + offline_hint("this file")) from None
         raise TokenDriftError(f"checkpoint source {src!r}: download failed: {e}") from None
 
 
 def import_checkpoint(src: str, dst: str, diffusion: str, preset: str = "small", ema: bool = True,
-                      source_cfg: dict | None = None) -> dict:
+                      source_cfg: dict | None = None, model_overrides: dict | None = None) -> dict:
     """Convert a released MDLM/DUO checkpoint into a model folder (``hf:REPO/FILE`` downloads
     one file of a Hugging Face repository; no code from it is ever run)."""
     if diffusion not in ("mdlm", "duo"):
         raise TokenDriftError(f"diffusion: {diffusion!r} is not one of ['mdlm', 'duo']")
     src = resolve_hf(src)
-    model = DiT(DiTConfig.preset(preset, time_conditioning=diffusion == "duo"))
-    load_into(model, read_external(src, ema=ema, model=model), source=str(src))
+    overrides = dict(model_overrides or {})
+    preset = overrides.pop("preset", preset)
+    model = DiT(DiTConfig.preset(preset, **{"time_conditioning": diffusion == "duo", **overrides}))
+    ema_info: dict = {}
+    load_into(model, read_external(src, ema=ema, model=model, info=ema_info), source=str(src))
     meta = {"model": model.config.to_dict(), "diffusion": diffusion, "step": 0, "variant": "released",
             "source": source_cfg or {"kind": "openwebtext"}, "origin": str(src),
-            "origin_sha256": file_digest(Path(src) / "model.safetensors" if Path(src).is_dir() else src)}
+            "origin_sha256": file_digest(Path(src) / "model.safetensors" if Path(src).is_dir() else src),
+            "provenance": provenance(),
+            **ema_info}  # ema_num_updates: what train's optim.ema_start: continue reads
     state = model.state_dict()
     save_model_dir(dst, state, state, meta)
     return meta
@@ -227,7 +246,11 @@ def _run_import(args) -> int:
             source_cfg = json.loads(text)
         except (OSError, json.JSONDecodeError) as e:
             raise TokenDriftError(f"--source-json {args.source_json}: {e}") from None
-    import_checkpoint(args.src, args.dst, args.diffusion, args.preset, not args.no_ema, source_cfg)
+    try:
+        overrides = json.loads(args.model_json) if args.model_json else None
+    except json.JSONDecodeError as e:
+        raise TokenDriftError(f"--model-json is not valid JSON: {e}") from None
+    import_checkpoint(args.src, args.dst, args.diffusion, args.preset, not args.no_ema, source_cfg, overrides)
     return 0
 
 
@@ -240,6 +263,8 @@ def register(sub) -> None:
     q.add_argument("--diffusion", required=True, choices=["mdlm", "duo"])
     q.add_argument("--preset", default="small")
     q.add_argument("--no-ema", action="store_true", help="take state_dict weights instead of the EMA weights")
+    q.add_argument("--model-json", help="the DiT's config as JSON ({preset, hidden_size, n_blocks, n_heads, ...}); "
+                                        "default: the preset (small: the released 170M models)")
     q.add_argument("--source-json", help="data source config to record (a JSON file or a JSON string); default OpenWebText/GPT-2")
     q.set_defaults(func=_run_import)
 

@@ -15,7 +15,8 @@ import sys
 from .utils import TokenDriftError
 
 # module name -> its sub-commands are registered in this order in --help
-JOB_MODULES = ["train", "pretrain", "sample", "score", "checkpoint", "grid", "aggregate", "tracking", "probe"]
+JOB_MODULES = ["fetch", "prepare", "train", "pretrain", "sample", "score", "checkpoint", "grid", "aggregate", "tracking",
+               "probe", "status"]
 # sub-commands named unlike their module; a job imports only its own module (start-up is per job)
 COMMAND_MODULE = {"nelbo": "score", "track": "tracking", "compare": "tracking"}
 

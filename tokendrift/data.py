@@ -6,11 +6,14 @@
   entropy rate are computed, so Gen.-PPL has an oracle. Tokens drawn independently from the
   right per-position marginals form improbable combinations: the marginal trap that makes
   few-step parallel decoding fail.
-* ``openwebtext``: OpenWebText through ``datasets`` with the MDLM blocking (DESIGN.md
-  section 4): the last ``n_valid_docs`` documents are the validation split; each document +
-  EOS, concatenated, cut into blocks of L - 2 with BOS and EOS added; remainder dropped.
+* ``openwebtext``: OpenWebText (or any dataset with a "text" column) with the MDLM blocking:
+  the last ``n_valid_docs`` documents are the validation split; each document + EOS,
+  concatenated, cut into blocks of L - 2 with BOS and EOS added; remainder dropped.
 * ``textdir``: a folder of the user's .txt files (one document each) with a byte-level BPE
   tokenizer trained on them by ``tokenizers``; same blocking.
+
+Both text sources read the folder that the data stage (``tokendrift.prepare``) wrote once:
+flat token files mapped read-only, and the tokenizer saved beside them.
 
 Every source gives ``batch(split, index, batch_size)``: the index-th batch, computed without
 the earlier ones, so training resumes exactly from a data position.
@@ -20,22 +23,14 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import config as configlib
-from .utils import TokenDriftError, atomic_dir, config_digest
+from .prepare import normalize, prepared_dir
+from .utils import TokenDriftError, read_json
 
 SPLITS = {"train": 0, "valid": 1}
-# the schema's keys that each kind uses (a source config keeps only these)
-KIND_KEYS = {
-    "synthetic": {"kind", "seed", "length", "vocab_size", "n_states", "tokens_per_state", "n_successors",
-                  "stickiness", "smoothing", "mc_samples"},
-    "openwebtext": {"kind", "seed", "length", "name", "path", "tokenizer", "n_valid_docs", "cache_dir", "num_proc"},
-    "textdir": {"kind", "seed", "length", "path", "tokenizer_vocab_size", "n_valid_docs", "cache_dir", "num_proc"},
-}
 
 
 def _check_split(split: str) -> int:
@@ -46,14 +41,7 @@ def _check_split(split: str) -> int:
 
 def make_source(cfg: dict):
     """Validate a source config (tokendrift/schemas/source.schema.yaml) and build the source."""
-    given = set(cfg or {})
-    cfg = configlib.validate("source", cfg, prefix="source")
-    unused = sorted(given - KIND_KEYS[cfg["kind"]])
-    if unused:
-        raise TokenDriftError(f"source: key(s) {unused} do not apply to kind {cfg['kind']!r}")
-    cfg = {k: v for k, v in cfg.items() if k in KIND_KEYS[cfg["kind"]]}
-    if cfg["length"] is None:
-        cfg["length"] = 64 if cfg["kind"] == "synthetic" else 1024
+    cfg = normalize(cfg)
     return {"synthetic": SyntheticHMM, "openwebtext": BlockedText, "textdir": BlockedText}[cfg["kind"]](cfg)
 
 
@@ -120,9 +108,12 @@ class SyntheticHMM:
         rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
         return self._sample(n, rng)
 
-    def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.config["seed"], 1000 + _check_split(split), int(index), int(batch_size)])
-        return self._sample(batch_size, rng)
+    def batch(self, split: str, index: int, batch_size: int, seed: int | None = None) -> torch.Tensor:
+        """The index-th batch of a split; ``seed`` (the training seed) selects the data stream.
+        Seed None or 0 is the source's own stream (what every seed drew before the training
+        seed reached the data order)."""
+        key = [self.config["seed"], 1000 + _check_split(split), int(index), int(batch_size)]
+        return self._sample(batch_size, np.random.default_rng(key + ([int(seed)] if seed else [])))
 
     # -- exact likelihood
     def log_likelihood(self, ids: torch.Tensor) -> torch.Tensor:
@@ -187,117 +178,59 @@ def _blocks(token_lists, length: int, bos: int, eos: int) -> np.ndarray:
 
 
 class BlockedText:
-    """OpenWebText (or a dataset with a "text" column) or a folder of .txt files, MDLM-blocked."""
+    """OpenWebText (or a dataset with a "text" column) or a folder of .txt files, MDLM-blocked,
+    read from the data stage's prepared folder (tokendrift.prepare)."""
 
     def __init__(self, cfg: dict):
         self.config = cfg
         self.length = cfg["length"]
-        cache = Path(cfg["cache_dir"]) / f"{cfg['kind']}-{config_digest(cfg)}"
-        texts = None
-        if cfg["kind"] == "textdir":
-            folder = Path(cfg["path"] or "")
-            files = sorted(folder.glob("*.txt")) if cfg["path"] and folder.is_dir() else []
-            if not cfg["path"] or not folder.is_dir():
-                raise TokenDriftError(f"source.path: corpus folder not found: {cfg['path']}")
-            if not files:
-                raise TokenDriftError(f"source.path: {folder} holds no .txt files")
-            texts = [f.read_text(errors="replace") for f in files]
-            texts = [t for t in texts if t.strip()]
-            if not texts:
-                raise TokenDriftError(f"source.path: the .txt files in {folder} are all empty")
-        self._tok = self._tokenizer(cache, texts)
+        self.folder = prepared_dir(cfg)
+        if not (self.folder / "meta.json").exists():
+            raise TokenDriftError(f"source: the prepared data {self.folder} does not exist: the data stage writes it "
+                                  f"(Snakemake rule prepare_data, or `tokendrift prepare --source-json ...`)")
+        self.meta = read_json(self.folder / "meta.json", "prepared data meta")
+        from transformers import PreTrainedTokenizerFast
+
+        self._tok = PreTrainedTokenizerFast.from_pretrained(self.folder / "tokenizer")
         self.vocab_size = len(self._tok)
         self.eos_id = self.bos_id = self._tok.eos_token_id
         self.name = f"{cfg['kind']}({cfg['path'] or cfg['name']})"
-        if not (cache / "train.npy").exists():
-            if texts is None:
-                texts = self._load_texts()
-            self._build_cache(cache, texts)
-        self._data = {s: np.load(cache / f"{s}.npy", mmap_mode="r") for s in SPLITS}
-        for s, arr in self._data.items():
-            if len(arr) == 0:
-                raise TokenDriftError(f"source: the {s} split has no complete block of {self.length} tokens "
-                                      f"(corpus too small or n_valid_docs={cfg['n_valid_docs']} too large/small)")
+        dtype = np.dtype(self.meta["dtype"])
+        self._flat = {s: np.memmap(self.folder / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
+        self._n = {s: len(arr) // (self.length - 2) for s, arr in self._flat.items()}
+        for s, n in self._n.items():
+            if n == 0:
+                raise TokenDriftError(f"source: the {s} split of {self.folder} has no complete block of {self.length} "
+                                      f"tokens")
 
-    def _tokenizer(self, cache: Path, texts):
-        from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-        cfg = self.config
-        if cfg["kind"] == "openwebtext":
-            try:
-                return AutoTokenizer.from_pretrained(cfg["tokenizer"])
-            except Exception as e:
-                raise TokenDriftError(f"source.tokenizer: cannot load {cfg['tokenizer']!r} ({type(e).__name__}: {e})") from None
-        tok_dir = cache.with_name(cache.name + "-tokenizer")
-        if not (tok_dir / "tokenizer.json").exists():
-            from tokenizers import ByteLevelBPETokenizer
-
-            bpe = ByteLevelBPETokenizer()
-            bpe.train_from_iterator(texts, vocab_size=cfg["tokenizer_vocab_size"], special_tokens=["<|endoftext|>"])
-            fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                           bos_token="<|endoftext|>", pad_token="<|endoftext|>")
-            with atomic_dir(tok_dir) as tmp:
-                fast.save_pretrained(tmp)
-        return PreTrainedTokenizerFast.from_pretrained(tok_dir)
-
-    def _load_texts(self) -> list[str]:
-        import datasets
-
-        cfg = self.config
-        try:
-            if cfg["path"]:
-                p = Path(cfg["path"])
-                if not p.exists():
-                    raise TokenDriftError(f"source.path: dataset not found: {p}")
-                if (p / "dataset_info.json").exists() or (p / "state.json").exists():
-                    ds = datasets.load_from_disk(str(p))
-                else:
-                    ds = datasets.load_dataset(str(p), split="train")
-            else:
-                ds = datasets.load_dataset(cfg["name"], split="train")
-        except TokenDriftError:
-            raise
-        except Exception as e:
-            raise TokenDriftError(f"source: cannot load dataset {cfg['path'] or cfg['name']!r} ({type(e).__name__}: {e})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"]
-        if "text" not in ds.column_names:
-            raise TokenDriftError(f"source: dataset {cfg['path'] or cfg['name']!r} has no 'text' column")
-        return ds["text"]
-
-    def _build_cache(self, cache: Path, texts: list[str]) -> None:
-        n_valid = self.config["n_valid_docs"]
-        if len(texts) <= n_valid:
-            raise TokenDriftError(f"source.n_valid_docs: {n_valid} leaves no training documents "
-                                  f"(the corpus has {len(texts)})")
-        import datasets
-
-        ds = datasets.Dataset.from_dict({"text": texts})
-        ids = ds.map(lambda b: {"ids": self._tok(b["text"], add_special_tokens=False)["input_ids"]},
-                     batched=True, num_proc=self.config["num_proc"], remove_columns=["text"])["ids"]
-        eos = self._tok.eos_token_id
-        with atomic_dir(cache) as tmp:
-            np.save(tmp / "train.npy", _blocks(ids[:-n_valid], self.length, eos, eos))
-            np.save(tmp / "valid.npy", _blocks(ids[-n_valid:], self.length, eos, eos))
+    def _blocks_at(self, split: str, rows: np.ndarray) -> np.ndarray:
+        """Blocks ``rows`` of a split: [BOS] + the row's L - 2 tokens + [EOS]."""
+        body = self.length - 2
+        idx = rows[:, None] * body + np.arange(body)
+        out = np.empty((len(rows), self.length), dtype=np.int64)
+        out[:, 0], out[:, -1] = self.bos_id, self.eos_id
+        out[:, 1:-1] = self._flat[split][idx]
+        return out
 
     def num_blocks(self, split: str) -> int:
-        return len(self._data[split])
+        return self._n[split]
 
-    def batch(self, split: str, index: int, batch_size: int) -> torch.Tensor:
-        """Train: a seeded permutation per epoch; valid: in order. Both wrap around."""
+    def batch(self, split: str, index: int, batch_size: int, seed: int | None = None) -> torch.Tensor:
+        """Train: a permutation per epoch, seeded by the source seed and ``seed`` (the training
+        seed; None or 0 = the source's own order); valid: in order. Both wrap around."""
         _check_split(split)
-        data = self._data[split]
-        n = len(data)
+        n = self._n[split]
         rows = np.arange(index * batch_size, (index + 1) * batch_size)
         if split == "train":
-            rows = np.array([self._permutation(int(r // n))[r % n] for r in rows])
+            rows = np.array([self._permutation(int(r // n), int(seed or 0))[r % n] for r in rows])
         else:
             rows = rows % n
-        return torch.from_numpy(np.asarray(data[rows], dtype=np.int64))
+        return torch.from_numpy(self._blocks_at(split, rows))
 
     @functools.lru_cache(maxsize=2)
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.config["seed"], epoch]).permutation(len(self._data["train"]))
+    def _permutation(self, epoch: int, seed: int = 0) -> np.ndarray:
+        key = [self.config["seed"], epoch] + ([seed] if seed else [])
+        return np.random.default_rng(key).permutation(self._n["train"])
 
     def decode(self, ids) -> list[str]:
         return self._tok.batch_decode(torch.as_tensor(ids).tolist())

@@ -20,13 +20,14 @@ Layout under ``<results>/<name>/``::
     samples/<bb>/<model>/seed<k>/step<S>/T<t>_nfe<N>/      a sample folder
     scores/<bb>/<model>/seed<k>/step<S>/T<t>_nfe<N>.json   its score
     scores/<bb>/<model>/seed<k>/step<S>/nelbo.json         held-out NELBO of the checkpoint
-    tables/, figures/, probe/, mlflow.db
+    tables/, figures/, report/ (HTML renderings, baseline gates), probe/, mlflow.db
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shlex
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from . import config as configlib
+from .prepare import needs_preparation, normalize, prepared_dir
 from .utils import TokenDriftError, code_digest, temp_str
 
 BACKBONES = ("mdlm", "duo")
@@ -234,6 +236,59 @@ class Grid:
         temps = self.sweep() if start else [1.0]
         return [f"{base}/T{temp_str(t)}_nfe{n}{leaf}" for t in temps for n in self.nfes]
 
+    # ------------------------------------------------------------------ data stage and downloads
+
+    @cached_property
+    def source(self) -> dict:
+        """The source config, validated and normalized (tokendrift.prepare.normalize)."""
+        return normalize(self.config["source"])
+
+    @cached_property
+    def prepared(self) -> list[str]:
+        """The data stage's output that text-source jobs read ([] for the synthetic language)."""
+        src = self.config["source"]
+        return [str(prepared_dir(src) / "meta.json")] if needs_preparation(src) else []
+
+    @cached_property
+    def fetch_items(self) -> dict[str, tuple[str, str]]:
+        """item -> (what, spec) of `tokendrift fetch`: everything the study reads from outside."""
+        c, items, src = self.config, {}, self.source
+        if src["kind"] == "openwebtext":
+            items["dataset"] = ("dataset", json.dumps(c["source"], sort_keys=True))
+            items["tokenizer"] = ("tokenizer", src["tokenizer"])
+        if "name" in c["evaluator"]:
+            items["evaluator"] = ("evaluator", c["evaluator"]["name"])
+        for bb in self.backbones:
+            if "import" in c["start"][bb]:
+                items[f"start_{bb}"] = ("checkpoint", c["start"][bb]["import"])
+        return items
+
+    def fetch_file(self, item: str) -> str:
+        return str(self.root / "fetch" / f"{item}.json")
+
+    @cached_property
+    def manifest(self) -> list[str]:
+        """The joined fetch manifest ([] when the study downloads nothing)."""
+        return [str(self.root / "fetch" / "manifest.json")] if self.fetch_items else []
+
+    @cached_property
+    def job_inputs(self) -> list[str]:
+        """What every job that reads the source or a fetched file needs first."""
+        return self.prepared + self.manifest
+
+    @cached_property
+    def job_env(self) -> str:
+        """Shell prefix of every compute job: the Hub offline, pointed at the project's cache,
+        and the manifest whose digest results record."""
+        env = (f"export HF_HOME={shlex.quote(self.config['fetch']['hf_home'])} HF_HUB_OFFLINE=1 "
+               "HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1")
+        return env + (f" TOKENDRIFT_MANIFEST={self.manifest[0]}" if self.manifest else "") + ";"
+
+    @cached_property
+    def fetch_env(self) -> str:
+        """Shell prefix of the fetch rules (login node, online): the same cache."""
+        return f"export HF_HOME={shlex.quote(self.config['fetch']['hf_home'])};"
+
     def device_arg(self, section: str) -> str:
         """``--device X`` for a job's command line; "auto" leaves the job's own default (cuda if present)."""
         d = self.config[section]["device"]
@@ -280,7 +335,17 @@ class Grid:
         return self.score_files(self.figure2_units())
 
     def table_outputs(self, table: str) -> list[str]:
-        return [str(self.root / "tables" / f"{table}.{ext}") for ext in ("md", "tex", "csv")]
+        """Markdown, LaTeX, CSV, then the report's HTML rendering and the baseline gate's verdict."""
+        return [str(self.root / "tables" / f"{table}.{ext}") for ext in ("md", "tex", "csv")] + \
+            [self.report_html(table), self.gate_file(table)]
+
+    def gate_file(self, table: str) -> str:
+        """The baseline gate of a table (tokendrift.aggregate.baseline_gate; read by tracking)."""
+        return str(self.root / "report" / f"{table}.gate.json")
+
+    def report_html(self, name: str) -> str:
+        """A table or figure rendered as HTML for Snakemake's report (``--report``)."""
+        return str(self.root / "report" / f"{name}.html")
 
     def figure_outputs(self, name: str) -> list[str]:
         return [str(self.root / "figures" / f"{name}.{ext}") for ext in ("png", "pdf")]
@@ -291,6 +356,26 @@ class Grid:
     def probe_outputs(self, bb: str) -> list[str]:
         return [str(self.probe_dir(bb) / f) for f in ("probe.json", "probe.png", "probe.pdf", "top3.md")]
 
+    # ------------------------------------------------------------------ job logs (the rules' log: files)
+
+    def log_file(self, job: str, *, bb: str = "", u: Unit | None = None, item: str = "") -> Path:
+        """The log of one job: ``start``/``probe`` (bb), ``evaluator``, ``prepare_data``, ``fetch``
+        (item), ``train`` (u: backbone, model, seed), ``sample``/``score`` (u)."""
+        logs = self.root / "logs"
+        if job == "start":
+            return logs / "start" / (f"{bb}.log" if "pretrain" in self.config["start"][bb] else f"{bb}_import.log")
+        if job in ("evaluator", "prepare_data"):
+            return logs / f"{job}.log"
+        if job == "fetch":
+            return logs / "fetch" / f"{item}.log"
+        if job == "probe":
+            return logs / "probe" / f"{bb}.log"
+        if job == "train":
+            return logs / "train" / u.backbone / u.model / f"seed{u.seed}.log"
+        if u.model == "start":
+            return logs / job / u.backbone / "start" / f"seed{u.seed}.log"
+        return logs / job / u.backbone / u.model / f"seed{u.seed}_step{u.step}.log"
+
     def probe_models(self, bb: str) -> dict[str, Path]:
         """label -> checkpoint probed: the Figure-2 models at the long step, first seed."""
         return {m: self.checkpoint(bb, m, self.seeds[0], 0 if m == "start" else self.long)
@@ -298,7 +383,7 @@ class Grid:
 
     def all_outputs(self) -> list[str]:
         out = [f for t in self.tables for f in self.table_outputs(t)]
-        out += self.figure_outputs("figure2") + self.figure_outputs("quality_diversity")
+        out += [f for name in ("figure2", "quality_diversity") for f in self.figure_outputs(name) + [self.report_html(name)]]
         return out + [f for bb in self.backbones for f in self.probe_outputs(bb)]
 
     def summary(self) -> dict:
@@ -325,11 +410,21 @@ def grid_from_args(args) -> Grid:
 
 
 def describe(args) -> int:
-    print(json.dumps(grid_from_args(args).summary(), indent=2))
+    grid = grid_from_args(args)
+    print(json.dumps(grid.summary(), indent=2))
+    if getattr(args, "cost", None):  # the GPU-hours of every stage, from a bench/gpu.py measurement
+        from .cost import describe_cost
+
+        print(describe_cost(grid, args.config or "--config-json", args.cost, args.profile_yaml))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("grid", help="validate a workflow config and count the unique jobs of its grid")
     add_grid_args(p)
+    p.add_argument("--cost", metavar="RESULTS.json",
+                   help="also print the GPU-hours of every stage and the total, from `python bench/gpu.py`'s "
+                        "bench/results/gpu.json (tokendrift/cost.py)")
+    p.add_argument("--profile-yaml", default="profiles/slurm/profile.yaml",
+                   help="with --cost: the profile whose set-resources give the GPUs per job")
     p.set_defaults(func=describe)

@@ -131,12 +131,26 @@ def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
+def dropout(x, p: float, training: bool, shard: tuple[int, int] = (0, 1)):
+    """F.dropout; under data parallel training (``shard`` = (rank, world)) the mask is drawn for
+    all ranks' rows and this rank keeps its own, so that the ranks together draw what one
+    process draws for the concatenated batch (torch's CPU dropout: a bernoulli mask, divided by
+    1 - p, times x)."""
+    rank, world = shard
+    if not training or p == 0 or world == 1:
+        return F.dropout(x, p, training)
+    B = x.shape[0]
+    mask = torch.empty((B * world, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    return x * mask[rank * B:(rank + 1) * B].div_(1 - p)
+
+
 class DDiTBlock(nn.Module):
     """Pre-LN adaLN-zero block: x + gate * dropout(out), for attention then MLP."""
 
     def __init__(self, dim: int, n_heads: int, cond_dim: int, dropout: float, mlp_ratio: int = 4):
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
+        self.shard = (0, 1)  # (rank, world) of data parallel training: see dropout()
         self.norm1 = LayerNorm(dim)
         self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
@@ -158,9 +172,9 @@ class DDiTBlock(nn.Module):
             k = (k.float() * cos + rotate_half(k.float()) * sin).to(v.dtype)
         att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=False)
         att = att.transpose(1, 2).reshape(B, L, D)
-        x = x + gate_msa * F.dropout(self.attn_out(att), self.dropout, self.training)
+        x = x + gate_msa * dropout(self.attn_out(att), self.dropout, self.training, self.shard)
         h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x + gate_mlp * F.dropout(h, self.dropout, self.training)
+        return x + gate_mlp * dropout(h, self.dropout, self.training, self.shard)
 
 
 class DDitFinalLayer(nn.Module):
@@ -192,6 +206,11 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DDiTBlock(d, config.n_heads, config.cond_dim, config.dropout)
                                     for _ in range(config.n_blocks))
         self.output_layer = DDitFinalLayer(d, config.vocab_size, config.cond_dim)
+
+    def shard_dropout(self, rank: int, world: int) -> None:
+        """Draw dropout masks as rank ``rank`` of ``world`` data-parallel ranks (see dropout())."""
+        for b in self.blocks:
+            b.shard = (rank, world)
 
     @property
     def embedding(self) -> nn.Parameter:

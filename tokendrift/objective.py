@@ -2,13 +2,12 @@
 
 Names follow the paper: soft lift (Sec. 3.1), drift field (Sec. 3.2), fixed-point loss
 (Sec. 3.3), mirror teacher (Sec. 3.4). The training step that composes them is
-``tokendrift.train.micro_step``.
-
-Options of the drift field where the paper and the public drifting code (lambertae/drifting,
-drift_loss.py) differ or the paper is silent (DESIGN.md section 1); defaults marked *:
+``tokendrift.train.micro_step``. Every choice the paper leaves open, with the reference code's
+choice beside ours, is listed in docs/choices.md; the options are documented once, in
+tokendrift/schemas/train.schema.yaml (``objective``). Defaults marked *:
 
 * ``kernel``: ``"sq_l2"``* affinity -||h - y||^2 / tau (paper, Sec. 3.2); ``"l2_meannorm"``
-  -||h - y|| / (mean distance) / tau (drifting code).
+  -||h - y|| / (mean distance) / tau (lambertae/drifting ``drift_loss.py::drift_loss``).
 * ``normalization``: ``"joint"``* (drifting code): for each temperature, logits over the
   targets [neg, pos] of every anchor; A = sqrt(softmax over targets (row) x softmax over
   anchors (column)), then cross-multiplied weights W+ = A+ * rowsum(A-), W- = A- * rowsum(A+);
@@ -16,12 +15,19 @@ drift_loss.py) differ or the paper is silent (DESIGN.md section 1); defaults mar
 * ``reduction`` over temperatures: ``"mean"``* (paper) or ``"sum"`` (drifting code).
 * ``scale`` per temperature: ``"vector_rms"``* s = sqrt(mean_i ||V_i||^2 + eps) (paper);
   ``"coord_rms"`` sqrt(mean_{i,c} V_ic^2 + eps) (drifting code; = vector_rms / sqrt(m)).
+* ``ratio_reading`` of V = a b+ - r b- (Table 6): ``"vector"``* scales the barycenters, as
+  the paper writes it; ``"displacement"`` scales the displacements,
+  a sum_j W+_ij (u_j - h_i) - r sum_k W-_ik (v_k - h_i) (the drifting code's force). With joint
+  weights sum_j W+_ij = sum_k W-_ik = S_i, so the two differ by (a - r) S_i h_i: nothing at 1:1,
+  a component along h_i otherwise (no gradient once h is normalized, but it inflates s^tau).
 * ``floor`` on A: default 0 (no floor; V carries no gradient, so sqrt(0) is harmless).
   Measured with B = 8 anchors, 1032 positives and 1032 negatives, random unit vectors in 1536
   dimensions, tau = 0.05 (``python -m tokendrift.objective``): a floor of 1e-3 adds 0.3% of
   the weight mass, 1e-6 adds < 0.1%. The column softmax over only B anchors keeps A near
   sqrt(1 / (2064 B)) ~ 8e-3, above the floor; with larger gathered batches (B = 64: ~3e-3)
   the floor's share grows, which is why it is off by default. See ``_floor_share``.
+* ``preset: drifting_official`` replaces all of the above by the drifting code's arithmetic,
+  to float precision (``PRESETS``; ``drift_field``; tests/test_drifting_official.py).
 """
 
 from __future__ import annotations
@@ -38,12 +44,23 @@ KERNELS = ("sq_l2", "l2_meannorm")
 NORMALIZATIONS = ("joint", "softmax")
 REDUCTIONS = ("mean", "sum")
 SCALES = ("vector_rms", "coord_rms")
-SELF_MASK = 1e6  # distance added to masked (self) pairs, as the drifting code does
+RATIO_READINGS = ("vector", "displacement")
+SELF_MASK = 1e6  # distance added to masked (self) pairs
+# lambertae/drifting drift_loss.py::drift_loss, read as our options. Beyond them the preset also
+# takes that code's arithmetic (see ``drift_field``): distances sqrt(max(d^2, 1e-8)), the mean
+# distance floored at 1e-3, a self mask of 100 mean distances whose pair keeps its floored
+# weight, and the per-temperature eps applied as max(., 1e-8) in its rescaled coordinates.
+PRESETS = {
+    "drifting_official": dict(kernel="l2_meannorm", normalization="joint", reduction="sum", scale="coord_rms",
+                              floor=1e-3, ratio_reading="displacement"),
+}
+OFFICIAL_SELF_MASK = 100.0
 
 
 def check_drift_options(*, temperatures: Sequence[float], ratio: Sequence[float], alpha: float,
                         kernel: str = "sq_l2", normalization: str = "joint", reduction: str = "mean",
-                        scale: str = "vector_rms") -> None:
+                        scale: str = "vector_rms", ratio_reading: str = "vector", floor: float = 0.0,
+                        preset: str | None = None) -> None:
     """Refuse option values the objective cannot use, naming the field."""
     temps = list(temperatures)
     if not temps:
@@ -54,10 +71,30 @@ def check_drift_options(*, temperatures: Sequence[float], ratio: Sequence[float]
         raise TokenDriftError(f"objective.ratio: expected two non-negative scales, not both 0, got {list(ratio)}")
     if not alpha > 0:
         raise TokenDriftError(f"objective.alpha: must be > 0, got {alpha}")
+    if not (floor >= 0 and math.isfinite(floor)):
+        raise TokenDriftError(f"objective.floor: must be >= 0, got {floor}")
     for name, value, allowed in [("kernel", kernel, KERNELS), ("normalization", normalization, NORMALIZATIONS),
-                                 ("reduction", reduction, REDUCTIONS), ("scale", scale, SCALES)]:
+                                 ("reduction", reduction, REDUCTIONS), ("scale", scale, SCALES),
+                                 ("ratio_reading", ratio_reading, RATIO_READINGS)]:
         if value not in allowed:
             raise TokenDriftError(f"objective.{name}: {value!r} is not one of {list(allowed)}")
+    if preset is not None and preset not in PRESETS:
+        raise TokenDriftError(f"objective.preset: {preset!r} is not one of {[None, *PRESETS]}")
+
+
+def apply_preset(objective: dict, given: dict | None = None) -> dict:
+    """The ``objective`` section with its preset's options filled in (so the recorded config says
+    what ran); an option ``given`` explicitly with another value than the preset's is refused."""
+    name = objective.get("preset")
+    if name is None:
+        return objective
+    if name not in PRESETS:
+        raise TokenDriftError(f"objective.preset: {name!r} is not one of {[None, *PRESETS]}")
+    for key, value in PRESETS[name].items():
+        if given and key in given and given[key] != value:
+            raise TokenDriftError(f"objective.{key}: {given[key]!r} conflicts with objective.preset {name!r}, "
+                                  f"which sets {value!r}; drop one of the two")
+    return {**objective, **PRESETS[name]}
 
 
 # --------------------------------------------------------------------------- Sec. 3.1
@@ -87,9 +124,19 @@ def pooled_features(h_penult: torch.Tensor, h_final: torch.Tensor) -> torch.Tens
 # --------------------------------------------------------------------------- Sec. 3.2
 
 
-def distances(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, kernel: str):
+def _clipped_cdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sqrt(max(|x|^2 + |y|^2 - 2 x.y, 1e-8)) (lambertae/drifting ``drift_loss.py::cdist``)."""
+    sq = x.square().sum(-1)[:, None] + y.square().sum(-1)[None, :] - 2 * x @ y.T
+    return sq.clamp_min(1e-8).sqrt()
+
+
+def distances(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, kernel: str, official: bool = False):
     """||h_i - y_j|| to every positive and negative (shared by all temperatures), and for
-    ``l2_meannorm`` their mean distance."""
+    ``l2_meannorm`` their mean distance (over all pairs, the masked self pairs included).
+    ``official``: the drifting code's distances and its 1e-3 floor on the mean."""
+    if official:
+        d_pos, d_neg = _clipped_cdist(h, pos), _clipped_cdist(h, neg)
+        return d_pos, d_neg, torch.cat([d_neg, d_pos], 1).mean().clamp_min(1e-3)
     d_pos, d_neg = torch.cdist(h, pos), torch.cdist(h, neg)
     mean_dist = None
     if kernel == "l2_meannorm":
@@ -120,52 +167,101 @@ def joint_weights(logits_neg: torch.Tensor, logits_pos: torch.Tensor, normalizat
     return W_neg, W_pos
 
 
-def barycenters(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0,
-                dists=None):
-    """b+_i = sum_j W+_ij u_j and b-_i = sum_k W-_ik v_k at one temperature (Sec. 3.2).
+def reference_weights(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0,
+                      dists=None, official=False):
+    """W+ [B,P] and W- [B,N] at one temperature (Sec. 3.2).
 
-    ``dists``: the output of ``distances(h, pos, neg, kernel)``, when already computed."""
-    d_pos, d_neg, mean_dist = dists if dists is not None else distances(h, pos, neg, kernel)
+    ``dists``: the output of ``distances(h, pos, neg, kernel)``, when already computed. With
+    ``exclude_self`` ``neg[:B]`` are the anchors: the self pair is masked (its affinity pushed
+    down by a large distance) and then carries exactly no weight, or, ``official``, keeps the
+    floored weight the drifting code gives it."""
+    d_pos, d_neg, mean_dist = dists if dists is not None else distances(h, pos, neg, kernel, official)
     s_pos = affinities(d_pos, tau, kernel, mean_dist)
     s_neg = affinities(d_neg, tau, kernel, mean_dist)
     if exclude_self:
         B = h.shape[0]
         eye = torch.zeros_like(s_neg)
         eye[:, :B] = torch.eye(B, dtype=h.dtype, device=h.device)
-        s_neg = s_neg - eye * (SELF_MASK / tau)
+        s_neg = s_neg - eye * ((OFFICIAL_SELF_MASK if official else SELF_MASK) / tau)
     W_neg, W_pos = joint_weights(s_neg, s_pos, normalization, floor)
-    if exclude_self:  # the masked pair carries exactly no weight
+    if exclude_self and not official:  # the masked pair carries exactly no weight
         W_neg = W_neg * (1 - eye)
+    return W_pos, W_neg
+
+
+def barycenters(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0,
+                dists=None):
+    """b+_i = sum_j W+_ij u_j and b-_i = sum_k W-_ik v_k at one temperature (Sec. 3.2)."""
+    W_pos, W_neg = reference_weights(h, pos, neg, tau, exclude_self, kernel=kernel, normalization=normalization,
+                                     floor=floor, dists=dists)
     return W_pos @ pos, W_neg @ neg
+
+
+def drift_at_temperature(h, pos, neg, tau, ratio=(1.0, 1.0), exclude_self=False, *, ratio_reading="vector",
+                         kernel="sq_l2", normalization="joint", floor=0.0, dists=None, official=False):
+    """V^tau_i = a b+_i - r b-_i (Sec. 3.2 with Table 6's ratio; ``ratio_reading="vector"``), or
+    V^tau_i = a sum_j W+_ij (u_j - h_i) - r sum_k W-_ik (v_k - h_i)   (``"displacement"``)
+            = a b+_i - r b-_i - (a S+_i - r S-_i) h_i,   S+-_i = sum W+-_i.
+
+    The two readings agree when a S+ = r S-: at 1:1 with joint weights (S+ = S-). The
+    displacement form is lambertae/drifting ``drift_loss.py::drift_loss``'s force: it subtracts
+    the coefficients' sum times the anchor."""
+    a, r = float(ratio[0]), float(ratio[1])
+    W_pos, W_neg = reference_weights(h, pos, neg, tau, exclude_self, kernel=kernel, normalization=normalization,
+                                     floor=floor, dists=dists, official=official)
+    V_tau = a * (W_pos @ pos) - r * (W_neg @ neg)
+    if ratio_reading == "displacement":
+        V_tau = V_tau - (a * W_pos.sum(1, keepdim=True) - r * W_neg.sum(1, keepdim=True)) * h
+    return V_tau
+
+
+def temperature_scale(V_tau: torch.Tensor, scale: str = "vector_rms", eps: float = 1e-8,
+                      coord_unit: torch.Tensor | None = None) -> torch.Tensor:
+    """s^tau = sqrt(mean_i ||V^tau_i||^2 + eps) (Sec. 3.2, "Multi-temperature drift");
+    ``coord_rms``: sqrt(mean_{i,c} (V^tau_ic)^2 + eps). ``coord_unit`` (the drifting code's
+    coordinate unit c): sqrt(max(mean_{i,c} (V^tau_ic)^2, eps c^2)), its clip in units of c."""
+    ms = V_tau.square().sum(-1).mean() if scale == "vector_rms" else V_tau.square().mean()
+    if coord_unit is not None:
+        return torch.maximum(ms, eps * coord_unit.square()).sqrt()
+    return (ms + eps).sqrt()
 
 
 def drift_field(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                 temperatures: Sequence[float] = (0.02, 0.05, 0.2), ratio: Sequence[float] = (1.0, 1.0),
                 exclude_self: bool = False, *, kernel: str = "sq_l2", normalization: str = "joint",
-                reduction: str = "mean", scale: str = "vector_rms", floor: float = 0.0, eps: float = 1e-8,
+                reduction: str = "mean", scale: str = "vector_rms", floor: float = 0.0,
+                ratio_reading: str = "vector", preset: str | None = None, eps: float = 1e-8,
                 stats: dict | None = None) -> torch.Tensor:
-    """V_i = (1/|T|) sum_tau V^tau_i / s^tau, V^tau_i = a b+_i - r b-_i (Sec. 3.2, multi-temperature drift).
+    """V_i = (1/|T|) sum_tau V^tau_i / s^tau (Sec. 3.2, multi-temperature drift).
 
     ``h`` [B, m] anchors; ``pos`` [P, m] real references; ``neg`` [N, m] generated references,
     where with ``exclude_self`` ``neg[:B]`` are the anchors' own features and anchor i ignores
-    ``neg[i]``. Everything here is stop-gradient: the result is detached.
+    ``neg[i]``. Everything here is stop-gradient: the result is detached. Float32 unless the
+    inputs are float64. ``preset`` (``PRESETS``) sets the options it names, ignoring the
+    arguments, and takes the drifting code's arithmetic: with anchors ``gen`` [1, B, m],
+    ``fixed_neg`` = ``neg[B:]`` and ``fixed_pos`` = ``pos``, the result equals the sum of the
+    normalized per-temperature forces of lambertae/drifting ``drift_loss.py::drift_loss``
+    (``force_across_R``; the same in any coordinate unit).
     """
-    a, r = float(ratio[0]), float(ratio[1])
+    official = preset == "drifting_official"
+    if preset is not None:
+        o = PRESETS[preset]
+        kernel, normalization, reduction, scale = o["kernel"], o["normalization"], o["reduction"], o["scale"]
+        floor, ratio_reading = o["floor"], o["ratio_reading"]
+    dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
     with torch.no_grad():
-        h, pos, neg = h.detach().float(), pos.detach().float(), neg.detach().float()
+        h, pos, neg = h.detach().to(dtype), pos.detach().to(dtype), neg.detach().to(dtype)
         total = torch.zeros_like(h)
-        dists = distances(h, pos, neg, kernel)
+        dists = distances(h, pos, neg, kernel, official)
+        # the drifting code's coordinate unit: mean distance / sqrt(m), floored at 1e-3
+        unit = (dists[2] / math.sqrt(h.shape[1])).clamp_min(1e-3) if official else None
         for tau in temperatures:
-            b_pos, b_neg = barycenters(h, pos, neg, tau, exclude_self, kernel=kernel,
-                                       normalization=normalization, floor=floor, dists=dists)
-            V_tau = a * b_pos - r * b_neg
+            V_tau = drift_at_temperature(h, pos, neg, tau, ratio, exclude_self, ratio_reading=ratio_reading,
+                                         kernel=kernel, normalization=normalization, floor=floor, dists=dists,
+                                         official=official)
             if stats is not None:
                 stats[f"drift_norm/tau={tau:g}"] = float(V_tau.norm(dim=-1).mean())
-            if scale == "vector_rms":
-                s = (V_tau.square().sum(-1).mean() + eps).sqrt()
-            else:
-                s = (V_tau.square().mean() + eps).sqrt()
-            total += V_tau / s
+            total += V_tau / temperature_scale(V_tau, scale, eps, unit)
         return total / len(temperatures) if reduction == "mean" else total
 
 
@@ -182,12 +278,19 @@ def fixed_point_loss(h: torch.Tensor, V: torch.Tensor, alpha: float = 1.0) -> to
 
 
 def mirror_teacher(logits: torch.Tensor, h: torch.Tensor, V: torch.Tensor, eta: float = 1.0) -> torch.Tensor:
-    """l* = sg(l + eta g), g = grad_l <h(l), sg(V)> (Sec. 3.4); p* = softmax(l*) (Prop. D.1).
+    """l* = sg(l + eta g), g = grad_l <h(l), sg(V)> with p = softmax(l) (Sec. 3.4); p* = softmax(l*) (Prop. D.1).
 
-    ``h`` must have been computed from ``logits`` with its graph kept.
+    ``h`` must have been computed from ``logits`` with its graph kept: through softmax(l), or,
+    as training does, through exp(l) of normalized logits l = log p (the backbone's
+    ``log_probs``; softmax(log p) = p, so log p is a valid l). Autograd through exp gives
+    g' = p * a (a = grad_p <h, V>), where the softmax Jacobian gives g = p * (a - <p, a>) (App. D):
+    g = g' - p sum_v g'_v turns the one into the other and leaves a gradient taken through
+    softmax unchanged (its entries already sum to 0).
     """
     (g,) = torch.autograd.grad((h * V.detach()).sum(), logits, retain_graph=True)
     g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    p = logits.detach().softmax(-1)
+    g = g - p * g.sum(-1, keepdim=True)
     return (logits + eta * g).detach()
 
 

@@ -4,9 +4,22 @@ forward pass, and per position of the span the model's p_theta(x0 | x_t): top-3 
 probabilities, top-1 probability, predictive entropy, the probability mass on the corpus's
 most frequent tokens, and the EOS probability (when the source has an EOS).
 
-MDLM: the span is masked (its only corruption). DUO has no mask state: the span holds uniform
-noise ids and the model is told the highest noise level (t = 1, as at the sampler's first
-step), which also tells it the prompt is noise; plots and files say so.
+The discretization paper probes an instruction-tuned masked model with a prompt and 128
+masks (its generation length). MDLM and DUO are trained on blocks of fixed length (1024 in the
+paper's setting) and never see a shorter sequence, so by default the input is a full block:
+the prompt, then corrupted positions up to the source's length, and the statistics are read
+over the first ``span`` of them (``input_length="span"``: prompt + span only, out of the
+models' training distribution).
+
+MDLM: the corrupted positions are masked (its only corruption) and the model has no time
+input. DUO has no mask state: the corrupted positions hold uniform noise ids, and the model is
+told one time for the whole sequence. At t = 1 it is told that every position, the prompt
+included, is noise (alpha_1 = 0: the posterior ignores the input), which makes its panel a
+plot of unconditional marginals. By default (``duo_time="matched"``) it is told the time
+whose clean share alpha_t equals the prompt's share of the input, prompt_len / input length:
+the number of clean tokens it then expects is the number the prompt gives. Even so DUO's
+forward process scatters clean tokens uniformly, never a clean prefix before pure noise, so
+its panel is weaker evidence than MDLM's; probe.json and top3.md say so.
 
     tokendrift probe --checkpoint start=DIR --checkpoint tokendrift=DIR --out OUT
 writes OUT/probe.json (every number), OUT/probe.png and .pdf (three panels against distance
@@ -26,7 +39,26 @@ from .data import make_source
 from .diffusion import make_diffusion
 from .utils import TokenDriftError, atomic_dir
 
-DUO_NOTE = "DUO: span = uniform noise ids at t = 1 (no mask state; the prompt is then also treated as noise)"
+DUO_NOTE = ("DUO: corrupted positions = uniform noise ids (no mask state), one time t for the whole input; "
+            "its forward process never makes a clean prefix before pure noise, so this panel is weaker evidence "
+            "than MDLM's")
+DUO_T1_NOTE = "; at t = 1 the model is told the prompt is noise too (alpha_1 = 0): the panel shows its unconditional marginals"
+
+
+def probe_time(diffusion, prompt_len: int, input_len: int, duo_time="matched") -> float:
+    """The time the model is told: MDLM ignores it (no time conditioning; 1.0); DUO "matched" =
+    the t with alpha_t = prompt_len / input_len, or the number given (0 < t <= 1)."""
+    if diffusion.name != "duo":
+        return 1.0
+    if duo_time == "matched":
+        return min(1.0, (1 - prompt_len / input_len) / (1 - diffusion.eps))
+    try:
+        t = float(duo_time)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0 < t <= 1:
+        raise TokenDriftError(f"duo_time: 'matched' or a time in (0, 1], got {duo_time!r}")
+    return t
 
 
 def frequent_ids(source, k: int, n_batches: int = 16, batch_size: int = 64) -> list[int]:
@@ -58,36 +90,44 @@ def position_stats(p: torch.Tensor, frequent: list[int], eos: int | None) -> dic
 
 @torch.no_grad()
 def probe_checkpoint(checkpoint: str, *, n_prompts: int = 128, prompt_len: int = 32, span: int = 32,
-                     batch_size: int = 64, seed: int = 0, top_frequent: int = 10, device: str = "cpu") -> dict:
+                     batch_size: int = 64, seed: int = 0, top_frequent: int = 10, device: str = "cpu",
+                     input_length: str = "block", duo_time="matched") -> dict:
     for name, v in (("n_prompts", n_prompts), ("prompt_len", prompt_len), ("span", span)):
         if v < 1:
             raise TokenDriftError(f"{name}: must be >= 1, got {v}")
+    if input_length not in ("block", "span"):
+        raise TokenDriftError(f"input_length: 'block' or 'span', got {input_length!r}")
     model, meta = load_model_dir(checkpoint, device=device)
     diffusion = make_diffusion(meta["diffusion"], model.config.vocab_size)
     source = make_source(meta["source"])
     if prompt_len + span > source.length:
         raise TokenDriftError(f"prompt_len + span = {prompt_len + span} exceeds the source's sequence length "
                               f"{source.length} ({checkpoint})")
+    L = source.length if input_length == "block" else prompt_len + span
+    t = probe_time(diffusion, prompt_len, L, duo_time)
     gen = torch.Generator().manual_seed(seed)
-    x = source.batch("valid", 0, n_prompts)[:, : prompt_len + span].clone()
+    x = source.batch("valid", 0, n_prompts)[:, :L].clone()
     prompts = x[:, :prompt_len].clone()
     if meta["diffusion"] == "mdlm":
         x[:, prompt_len:] = diffusion.special_id
     else:
-        x[:, prompt_len:] = diffusion.prior_sample(n_prompts, span, gen, "cpu")
-    sigma = diffusion.sigma(torch.ones(n_prompts))
+        x[:, prompt_len:] = diffusion.prior_sample(n_prompts, L - prompt_len, gen, "cpu")
+    sigma = diffusion.sigma(torch.full((n_prompts,), t, dtype=torch.float64)).float()
     probs = []
     for a in range(0, n_prompts, batch_size):
         logits = model(x[a:a + batch_size].to(device), sigma[a:a + batch_size].to(device)).float()
-        probs.append(diffusion.p_x0(logits[:, prompt_len:], torch.float64, 1.0, 1.0).cpu())
+        probs.append(diffusion.p_x0(logits[:, prompt_len:prompt_len + span], torch.float64, 1.0, 1.0).cpu())
     p = torch.cat(probs)
     frequent = frequent_ids(source, top_frequent)
     eos = getattr(source, "eos_id", None)
     stats = position_stats(p, frequent, eos)
     return {"checkpoint": str(checkpoint), "diffusion": meta["diffusion"], "step": meta.get("step"),
             "vocab_size": model.config.vocab_size,
-            "n_prompts": n_prompts, "prompt_len": prompt_len, "span": span, "corruption":
-            "mask" if meta["diffusion"] == "mdlm" else DUO_NOTE, "frequent_ids": frequent,
+            "n_prompts": n_prompts, "prompt_len": prompt_len, "span": span, "input_length": L,
+            "time": None if meta["diffusion"] == "mdlm" else t,
+            "alpha_t": None if meta["diffusion"] == "mdlm" else float(diffusion.alpha(t)),
+            "corruption": "mask (no time input)" if meta["diffusion"] == "mdlm" else
+            DUO_NOTE + (DUO_T1_NOTE if t >= 1 else ""), "frequent_ids": frequent,
             "frequent_tokens": source.decode(torch.tensor([frequent]))[0].split() if frequent else [],
             "eos_id": eos, "example_prompt": source.decode(prompts[:1])[0],
             "example_top3": [[(source.decode(torch.tensor([[i]]))[0], pr) for i, pr in zip(ids, prs)]
@@ -122,7 +162,8 @@ def plot(results: dict[str, dict]):
     title = f"Information decay over a {first['span']}-position span after a {first['prompt_len']}-token prompt " \
             f"({first['n_prompts']} prompts; mean, 10-90% band)"
     if first["diffusion"] == "duo":
-        title += "\n" + DUO_NOTE
+        title += (f"\nDUO: uniform-noise positions, t = {first['time']:.3f} for the whole input (alpha_t = "
+                  f"{first['alpha_t']:.3f}); weaker evidence than MDLM's panel (probe.json, top3.md)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -130,8 +171,11 @@ def plot(results: dict[str, dict]):
 
 def top3_table(results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
+    when = "" if first.get("time") is None else f" at t = {first['time']:.4f} (alpha_t = {first['alpha_t']:.4f})"
     lines = [f"Example prompt (end): `... {' '.join(first['example_prompt'].split()[-12:])}`", "",
-             f"Corruption: {first['corruption']}", "",
+             f"Input: a {first['prompt_len']}-token prompt, then corrupted positions up to {first['input_length']} "
+             f"tokens; the table reads the first {first['span']} of them.", "",
+             f"Corruption: {first['corruption']}{when}", "",
              "| distance | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for dist in distances(first["span"]):
         cells = [", ".join(f"{tok} {pr:.2f}" for tok, pr in r["example_top3"][dist - 1]) for r in results.values()]
@@ -169,7 +213,7 @@ def run(args) -> int:
             raise TokenDriftError(f"--checkpoint {item!r}: expected LABEL=PATH")
         ckpts[label] = path
     write_probe(ckpts, args.out, n_prompts=args.n_prompts, prompt_len=args.prompt_len, span=args.span,
-                seed=args.seed, device=args.device)
+                seed=args.seed, device=args.device, input_length=args.input_length, duo_time=args.duo_time)
     return 0
 
 
@@ -181,5 +225,9 @@ def register(sub) -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--span", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-length", choices=["block", "span"], default="block",
+                   help="block: prompt + corrupted positions up to the training length (default); span: prompt + span")
+    p.add_argument("--duo-time", default="matched",
+                   help="DUO's time input: 'matched' (alpha_t = prompt share of the input; default) or a time in (0, 1]")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.set_defaults(func=run)

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import load_model_dir
 from .data import make_source
+from .fetch import provenance
 from .diffusion import make_diffusion
 from .utils import TokenDriftError, atomic_dir, file_digest, temp_str
 
@@ -80,6 +81,7 @@ def _sample_one(model, meta, diffusion, source, out, *, checkpoint, digest, nfe,
     sample_meta = {
         "checkpoint": str(checkpoint),
         "checkpoint_digest": digest,
+        "provenance": provenance(),
         "weights": weights,
         "diffusion": meta["diffusion"],
         "vocab_size": model.config.vocab_size,

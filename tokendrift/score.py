@@ -1,8 +1,10 @@
 """Scoring: Gen.-PPL, sample entropy, oracle Gen.-PPL, and the held-out NELBO of a checkpoint.
 
 Gen.-PPL follows the MDLM/DUO evaluation code (``compute_generative_perplexity``; DESIGN.md
-section 4): the decoded samples are retokenized by the evaluator's tokenizer (pad = eos,
-truncation at ``max_length``), scored by the causal LM in fp32; the NLL is taken over the
+section 4): the samples' ids are decoded by the backbone's tokenizer and the text retokenized
+by the evaluator's with the reference's options (``decode_samples``, ``retokenize``: special
+tokens kept, the transformers 4.38 clean-up, pad = eos per evaluation batch, truncation at
+``max_length``), scored by the causal LM in fp32; the NLL is taken over the
 targets x[1:], counting a target when it is not EOS or when it is the first EOS of its row
 (later EOS and pad tokens are excluded; since pad = EOS, the first pad of a row shorter than
 the batch's longest counts as its EOS, exactly as in that code); Gen.-PPL = exp(sum NLL / counted tokens) over all
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from .fetch import provenance
 from .utils import TokenDriftError, atomic_write_json, read_json
 
 
@@ -35,25 +39,72 @@ def load_evaluator(evaluator: str, device: str = "cpu"):
         tok = AutoTokenizer.from_pretrained(evaluator, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(evaluator, trust_remote_code=False, torch_dtype=torch.float32)
     except Exception as e:  # OSError, ValueError, safetensors errors...
+        if not Path(evaluator).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+            from .prepare import offline_hint
+
+            raise TokenDriftError("evaluator: " + offline_hint(f"{evaluator!r}")) from None
         raise TokenDriftError(f"evaluator: cannot load {evaluator!r} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model.to(device).eval(), tok
 
 
+# ----------------------------------------------------------------------------- the text round trip
+# The reference evaluation decodes the samples with the backbone's tokenizer and retokenizes the
+# text with the evaluator's (kuleshov-group/mdlm diffusion.py: ``self.tokenizer.batch_decode(samples)``
+# then ``eval_retokenize``; s-sahoo/duo main.py ``_generate_samples`` then metrics.py
+# ``Metrics._eval_retokenize``), both under transformers 4.38.2, whose defaults they took. Every
+# option is set here to that value, so a transformers release with other defaults (5.x: no
+# clean-up, and none at all for BPE tokenizers) does not change Gen.-PPL.
+
+DECODE_OPTIONS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": True}
+RETOKENIZE_OPTIONS = {"add_special_tokens": True, "split_special_tokens": False, "padding": "longest of each "
+                      "evaluation batch, on the right, with EOS", "truncation": "right, at max_length"}
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers 4.38.2 ``PreTrainedTokenizerBase.clean_up_tokenization`` (what
+    ``clean_up_tokenization_spaces=True`` applied): no space before . ? ! , and English clitics."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
+def decode_samples(ids, tokenizer) -> list[str]:
+    """The samples as the reference evaluation's text: ``batch_decode`` keeping special tokens
+    (an EOS stays "<|endoftext|>" and retokenizes to EOS), then the 4.38 clean-up, applied by us."""
+    texts = tokenizer.batch_decode(torch.as_tensor(ids).tolist(), skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    return [clean_up_tokenization(t) for t in texts]
+
+
+def retokenize(texts: list[str], tok, max_length: int) -> dict:
+    """The reference's ``eval_retokenize``: no special tokens added beyond the tokenizer's own
+    post-processing (GPT-2 adds none), special-token text parsed as special tokens, right
+    truncation at ``max_length``, right padding with pad = EOS to the longest text given."""
+    tok.padding_side, tok.truncation_side = "right", "right"
+    return tok(list(texts), return_tensors="pt", return_token_type_ids=False, return_attention_mask=True,
+               add_special_tokens=True, split_special_tokens=False, truncation=True, padding=True,
+               max_length=max_length)
+
+
 @torch.no_grad()
 def gen_ppl(texts: list[str], evaluator, *, batch_size: int = 8, max_length: int = 1024, device: str = "cpu",
             progress: bool = False) -> dict:
-    """Token-weighted Gen.-PPL of ``texts`` under a causal LM (name, folder, or (model, tokenizer))."""
+    """Token-weighted Gen.-PPL of ``texts`` under a causal LM (name, folder, or (model, tokenizer)).
+
+    Texts are retokenized and padded one evaluation batch at a time, as the reference pads each
+    call of its Gen.-PPL function (one sampling batch): a row shorter than its batch's longest
+    gets the pad (= EOS) counted as its first EOS, so the padding unit is part of the metric."""
     model, tok = load_evaluator(evaluator, device) if isinstance(evaluator, (str, Path)) else evaluator
-    enc = tok(list(texts), return_tensors="pt", return_token_type_ids=False, return_attention_mask=True,
-              truncation=True, padding=True, max_length=max_length)
-    ids, attn = enc["input_ids"], enc["attention_mask"]
+    texts = list(texts)
     eos = tok.eos_token_id
     nll_sum, n_tokens = 0.0, 0
-    for i in tqdm(range(0, ids.shape[0], batch_size), desc="score", disable=not progress, mininterval=2.0):
-        x = ids[i:i + batch_size].to(device)
-        logits = model(x, attention_mask=attn[i:i + batch_size].to(device), use_cache=False).logits.float()
+    for i in tqdm(range(0, len(texts), batch_size), desc="score", disable=not progress, mininterval=2.0):
+        enc = retokenize(texts[i:i + batch_size], tok, max_length)
+        x = enc["input_ids"].to(device)
+        logits = model(x, attention_mask=enc["attention_mask"].to(device), use_cache=False).logits.float()
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none").view_as(x[:, 1:])
         first_eos = (x == eos).cumsum(-1) == 1
         counted = (first_eos | (x != eos))[:, 1:]
@@ -113,13 +164,16 @@ def score_samples(samples: str, evaluator, out: str, *, batch_size: int = 8, dev
                   max_length: int = 1024, evaluator_name: str | None = None) -> dict:
     """Score one sample folder; ``evaluator`` is a name/folder or a loaded (model, tokenizer)."""
     ids, texts, meta = read_samples(samples)
-    ppl = gen_ppl(texts, evaluator, batch_size=batch_size, max_length=max_length, device=device, progress=True)
-    oracle = None
+    oracle, source = None, None
     if meta.get("source"):
         from .data import make_source
 
+        source = make_source(meta["source"])
+        texts = decode_samples(ids, source.hf_tokenizer())  # the reference's round trip, from the ids
+    ppl = gen_ppl(texts, evaluator, batch_size=batch_size, max_length=max_length, device=device, progress=True)
+    if source is not None:
         try:
-            oracle = oracle_gen_ppl(ids, make_source(meta["source"]))
+            oracle = oracle_gen_ppl(ids, source)
         except NotImplementedError:
             oracle = None
     result = {
@@ -127,6 +181,9 @@ def score_samples(samples: str, evaluator, out: str, *, batch_size: int = 8, dev
         "entropy": sample_entropy(ids), "oracle_gen_ppl": oracle, "evaluator": evaluator_name or str(evaluator), "samples": str(samples),
         **{k: meta.get(k) for k in ("nfe", "nfe_rule", "forward_passes", "temperature", "precision", "seed",
                                     "diffusion", "checkpoint", "checkpoint_digest", "step", "variant")},
+        "text_round_trip": {"decode": DECODE_OPTIONS if source is not None else "text.jsonl as written",
+                            "retokenize": RETOKENIZE_OPTIONS, "batch_size": batch_size, "max_length": max_length},
+        "provenance": provenance(),
     }
     atomic_write_json(out, result)
     return result
@@ -149,7 +206,7 @@ def checkpoint_nelbo(checkpoint: str, out: str | None = None, *, n_batches: int 
     sd = (sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1)) ** 0.5
     result = {"nelbo": mean, "nelbo_se": sd / len(vals) ** 0.5, "n_sequences": n_batches * batch_size, "n_t": n_t,
               "checkpoint": str(checkpoint), "diffusion": meta["diffusion"], "step": meta.get("step"),
-              "variant": meta.get("variant")}
+              "variant": meta.get("variant"), "provenance": provenance()}
     if out:
         atomic_write_json(out, result)
     return result
@@ -178,7 +235,9 @@ def register(sub) -> None:
     p.add_argument("samples", nargs="+", help="sample folder(s) written by `tokendrift sample`")
     p.add_argument("--evaluator", required=True, help="causal LM name or local folder (paper: gpt2-large)")
     p.add_argument("--out", required=True, nargs="+", help="score JSON to write, one per sample folder")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="samples per evaluator batch, also the padding unit (the reference pads each sampling "
+                        "batch; its Gen.-PPL scripts use 8)")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint", help="also write this checkpoint's held-out NELBO (to --nelbo-out)")

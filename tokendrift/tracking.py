@@ -4,7 +4,8 @@ never fails a training job (DESIGN.md section 5: SQLite has one writer; a tracki
 works the same way when the config names one).
 
 Layout in the experiment (default ``tokendrift-<name>``, store ``sqlite:///<root>/mlflow.db``):
-one parent run per table (tag ``table``; its tables and the figures as artifacts) with one
+one parent run per table (tag ``table``; its tables and the figures as artifacts; each row's mean
+over seeds as metrics ``gen_ppl/nfeN/<model>``, ...) with one
 child run per row x seed (tags ``table``, ``backbone``, ``variant``, ``seed``; params = the
 cell and its training options; metrics ``gen_ppl/nfeN``, ``entropy/nfeN``,
 ``oracle_gen_ppl/nfeN``, ``nelbo``; the first samples as an artifact), and one run per
@@ -29,6 +30,8 @@ from .utils import TokenDriftError, atomic_write_json, read_json
 
 KEY = "tokendrift.key"
 DIGEST = "tokendrift.digest"
+SUMMARY = "tokendrift.summary_digest"  # digest of the score files behind a parent run's row means
+ARTIFACTS = "tokendrift.artifacts_digest"  # ... and of its table and figure artifacts
 
 
 def tracking_uri(g: Grid) -> str:
@@ -63,6 +66,20 @@ def _digest(files) -> str:
         h.update(str(f).encode())
         h.update(Path(f).read_bytes() if Path(f).exists() else b"-")
     return h.hexdigest()[:16]
+
+
+def provenance_tags(files) -> dict:
+    """Tags naming what produced a result: the sha256 of the fetch manifest its job recorded
+    (``none`` when the study downloads nothing) and the versions of torch, transformers and
+    datasets, from the first result file of ``files`` that records them."""
+    for f in files:
+        if Path(f).exists():
+            prov = read_json(f, "result file").get("provenance")
+            if prov:
+                v = prov.get("versions") or {}
+                return {"fetch_manifest_sha256": (prov.get("manifest") or {}).get("sha256", "none"),
+                        **{f"version.{k}": v.get(k) for k in ("torch", "transformers", "datasets")}}
+    return {}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -120,9 +137,37 @@ class Importer:
     def parent(self, table: str) -> str:
         key = f"table/{table}"
         if key not in self.existing:
-            self.run(key, "parent", name=table, tags={"table": table, "kind": "table",
-                                                     "backbone": self.g.tables[table]["backbone"]})
+            run_id = self.run(key, "parent", name=table, tags={"table": table, "kind": "table",
+                                                              "backbone": self.g.tables[table]["backbone"]})
+            self.client.set_terminated(run_id)
         return self.existing[key][0]
+
+    def summary(self, table: str):
+        """The table on its parent run's page: each row's mean over its seeds per NFE (metrics
+        ``gen_ppl/nfeN/<model>``, ``entropy/nfeN/<model>``, ``oracle_gen_ppl/nfeN/<model>``, ``nelbo/<model>``)."""
+        g = self.g
+        units = sorted(set(g.table_units(table)))
+        files = [g.score_file(u, 1.0, n) for u in units for n in g.nfes] + [g.nelbo_file(u) for u in units]
+        if not any(f.exists() for f in files):
+            return
+        digest = _digest(files)
+        parent = self.parent(table)
+        if self.client.get_run(parent).data.tags.get(SUMMARY) == digest:
+            self.skipped += 1
+            return
+        values: dict[str, list[float]] = {}
+        for u in units:
+            for n in g.nfes:
+                f = g.score_file(u, 1.0, n)
+                if f.exists():
+                    r = read_json(f, "score file")
+                    for m in ("gen_ppl", "entropy", "oracle_gen_ppl"):
+                        if r.get(m) is not None:
+                            values.setdefault(f"{m}/nfe{n}/{u.model}", []).append(r[m])
+            if g.nelbo_file(u).exists():
+                values.setdefault(f"nelbo/{u.model}", []).append(read_json(g.nelbo_file(u), "NELBO file")["nelbo"])
+        self.log(parent, {}, [(k, sum(v) / len(v), 0) for k, v in values.items()])
+        self.client.set_tag(parent, SUMMARY, digest)
 
     def cell(self, table: str, u: Unit):
         g = self.g
@@ -132,7 +177,7 @@ class Importer:
         key = f"cell/{table}/{u.backbone}/{u.model}/seed{u.seed}/step{u.step}"
         run_id = self.run(key, _digest(files), name=f"{u.model} seed{u.seed}", parent=self.parent(table),
                           tags={"table": table, "backbone": u.backbone, "variant": u.model, "seed": u.seed,
-                                "step": u.step, "kind": "cell"})
+                                "step": u.step, "kind": "cell", **provenance_tags(files)})
         if run_id is None:
             return
         params = {"backbone": u.backbone, "model": u.model, "seed": u.seed, "step": u.step, "nfe": g.nfes}
@@ -162,7 +207,7 @@ class Importer:
         run_id = self.run(f"train/{bb}/{rid}/seed{seed}", _digest([metrics_file, d / "done.json"]),
                           name=f"train {bb}/{rid} seed{seed}",
                           tags={"kind": "train", "backbone": bb, "variant": rid, "seed": seed,
-                                "finished": (d / "done.json").exists()})
+                                "finished": (d / "done.json").exists(), **provenance_tags([d / "done.json"])})
         if run_id is None:
             return
         metrics = []
@@ -180,17 +225,19 @@ class Importer:
         figs = [f for name in ("figure2", "quality_diversity") for f in self.g.figure_outputs(name) if Path(f).exists()]
         if not files and not figs:
             return
-        key = f"artifacts/{table}"
         digest = _digest(files + figs)
-        if self.existing.get(key, (None, None))[1] == digest:
+        parent = self.parent(table)
+        if self.client.get_run(parent).data.tags.get(ARTIFACTS) == digest:
             self.skipped += 1
             return
-        parent = self.parent(table)
+        gate = Path(self.g.gate_file(table))  # the baseline gate's verdict on the parent run (tag baseline_gate)
+        for k, v in (read_json(gate, "gate file").get("mlflow_tags", {}) if gate.exists() else {}).items():
+            self.client.set_tag(parent, k, str(v))
         for f in files:
             self.client.log_artifact(parent, f, "tables")
         for f in figs:
             self.client.log_artifact(parent, f, "figures")
-        self.run(key, digest, name=f"{table} artifacts", parent=parent, tags={"table": table, "kind": "artifacts"})
+        self.client.set_tag(parent, ARTIFACTS, digest)  # a tag, not a marker run: the children are the rows' seeds
 
 
     def probe(self, bb: str):
@@ -216,6 +263,7 @@ def import_results(g: Grid) -> dict:
     for table in g.tables:
         for u in sorted(set(g.table_units(table))):
             imp.cell(table, u)
+        imp.summary(table)
         imp.artifacts(table)
     for (bb, rid) in g.runs:
         for seed in g.seeds:

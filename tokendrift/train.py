@@ -37,9 +37,11 @@ from . import config as configlib
 from .checkpoint import load_model_dir, write_model_files
 from .data import make_source
 from .diffusion import make_diffusion
+from .fetch import provenance
 from .model import DiT, DiTConfig
 from .objective import (
     FeatureQueue,
+    apply_preset,
     check_drift_options,
     drift_field,
     fixed_point_loss,
@@ -60,11 +62,12 @@ from .utils import (TokenDriftError, atomic_dir, atomic_write_json, atomic_write
 def resolve_config(raw: dict) -> dict:
     """Validate a train config (schema ``train``) and check what the schema cannot express."""
     cfg = configlib.validate("train", raw)
-    obj = cfg["objective"]
+    cfg["objective"] = obj = apply_preset(cfg["objective"], (raw or {}).get("objective"))
     if cfg["variant"] == "tokendrift":
         check_drift_options(temperatures=obj["temperatures"], ratio=obj["ratio"], alpha=obj["alpha"],
                             kernel=obj["kernel"], normalization=obj["normalization"],
-                            reduction=obj["reduction"], scale=obj["scale"])
+                            reduction=obj["reduction"], scale=obj["scale"], ratio_reading=obj["ratio_reading"],
+                            floor=obj["floor"], preset=obj["preset"])
         if cfg["init"] is None and cfg["encoder"] is None:
             raise TokenDriftError("train config: init: TokenDrift refines a starting checkpoint; "
                                   "give `init` (or an `encoder`)")
@@ -72,6 +75,9 @@ def resolve_config(raw: dict) -> dict:
         for key in ("diffusion", "model", "source"):
             if cfg[key] is None:
                 raise TokenDriftError(f"train config: {key}: required when init is null (training from scratch)")
+    if cfg["optim"]["ema_start"] == "continue" and cfg["init"] is None:
+        raise TokenDriftError("train config: optim.ema_start: continue needs an `init` whose EMA it continues "
+                              "(use restart when training from scratch)")
     bad = [s for s in cfg["checkpoint_steps"] if s > cfg["steps"]]
     if bad:
         raise TokenDriftError(f"train config: checkpoint_steps: {bad} beyond steps={cfg['steps']}")
@@ -93,6 +99,7 @@ class Setup:
     accum: int = 1
     amp_dtype: torch.dtype | None = None
     queues: dict = field(default_factory=dict)
+    ema_init: tuple | None = None  # (EMA weights, update count) of init, for optim.ema_start = continue
 
 
 def _device(cfg: dict) -> torch.device:
@@ -161,10 +168,18 @@ def build(cfg: dict) -> Setup:
         "variant": cfg["variant"],
         "config_digest": config_digest(cfg),
         "code_digest": code_digest(reporting=False),
+        "provenance": provenance(),
     }
+    model.shard_dropout(rank, world)
     s = Setup(cfg=cfg, model=model.to(device), encoder=encoder, diffusion=make_diffusion(diffusion_name, vocab),
               source=source, meta=meta, device=device, rank=rank, world=world,
               accum=cfg["global_batch"] // per_step, amp_dtype=amp)
+    if cfg["optim"]["ema_start"] == "continue":
+        s.ema_init = released_ema(cfg["init"], init_meta, device)
+    if cfg["compile"]:  # in place: state_dict keys (checkpoints, EMA) stay those of the DiT
+        s.model.compile()
+        if encoder is not None:
+            encoder.hidden_states = torch.compile(encoder.hidden_states)
     if cfg["variant"] == "tokendrift":
         m = 2 * encoder.config.hidden_size
         size = cfg["objective"]["queue_size"]
@@ -189,13 +204,22 @@ def encode(encoder: DiT, *, x=None, inputs_embeds=None) -> torch.Tensor:
     return pooled_features(*encoder.hidden_states(x, inputs_embeds=inputs_embeds)).float()
 
 
-def micro_step(s: Setup, model, x0: torch.Tensor, noise: torch.Generator, stats: dict) -> torch.Tensor:
-    """One micro-batch of Algorithm 1; returns the loss to backpropagate and fills ``stats``."""
+def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, stats: dict) -> torch.Tensor:
+    """One micro-batch of Algorithm 1; returns the loss to backpropagate and fills ``stats``.
+
+    ``x0_all`` is the micro-batch of every rank; this rank trains on its own rows. Every rank
+    draws the corruption of all rows (and the model its dropout masks, DiT.shard_dropout), so
+    data parallel training is one process on the concatenated batch, up to float rounding.
+    """
     cfg, obj, diffusion = s.cfg, s.cfg["objective"], s.diffusion
     autocast = torch.autocast(s.device.type, dtype=s.amp_dtype) if s.amp_dtype else contextlib.nullcontext()
     # 1: corrupt x0 with the backbone's own forward process
-    t = diffusion.sample_t(x0.shape[0], generator=noise, device=s.device)
-    xt = diffusion.corrupt(x0, t, generator=noise)
+    t = diffusion.sample_t(x0_all.shape[0], generator=noise, device=s.device)
+    xt = diffusion.corrupt(x0_all, t, generator=noise)
+    x0 = x0_all
+    if s.world > 1:
+        mine = slice(s.rank * cfg["micro_batch"], (s.rank + 1) * cfg["micro_batch"])
+        x0, t, xt = x0_all[mine], t[mine], xt[mine]
     # 2: logits and distributions of the generator
     with autocast:
         logits = model(xt, diffusion.sigma(t))
@@ -233,14 +257,15 @@ def drift_loss(s: Setup, h: torch.Tensor, u: torch.Tensor, log_p: torch.Tensor, 
     drift_stats: dict = {}
     V_all = drift_field(h_all, pos, neg, obj["temperatures"], obj["ratio"], exclude_self=True,
                         kernel=obj["kernel"], normalization=obj["normalization"], reduction=obj["reduction"],
-                        scale=obj["scale"], stats=drift_stats)
+                        scale=obj["scale"], floor=obj["floor"], ratio_reading=obj["ratio_reading"],
+                        preset=obj["preset"], stats=drift_stats)
     B = h.shape[0]
     V = V_all[s.rank * B:(s.rank + 1) * B]
     # 8-9: the fixed-point loss (or a mirror-teacher loss)
     if obj["loss"] == "feature_l2":
         drift = fixed_point_loss(h, V, obj["alpha"])
     else:
-        l_star = mirror_teacher(log_p, h, V, obj["eta"])
+        l_star = mirror_teacher(log_p, h, V, obj["eta"])  # log p: normalized logits l, h built from their exp
         drift = (mirror_kl_loss if obj["loss"] == "logit_kl" else mirror_l2_loss)(log_p, l_star, predicted)
     stats["drift_loss"] = float(drift.detach())
     stats.update(drift_stats)
@@ -272,6 +297,27 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
+def released_ema(init: str, init_meta: dict, device) -> tuple[dict, int]:
+    """The EMA weights of ``init`` and their update count, for ``optim.ema_start: continue``.
+
+    The count is ``ema_num_updates`` in init's meta.json: written by every training checkpoint
+    and by ``tokendrift checkpoint import`` from a Lightning .ckpt's ``ema.num_updates``. A
+    folder without it (an import of HF safetensors, which hold no EMA state) is refused: with
+    count 0 "continue" would silently be "restart"."""
+    from safetensors.torch import load_file
+
+    count = init_meta.get("ema_num_updates")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise TokenDriftError(
+            f"train config: optim.ema_start: continue needs the EMA update count of init, but {init}/meta.json has "
+            f"no ema_num_updates (HF safetensors releases carry no EMA state: import the Lightning .ckpt, or use "
+            f"ema_start: restart)")
+    f = Path(init) / "ema.safetensors"
+    if not f.exists():
+        raise TokenDriftError(f"train config: optim.ema_start: continue needs init's EMA weights; {f} is missing")
+    return load_file(f, device=str(device)), count
+
+
 def lr_at(step: int, cfg: dict) -> float:
     """Linear warm-up to the peak learning rate, then constant (the MDLM/DUO schedule)."""
     w = cfg["optim"]["warmup_steps"]
@@ -294,7 +340,7 @@ def save_checkpoint(path: Path, s: Setup, model, optimizer, ema: EMA, noise: tor
     }
     if s.device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(s.device)
-    meta = dict(s.meta, step=step, model=_unwrap(model).config.to_dict())
+    meta = dict(s.meta, step=step, model=_unwrap(model).config.to_dict(), ema_num_updates=ema.num_updates)
     with atomic_dir(path) as tmp:
         write_model_files(tmp, _unwrap(model).state_dict(), ema.shadow, meta)
         torch.save(state, tmp / "train_state.pt")
@@ -380,6 +426,12 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
                                   weight_decay=opt["weight_decay"])
     ema = EMA(_unwrap(model), opt["ema"])
+    if s.ema_init is not None:  # optim.ema_start: continue (a resume below overrides both)
+        shadow, ema.num_updates = s.ema_init
+        if shadow.keys() != ema.shadow.keys():
+            raise TokenDriftError(f"train config: optim.ema_start: continue: {cfg['init']}/ema.safetensors does not "
+                                  f"hold the model's tensors")
+        ema.shadow = {k: v.to(ema.shadow[k].dtype) for k, v in shadow.items()}
     noise = torch.Generator(device=s.device)
     noise.manual_seed(cfg["seed"] * 1_000_003 + 17)
     torch.manual_seed(cfg["seed"] + 1)
@@ -415,12 +467,11 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
         total = 0.0
         for a in range(s.accum):
             k = step * s.accum + a  # global micro-batch index: the data position
-            batch = s.source.batch("train", k, cfg["micro_batch"] * s.world)
-            x0 = batch[s.rank * cfg["micro_batch"]:(s.rank + 1) * cfg["micro_batch"]].to(s.device)
+            x0_all = s.source.batch("train", k, cfg["micro_batch"] * s.world, seed=cfg["seed"]).to(s.device)
             stats: dict[str, float] = {}
             sync = model.no_sync() if (s.world > 1 and a < s.accum - 1) else contextlib.nullcontext()
             with sync:
-                loss = micro_step(s, model, x0, noise, stats)
+                loss = micro_step(s, model, x0_all, noise, stats)
                 if not torch.isfinite(loss):
                     last_ckpt = latest_checkpoint(out)
                     raise TokenDriftError(
@@ -456,7 +507,7 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
     bar.close()
     if step >= cfg["steps"] and s.rank == 0:
         atomic_write_json(out / "done.json", {"step": step, "last": last, "config_digest": s.meta["config_digest"],
-                                              "code_digest": s.meta["code_digest"],
+                                              "code_digest": s.meta["code_digest"], "provenance": s.meta["provenance"],
                                               "checkpoint": str(out / "checkpoints" / f"step_{step:06d}")})
     return last
 

@@ -121,7 +121,7 @@ def config_digest(obj: Any) -> str:
 
 # Modules that only read results (tables, figures, MLflow, the probe, the CLI, paths): editing
 # them must not make trained models or their scores stale.
-REPORTING = ("aggregate.py", "tracking.py", "probe.py", "grid.py", "cli.py", "data/tables.yaml")
+REPORTING = ("aggregate.py", "tracking.py", "probe.py", "grid.py", "cli.py", "cost.py", "status.py", "data/tables.yaml")
 
 
 def code_digest(reporting: bool = True) -> str:

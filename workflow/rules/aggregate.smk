@@ -1,10 +1,22 @@
-# Tables 1-6 (Markdown, LaTeX, CSV), Figure 2 and the quality-diversity figure, built from the
-# score files; then the one MLflow writer imports every result file (tokendrift.tracking).
+# Tables 1-6 (Markdown, LaTeX, CSV, an HTML page and the baseline gate), Figure 2 and the
+# quality-diversity figure, built from the score files; then the one MLflow writer imports every
+# result file (tokendrift.tracking).
 # These jobs rebuild the grid from the same config the workflow read (passed as JSON).
 CONFIG_ARG = f"--config-json {shlex.quote(json.dumps(config))} --schema {G.schema}"
 
+# Snakemake's report (`snakemake ... all_tables --report report.html`): the front page
+# (workflow/report/workflow.rst) shows every table and figure; each table's HTML page, the
+# figures and the probe plots are also items of their own, grouped by table, each with a caption
+# from workflow/report/.
+report: "../report/workflow.rst"
+
+
+def table_category(table):
+    return f"Table {table[5:]}" if table[5:].isdigit() else table
+
 
 for _table in G.tables:
+    _md, _tex, _csv, _html, _gate = G.table_outputs(_table)
 
     rule:
         name:
@@ -12,7 +24,12 @@ for _table in G.tables:
         input:
             G.table_inputs(_table),
         output:
-            G.table_outputs(_table),
+            _md,
+            _tex,
+            _csv,
+            report(_html, caption="../report/table.rst", category=table_category(_table), subcategory="Table",
+                   labels={"table": table_category(_table), "content": G.tables[_table]["title"]}),
+            _gate,
         params:
             config=CONFIG_ARG,
             table=_table,
@@ -26,7 +43,10 @@ rule figure2:
     input:
         G.figure2_inputs(),
     output:
-        G.figure_outputs("figure2"),
+        report(G.figure_outputs("figure2")[0], caption="../report/figure2.rst", category="Figures", subcategory="Figures",
+               labels={"figure": "Figure 2: Gen.-PPL against training step"}),
+        G.figure_outputs("figure2")[1],
+        G.report_html("figure2"),
     params:
         config=CONFIG_ARG,
         code=G.report_digest,
@@ -39,7 +59,10 @@ rule quality_diversity:
     input:
         sorted({f for t in G.tables for f in G.table_inputs(t)}),
     output:
-        G.figure_outputs("quality_diversity"),
+        report(G.figure_outputs("quality_diversity")[0], caption="../report/quality_diversity.rst", category="Figures", subcategory="Figures",
+               labels={"figure": "Quality vs diversity (all tables)"}),
+        G.figure_outputs("quality_diversity")[1],
+        G.report_html("quality_diversity"),
     params:
         config=CONFIG_ARG,
         code=G.report_digest,

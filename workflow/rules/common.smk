@@ -8,8 +8,14 @@ from snakemake.exceptions import WorkflowError
 from tokendrift.grid import Grid
 from tokendrift.utils import TokenDriftError
 
-if not config:
-    raise WorkflowError("no config: use a profile (--profile profiles/local) or --configfile workflow/config/<name>.yaml")
+if not workflow.config_settings.configfiles:
+    # No --configfile (nor a profile naming one): the embedded default, with any --config key=value on top.
+    from tokendrift.config import load_file
+    from tokendrift.grid import deep_merge
+
+    _default = deep_merge(load_file(os.path.join(workflow.basedir, "workflow", "config", "default.yaml")), config)
+    config.clear()
+    config.update(_default)
 try:
     G = Grid(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 except TokenDriftError as e:

@@ -6,8 +6,11 @@
 rule probe:
     input:
         lambda w: [G.checkpoint_done(w.backbone, m, G.seeds[0]) for m in G.probe_models(w.backbone)],
+        G.job_inputs,
     output:
-        G.probe_outputs("{backbone}"),
+        # probe.png is a report item (workflow/report/probe.rst)
+        *(report(f, caption="../report/probe.rst", category="Figures", subcategory="Probe", labels={"figure": "probe {backbone}"})
+          if f.endswith(".png") else f for f in G.probe_outputs("{backbone}")),
     params:
         ckpts=lambda w: " ".join(f"--checkpoint {m}={p}" for m, p in G.probe_models(w.backbone).items()),
         out=lambda w: G.probe_dir(w.backbone),
@@ -18,7 +21,7 @@ rule probe:
         f"{LOGS}/probe/{{backbone}}.log",
     threads: 1
     shell:
-        THREADS + "tokendrift probe {params.ckpts} --out {params.out} {params.opts} > {log} 2>&1"
+        G.job_env + THREADS + "tokendrift probe {params.ckpts} --out {params.out} {params.opts} > {log} 2>&1"
 
 
 rule probe_all:

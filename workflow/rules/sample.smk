@@ -6,6 +6,7 @@
 rule sample_run:
     input:
         lambda w: G.checkpoint_done(w.backbone, getattr(w, "model", "start"), int(w.seed)),
+        G.job_inputs,
     output:
         G.unit_patterns("samples", start=False, leaf="/meta.json"),
     params:
@@ -22,7 +23,7 @@ rule sample_run:
         model="(?!start/)[a-z0-9_]+",
     threads: 1
     shell:
-        THREADS + "tokendrift sample {params.ckpt} --nfe {params.nfe} --temperature {params.temps} "
+        G.job_env + THREADS + "tokendrift sample {params.ckpt} --nfe {params.nfe} --temperature {params.temps} "
         "--seed {wildcards.seed} {params.opts} --out {params.out:q} > {log} 2>&1"
 
 

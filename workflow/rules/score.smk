@@ -5,7 +5,8 @@
 def score_inputs(w):
     u = G.unit(w)
     return {"samples": [f"{G.sample_dir(u, t, n)}/meta.json" for t, n in G.cells(u)],
-            "evaluator": G.evaluator_inputs(), "checkpoint": G.checkpoint_done(u.backbone, u.model, u.seed)}
+            "evaluator": G.evaluator_inputs(), "checkpoint": G.checkpoint_done(u.backbone, u.model, u.seed),
+            "data": G.job_inputs}
 
 
 rule score_run:
@@ -28,7 +29,7 @@ rule score_run:
         model="(?!start/)[a-z0-9_]+",
     threads: 1
     shell:
-        THREADS + "tokendrift score {params.samples} --out {output.scores} --evaluator {params.evaluator:q} {params.opts} "
+        G.job_env + THREADS + "tokendrift score {params.samples} --out {output.scores} --evaluator {params.evaluator:q} {params.opts} "
         "--checkpoint {params.ckpt} --nelbo-out {output.nelbo} --nelbo-seed {wildcards.seed} > {log} 2>&1"
 
 

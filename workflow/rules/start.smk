@@ -3,6 +3,8 @@
 
 
 rule pretrain_start:
+    input:
+        G.job_inputs,
     output:
         f"{ROOT}/start/{{backbone}}/pretrain/done.json",
     params:
@@ -15,27 +17,32 @@ rule pretrain_start:
     resources:
         requeue=1,
     shell:
-        THREADS + "tokendrift pretrain {wildcards.backbone} --config-json {params.job:q} --out {params.out} "
+        G.job_env + THREADS + "tokendrift pretrain {wildcards.backbone} --config-json {params.job:q} --out {params.out} "
         "--discard-stale > {log} 2>&1"
 
 
 rule import_start:
+    input:
+        G.job_inputs,
     output:
         f"{ROOT}/start/{{backbone}}/imported/meta.json",
     params:
         src=lambda w: G.config["start"][w.backbone]["import"],
         source=json.dumps(G.config["source"]),
+        model=lambda w: json.dumps(G.config["start"][w.backbone].get("model", {"preset": "small"})),
         out=lambda w: f"{ROOT}/start/{w.backbone}/imported",
         code=G.code_digest,
     log:
         f"{LOGS}/start/{{backbone}}_import.log",
-    localrule: True  # downloads: login node
+    localrule: True  # a conversion of fetched files, offline like every job
     shell:
-        "tokendrift checkpoint import {params.src:q} {params.out} --diffusion {wildcards.backbone} "
-        "--source-json {params.source:q} > {log} 2>&1"
+        G.job_env + "tokendrift checkpoint import {params.src:q} {params.out} --diffusion {wildcards.backbone} "
+        "--model-json {params.model:q} --source-json {params.source:q} > {log} 2>&1"
 
 
 rule pretrain_evaluator:
+    input:
+        G.job_inputs,
     output:
         f"{ROOT}/evaluator/pretrain/metrics.json",
     params:
@@ -48,4 +55,4 @@ rule pretrain_evaluator:
     resources:
         requeue=1,
     shell:
-        THREADS + "tokendrift pretrain evaluator --config-json {params.job:q} --out {params.out} > {log} 2>&1"
+        G.job_env + THREADS + "tokendrift pretrain evaluator --config-json {params.job:q} --out {params.out} > {log} 2>&1"

@@ -6,6 +6,7 @@
 rule train:
     input:
         lambda w: G.start_done(w.backbone),
+        G.job_inputs,
     output:
         f"{ROOT}/train/{{backbone}}/{{model}}/seed{{seed}}/done.json",
     params:
@@ -18,4 +19,4 @@ rule train:
     resources:
         requeue=1,
     shell:
-        THREADS + "tokendrift train --config-json {params.job:q} --out {params.out} --discard-stale > {log} 2>&1"
+        G.job_env + THREADS + "tokendrift train --config-json {params.job:q} --out {params.out} --discard-stale > {log} 2>&1"

@@ -1,0 +1,149 @@
+"""Files in the formats the paper run downloads, made small: an OpenWebText-like corpus as
+parquet shards with a ``text`` column, a GPT-2-format tokenizer trained by ``tokenizers`` and
+saved as the Hub's files are, a GPT-2 evaluator saved with ``save_pretrained``, and start
+checkpoints as MDLM and DUO release them (a Hugging Face folder with ``backbone.*`` keys, and
+a Lightning ``.ckpt`` with ``state_dict`` and the EMA's ``shadow_params``).
+
+The tests, ``tests/configs/paper_mini.yaml`` and ``bench/prepare_data.py`` use them; everything
+downstream reads them through the same calls as the real files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WORDS = ("the river stone cloud light market city garden letter window morning evening story music paper "
+         "teacher doctor family friend water mountain forest ocean island bridge road train station school "
+         "house kitchen table chair summer winter spring autumn people number history science game team "
+         "player coach season money bank price company report news world country state").split()
+PUNCT = [".", ",", "'s", "?", "!"]
+
+
+def corpus_texts(n_docs: int, seed: int = 0, min_words: int = 40, max_words: int = 400) -> list[str]:
+    """Documents of varying length with punctuation and contractions (as web text has)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n_docs):
+        n = int(rng.integers(min_words, max_words))
+        words = rng.choice(WORDS, size=n)
+        marks = rng.random(n)
+        parts = []
+        for w, m in zip(words, marks):
+            parts.append(str(w))
+            if m < 0.08:
+                parts[-1] += PUNCT[int(m * 100) % len(PUNCT)]
+        docs.append(f"Document {i}. " + " ".join(parts).capitalize() + ".")
+    return docs
+
+
+def write_corpus(folder, n_docs: int, shards: int = 3, seed: int = 0) -> list[str]:
+    """``folder/data/train-0000k-of-0000n.parquet`` shards with a ``text`` column, as
+    Skylion007/openwebtext lays them out; returns the documents in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = corpus_texts(n_docs, seed)
+    data = Path(folder) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, n_docs, shards + 1).astype(int)
+    for k in range(shards):
+        table = pa.table({"text": texts[bounds[k]:bounds[k + 1]]})
+        pq.write_table(table, data / f"train-{k:05d}-of-{shards:05d}.parquet")
+    return texts
+
+
+def write_gpt2_tokenizer(folder, texts, vocab_size: int = 512):
+    """A byte-level BPE with GPT-2's single special token, saved as the Hub's gpt2 files are
+    (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json), loadable with
+    ``AutoTokenizer.from_pretrained``."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(folder))  # vocab.json, merges.txt
+    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>")
+    tok.save_pretrained(folder)
+    return tok
+
+
+def write_gpt2_evaluator(folder, tokenizer, n_layer: int = 1, n_embd: int = 32, n_head: int = 2, seed: int = 0):
+    """A GPT-2 causal LM (random weights) and its tokenizer, saved with ``save_pretrained``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def released_state(diffusion: str, model_cfg: dict, seed: int = 0):
+    """(model, state) of a randomly initialized DiT with every zero-initialized weight drawn
+    from N(0, 0.02), as ``tokendrift.checkpoint.random_model_dir`` does."""
+    from tokendrift.model import DiT, DiTConfig
+
+    cfg = dict(model_cfg)
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig.preset(cfg.pop("preset", "small"), time_conditioning=diffusion == "duo", **cfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return model, model.state_dict()
+
+
+def write_hf_release(folder, diffusion: str, model_cfg: dict, seed: int = 0) -> dict:
+    """A Hugging Face model folder as kuleshov-group/mdlm-owt publishes one: ``config.json``
+    and ``model.safetensors`` whose keys carry the ``backbone.`` prefix."""
+    from safetensors.torch import save_file
+
+    model, state = released_state(diffusion, model_cfg, seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c = model.config
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": diffusion, "architectures": [diffusion.upper()], "vocab_size": c.vocab_size,
+        "model_length": c.length, "hidden_dim": c.hidden_size, "cond_dim": c.cond_dim, "n_blocks": c.n_blocks,
+        "n_heads": c.n_heads, "dropout": c.dropout, "time_conditioning": c.time_conditioning}, indent=2))
+    save_file({f"backbone.{k}": v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    return state
+
+
+def write_lightning_release(path, diffusion: str, model_cfg: dict, seed: int = 0, num_updates: int = 1000) -> dict:
+    """A Lightning ``.ckpt`` laid out as MDLM's and DUO's trainers save it: raw weights in
+    ``state_dict`` (``backbone.*``), the EMA's ``shadow_params`` (a list in parameter order)
+    and update count, optimizer and loop state beside them. Returns the EMA state."""
+    model, state = released_state(diffusion, model_cfg, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    shadow = [p.detach() + 0.01 * torch.randn(p.shape, generator=g) for p in model.parameters()]
+    ema = dict(state, **{n: s for (n, _), s in zip(model.named_parameters(), shadow)})
+    torch.save({
+        "epoch": 3, "global_step": num_updates, "pytorch-lightning_version": "2.2.1",
+        "state_dict": {f"backbone.{k}": v for k, v in state.items()},
+        "ema": {"decay": 0.9999, "num_updates": num_updates, "shadow_params": shadow, "collected_params": None},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 3e-4}]}], "lr_schedulers": [],
+        "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 3}}}},
+    }, path)
+    return ema
+
+
+def write_paper_files(root, n_docs: int = 240, tokenizer_vocab: int = 512, model_cfg: dict | None = None) -> dict:
+    """Every file the paper run downloads, made small, under ``root`` (the names
+    tests/configs/paper_mini.yaml points to)."""
+    root = Path(root)
+    texts = write_corpus(root / "owt", n_docs)
+    tok = write_gpt2_tokenizer(root / "gpt2", texts, tokenizer_vocab)
+    write_gpt2_evaluator(root / "gpt2-large", tok)
+    cfg = model_cfg or {"preset": "small", "vocab_size": len(tok) + 1, "hidden_size": 32, "n_blocks": 2,
+                        "n_heads": 2, "cond_dim": 16}
+    write_hf_release(root / "mdlm-owt", "mdlm", cfg, seed=1)
+    write_lightning_release(root / "duo.ckpt", "duo", cfg, seed=2)
+    return {"texts": texts, "tokenizer": tok, "model": cfg}

@@ -1,0 +1,165 @@
+"""`tokendrift status` on a small synthetic results tree (the CI grid): which seeds of each row are
+done, failed (with the log), running or missing, by the rules in tokendrift/status.py; and the
+log paths it names are the ones the rules write (a dry run of the DAG lists them).
+"""
+
+import base64
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tokendrift import cli
+from tokendrift.config import load_file
+from tokendrift.grid import Grid, Unit
+from tokendrift.status import chain, study_status
+
+REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "tests" / "configs" / "ci.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture
+def grid():
+    return Grid(load_file(CI), SCHEMA)  # results/ci/..., relative to the working directory
+
+
+def touch(wd: Path, p, mtime=None):
+    f = wd / p
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text("{}")
+    if mtime is not None:
+        os.utime(f, (mtime, mtime))
+
+
+def finish(g, wd, u, upto=None):
+    """Write the outputs and logs of u's jobs, up to (not including) the job named `upto`."""
+    for job in chain(g, u):
+        if job.name == upto:
+            return job
+        for o in job.outputs:
+            touch(wd, o)
+        touch(wd, job.log)
+
+
+def mark_incomplete(wd, path):
+    """What Snakemake writes when it starts a job: .snakemake/incomplete/<urlsafe base64 of the output>."""
+    d = wd / ".snakemake" / "incomplete"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / base64.urlsafe_b64encode(str(path).encode()).decode()).write_text('{"external_jobid": null}')
+
+
+def lock(wd):
+    d = wd / ".snakemake" / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "0.output.lock").write_text("results/ci/x\n")
+
+
+@pytest.fixture
+def tree(grid, tmp_path):
+    g, wd = grid, tmp_path
+    now = time.time()
+    for s in g.seeds:
+        finish(g, wd, Unit("mdlm", "start", s, 0))
+    finish(g, wd, Unit("mdlm", "tokendrift", 0, g.long))
+    # seed 1's training job failed: its log exists, its done.json does not
+    train = finish(g, wd, Unit("mdlm", "tokendrift", 1, g.long), upto="train")
+    touch(wd, train.log)
+    # continuation seed 0: sampling started (marked incomplete), its log written just now
+    sample = finish(g, wd, Unit("mdlm", "continuation", 0, g.long), upto="sample")
+    mark_incomplete(wd, sample.outputs[0])
+    touch(wd, sample.log, now - 5)
+    # continuation seed 1: scoring marked incomplete, its log an hour old (a Snakemake killed mid-job)
+    score = finish(g, wd, Unit("mdlm", "continuation", 1, g.long), upto="score")
+    mark_incomplete(wd, score.outputs[-1])
+    touch(wd, score.log, now - 3600)
+    return g, wd, now
+
+
+def states(st, *units):
+    return [st["units"][u]["state"] for u in units]
+
+
+def test_classification_without_a_running_snakemake(tree):
+    g, wd, now = tree
+    st = study_status(g, wd, recent=600, now=now)
+    L = g.long
+    assert states(st, Unit("mdlm", "start", 0, 0), Unit("mdlm", "start", 1, 0)) == ["done", "done"]
+    assert st["units"][Unit("mdlm", "tokendrift", 0, L)] == {"state": "done"}
+    assert st["units"][Unit("mdlm", "tokendrift", 1, L)] == {
+        "state": "failed", "job": "train", "log": "results/ci/logs/train/mdlm/tokendrift/seed1.log"}
+    assert st["units"][Unit("mdlm", "continuation", 0, L)] == {"state": "running", "job": "sample"}  # fresh log
+    # marked incomplete, no lock, stale log: interrupted, so failed, naming the scoring log
+    assert st["units"][Unit("mdlm", "continuation", 1, L)] == {
+        "state": "failed", "job": "score", "log": f"results/ci/logs/score/mdlm/continuation/seed1_step{L}.log"}
+    # nothing of DUO started: missing, waiting for its starting checkpoint
+    assert st["units"][Unit("duo", "tokendrift", 0, L)] == {"state": "missing", "job": "start duo"}
+    # a row never trained whose start is done: missing at its training job
+    assert st["units"][Unit("mdlm", "hard_lift", 0, L)] == {"state": "missing", "job": "train"}
+    # the failed training fails every checkpoint of that run and seed (Figure 2's steps, Table 5's)
+    steps = g.model_steps("mdlm", "tokendrift")
+    assert len(steps) > 1 and all(st["units"][Unit("mdlm", "tokendrift", 1, k)]["state"] == "failed" for k in steps)
+    c = st["counts"]
+    assert c["done"] == 3 and c["failed"] == len(steps) + 1 and c["running"] == 1
+    assert sum(c.values()) == len(g.units)
+
+
+def test_a_lock_makes_every_marked_job_running(tree):
+    g, wd, now = tree
+    lock(wd)
+    st = study_status(g, wd, recent=600, now=now)
+    assert states(st, Unit("mdlm", "continuation", 0, g.long), Unit("mdlm", "continuation", 1, g.long)) == \
+        ["running", "running"]
+    assert st["units"][Unit("mdlm", "tokendrift", 1, g.long)]["state"] == "failed"  # not marked: still failed
+
+
+def test_an_output_marked_incomplete_is_not_done(grid, tmp_path):
+    g, wd = grid, tmp_path
+    u = Unit("mdlm", "start", 0, 0)
+    finish(g, wd, u)
+    mark_incomplete(wd, g.nelbo_file(u))  # written, but by a job that never finished
+    assert study_status(g, wd, now=time.time() + 3600)["units"][u] == {
+        "state": "failed", "job": "score", "log": "results/ci/logs/score/mdlm/start/seed0.log"}
+
+
+def test_the_command_prints_rows_and_the_rerun_command(tree, capsys):
+    g, wd, _ = tree
+    assert cli.main(["status", str(CI), "--schema", str(SCHEMA), "--directory", str(wd)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^table1 \(mdlm, step \d+\)$", out, re.M)
+    assert re.search(r"^  start +seeds done 0 1$", out, re.M)
+    assert "  tokendrift    seeds done 0; FAILED 1 (train: results/ci/logs/train/mdlm/tokendrift/seed1.log)" in out
+    assert "running 0 (sample)" in out
+    assert re.search(r"^  continuation +seeds missing 0 \(start duo\), 1 \(start duo\)$", out, re.M)
+    last = out.strip().splitlines()[-1]
+    assert last == f"  snakemake all_tables --configfile {CI} --rerun-triggers mtime --directory {wd}"
+
+
+def test_a_finished_study_has_nothing_to_rerun(grid, tmp_path, capsys):
+    g, wd = grid, tmp_path
+    for u in g.units:
+        finish(g, wd, u)
+    for f in g.all_outputs() + [str(g.root / "tracking" / "imported.json")]:
+        touch(wd, f)
+    assert cli.main(["status", str(CI), "--schema", str(SCHEMA), "--directory", str(wd), "--profile",
+                     "profiles/local"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(g.units)} checkpoints: {len(g.units)} done, 0 failed, 0 running, 0 missing" in out
+    assert out.strip().endswith("nothing to rerun")
+
+
+def test_the_logs_status_names_are_the_rules_logs(grid, tmp_path):
+    """Every log of a dry run of the CI DAG is one that Grid.log_file names, and the reverse."""
+    g = grid
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "all_tables", "-n",
+                        "--configfile", str(CI), "--directory", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    planned = set(re.findall(r"^\s+log: (\S+)", r.stdout, re.M))
+    named = {str(j.log) for u in g.units for j in chain(g, u)}
+    named |= {str(g.log_file("probe", bb=bb)) for bb in g.backbones}
+    assert planned == named

@@ -1,0 +1,352 @@
+"""The data stage: a text corpus tokenized once, streamed to flat token files on disk.
+
+``tokendrift prepare --source-json CFG`` turns the corpus of a text source (``openwebtext``:
+a dataset with a ``text`` column, loaded from data files; ``textdir``: a folder of .txt
+files) into a prepared folder that every training, NELBO, sampling and probe job maps
+read-only (``tokendrift.data.BlockedText``). No job tokenizes a corpus itself.
+
+Layout of ``<cache_dir>/<kind>-<digest of the source config>/``::
+
+    train.bin, valid.bin   every document's token ids followed by EOS, concatenated
+                           (uint16 when the vocabulary fits, as GPT-2's does; else uint32)
+    tokenizer/             the tokenizer the ids come from (save_pretrained)
+    meta.json              counts, dtype, ids, the data files and their manifest
+
+The MDLM blocking is applied when a job reads the file: block i is
+``[BOS] + tokens[i * (L - 2):(i + 1) * (L - 2)] + [EOS]``, the remainder dropped, and the last
+``n_valid_docs`` documents form the validation split (kuleshov-group/mdlm
+``dataloader.py::get_dataset`` with ``wrap=True``).
+
+Documents are read in batches from the Arrow-backed dataset and written as they are
+tokenized, so peak memory does not grow with the corpus (``bench/prepare_data.py``
+measures it). With ``num_proc > 1`` worker processes tokenize consecutive document ranges
+and the writer keeps their order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import config as configlib
+from .utils import TokenDriftError, atomic_dir, config_digest, file_digest, read_json
+
+# the schema's keys that each kind uses (a source config keeps only these)
+KIND_KEYS = {
+    "synthetic": {"kind", "seed", "length", "vocab_size", "n_states", "tokens_per_state", "n_successors",
+                  "stickiness", "smoothing", "mc_samples"},
+    "openwebtext": {"kind", "seed", "length", "name", "revision", "data_files", "n_docs", "path", "tokenizer",
+                    "n_valid_docs", "cache_dir", "num_proc"},
+    "textdir": {"kind", "seed", "length", "path", "tokenizer_vocab_size", "n_valid_docs", "cache_dir", "num_proc"},
+}
+# data file formats that datasets.load_dataset reads without a loading script
+DATA_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".json.gz": "json",
+                ".jsonl.gz": "json"}
+BATCH_DOCS = 1000  # documents tokenized and written at a time
+FETCH_TARGET = "fetch"  # the Snakemake target that downloads what the compute jobs read offline
+
+
+def normalize(cfg: dict) -> dict:
+    """Validate a source config (tokendrift/schemas/source.schema.yaml) and keep its kind's keys."""
+    given = set(cfg or {})
+    cfg = configlib.validate("source", cfg, prefix="source")
+    unused = sorted(given - KIND_KEYS[cfg["kind"]])
+    if unused:
+        raise TokenDriftError(f"source: key(s) {unused} do not apply to kind {cfg['kind']!r}")
+    cfg = {k: v for k, v in cfg.items() if k in KIND_KEYS[cfg["kind"]]}
+    if cfg["length"] is None:
+        cfg["length"] = 64 if cfg["kind"] == "synthetic" else 1024
+    return cfg
+
+
+def needs_preparation(cfg: dict) -> bool:
+    return normalize(cfg)["kind"] != "synthetic"
+
+
+def prepared_dir(cfg: dict) -> Path:
+    """The prepared folder of a text source (a function of its whole normalized config)."""
+    cfg = normalize(cfg)
+    return Path(cfg["cache_dir"]) / f"{cfg['kind']}-{config_digest(cfg)}"
+
+
+def offline_hint(what: str) -> str:
+    return (f"{what} is not in the local Hugging Face cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}, "
+            f"offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Compute jobs never download: run "
+            f"`snakemake --profile <profile> {FETCH_TARGET}` on a machine with network (the login node) first")
+
+
+# --------------------------------------------------------------------------- finding the corpus
+
+
+def data_file_format(name: str) -> str | None:
+    for ext in sorted(DATA_FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            return DATA_FORMATS[ext]
+    return None
+
+
+def check_data_files(names: list[str], where: str, pattern: str | None) -> list[str]:
+    """The data files among ``names`` (relative paths) that match ``pattern``; a loading script
+    without data files is refused at once."""
+    data = sorted(n for n in names if data_file_format(n) and (pattern is None or fnmatch.fnmatch(n, pattern)))
+    if data:
+        formats = {data_file_format(n) for n in data}
+        if len(formats) > 1:
+            raise TokenDriftError(f"source.data_files: {where} mixes formats {sorted(formats)}; set data_files to one")
+        return data
+    scripts = sorted(n for n in names if n.endswith(".py"))
+    if scripts:
+        raise TokenDriftError(
+            f"source: {where} is a script-only dataset ({', '.join(scripts)}; no parquet, json or arrow data files"
+            f"{' matching ' + repr(pattern) if pattern else ''}). The datasets library no longer runs loading "
+            "scripts and this project never runs downloaded code: name a copy stored as data files (the paper "
+            "config uses Skylion007/openwebtext, data/train-*.parquet), or convert it yourself and set source.path")
+    raise TokenDriftError(f"source.data_files: no parquet, json or arrow files in {where}"
+                          f"{' match ' + repr(pattern) if pattern else ''}")
+
+
+def local_data_files(cfg: dict) -> list[Path]:
+    """The data files of ``source.path`` (a file, or a folder searched recursively)."""
+    p = Path(cfg["path"])
+    if not p.exists():
+        raise TokenDriftError(f"source.path: dataset not found: {p}")
+    if p.is_file():
+        check_data_files([p.name], str(p), None)
+        return [p]
+    names = [f.relative_to(p).as_posix() for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
+    return [p / n for n in check_data_files(names, str(p), cfg["data_files"])]
+
+
+def hub_snapshot(repo_id: str, repo_type: str, revision: str, allow_patterns=None, offline: bool = True) -> Path:
+    """A Hugging Face repository's files in the local cache (``offline``: never downloads)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
+                                      local_files_only=offline))
+    except Exception as e:  # missing from the cache, network, auth, missing repo
+        if offline:
+            raise TokenDriftError(offline_hint(f"{repo_type} {repo_id}@{revision}") + f" ({type(e).__name__})") from None
+        raise TokenDriftError(f"{repo_type} {repo_id}@{revision}: download failed ({type(e).__name__}: {e})") from None
+
+
+def hub_data_files(cfg: dict, offline: bool = True) -> tuple[Path, list[Path]]:
+    folder = hub_snapshot(cfg["name"], "dataset", cfg["revision"], cfg["data_files"], offline=offline)
+    names = [f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()]
+    return folder, [folder / n for n in check_data_files(names, f"dataset {cfg['name']}@{cfg['revision']}",
+                                                         cfg["data_files"])]
+
+
+def load_corpus(cfg: dict):
+    """The corpus as an Arrow-backed ``datasets.Dataset`` with a ``text`` column (memory-mapped),
+    and its data files."""
+    import datasets
+
+    p = Path(cfg["path"]) if cfg["path"] else None
+    if p is not None and p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
+        ds, files = datasets.load_from_disk(str(p)), sorted(p.glob("*.arrow"))
+    else:
+        files = local_data_files(cfg) if p is not None else hub_data_files(cfg)[1]
+        try:
+            ds = datasets.load_dataset(data_file_format(files[0].name), data_files=[str(f) for f in files],
+                                       split="train")
+        except Exception as e:
+            raise TokenDriftError(f"source: cannot load {files[0].parent} ({type(e).__name__}: {e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"]
+    if "text" not in ds.column_names:
+        raise TokenDriftError(f"source: dataset {cfg['path'] or cfg['name']!r} has no 'text' column "
+                              f"(columns: {ds.column_names})")
+    return ds.select_columns(["text"]), files
+
+
+def text_files(cfg: dict) -> list[Path]:
+    folder = Path(cfg["path"] or "")
+    if not cfg["path"] or not folder.is_dir():
+        raise TokenDriftError(f"source.path: corpus folder not found: {cfg['path']}")
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise TokenDriftError(f"source.path: {folder} holds no .txt files")
+    return files
+
+
+def _read_texts(files: list[Path]):
+    for f in files:
+        text = f.read_text(errors="replace")
+        if text.strip():
+            yield text
+
+
+def load_tokenizer(cfg: dict, texts=None):
+    """openwebtext: the named tokenizer (a local folder, or a Hub name from the local cache);
+    textdir: a byte-level BPE trained on the folder's documents."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if cfg["kind"] == "openwebtext":
+        try:
+            return AutoTokenizer.from_pretrained(cfg["tokenizer"])
+        except Exception as e:
+            local = Path(cfg["tokenizer"]).exists()
+            why = f"cannot load {cfg['tokenizer']!r} ({type(e).__name__}: {e})" if local else offline_hint(
+                f"tokenizer {cfg['tokenizer']!r}")
+            raise TokenDriftError(f"source.tokenizer: {why}") from None
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=cfg["tokenizer_vocab_size"], special_tokens=["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+# --------------------------------------------------------------------------- streaming tokenization
+
+_worker: dict = {}
+
+
+def _init_worker(tok_dir: str, cfg: dict) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    _worker["tok"] = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    _worker["docs"] = _Docs(cfg)
+
+
+class _Docs:
+    """Random access to the corpus's documents by range (the dataset, or the .txt files)."""
+
+    def __init__(self, cfg: dict):
+        if cfg["kind"] == "textdir":
+            self.texts, self.ds = list(_read_texts(text_files(cfg))), None
+        else:
+            self.ds, self.texts = load_corpus(cfg)[0], None
+
+    def __len__(self) -> int:
+        return len(self.ds) if self.ds is not None else len(self.texts)
+
+    def range(self, start: int, stop: int) -> list[str]:
+        return self.ds[start:stop]["text"] if self.ds is not None else self.texts[start:stop]
+
+
+def _tokenize(tok, texts: list[str], dtype) -> np.ndarray:
+    """Each document's token ids followed by EOS, concatenated."""
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    ends = np.cumsum(lens + 1) - 1  # where each document's EOS goes
+    out = np.full(int(ends[-1]) + 1 if len(ids) else 0, tok.eos_token_id, dtype=dtype)
+    body = np.ones(len(out), dtype=bool)
+    body[ends] = False
+    out[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lens.sum()))
+    return out
+
+
+def _tokenize_range(args) -> np.ndarray:
+    start, stop, dtype = args
+    return _tokenize(_worker["tok"], _worker["docs"].range(start, stop), dtype)
+
+
+def _stream(tok, tok_dir: Path, cfg: dict, docs: _Docs, ranges: list[tuple[int, int]], dtype, out: Path,
+            progress) -> int:
+    """Tokenize the document ranges in order and append them to ``out``; returns the token count."""
+    n = 0
+    with open(out, "wb") as f:
+        if cfg["num_proc"] > 1 and len(ranges) > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # no fork of a process holding Rust tokenizer threads
+            with ctx.Pool(cfg["num_proc"], initializer=_init_worker, initargs=(str(tok_dir), cfg)) as pool:
+                for arr in pool.imap(_tokenize_range, [(a, b, dtype) for a, b in ranges]):
+                    f.write(arr.tobytes())
+                    n += len(arr)
+                    progress(len(arr))
+        else:
+            for a, b in ranges:
+                arr = _tokenize(tok, docs.range(a, b), dtype)
+                f.write(arr.tobytes())
+                n += len(arr)
+                progress(len(arr))
+    return n
+
+
+def _ranges(start: int, stop: int) -> list[tuple[int, int]]:
+    return [(a, min(a + BATCH_DOCS, stop)) for a in range(start, stop, BATCH_DOCS)]
+
+
+def prepare(cfg: dict, *, manifest: str | None = None, progress: bool | None = None) -> dict:
+    """Build the prepared folder of a text source unless it exists; returns its meta."""
+    from tqdm import tqdm
+
+    cfg = normalize(cfg)
+    if cfg["kind"] == "synthetic":
+        raise TokenDriftError("source.kind: the synthetic language is generated on the fly; nothing to prepare")
+    out = prepared_dir(cfg)
+    if (out / "meta.json").exists():
+        return read_json(out / "meta.json", "prepared data meta")
+    t0 = time.perf_counter()
+    docs = _Docs(cfg)
+    n_docs, n_valid = len(docs), cfg["n_valid_docs"]
+    if cfg["kind"] == "openwebtext" and cfg["n_docs"] is not None and n_docs != cfg["n_docs"]:
+        raise TokenDriftError(f"source.n_docs: the config expects {cfg['n_docs']} documents, "
+                              f"{cfg['path'] or cfg['name']} has {n_docs} (another copy or revision?)")
+    if n_docs <= n_valid:
+        raise TokenDriftError(f"source.n_valid_docs: {n_valid} leaves no training documents (the corpus has {n_docs})")
+    with atomic_dir(out) as tmp:
+        tok = load_tokenizer(cfg, docs.texts)
+        tok.save_pretrained(tmp / "tokenizer")
+        dtype = np.uint16 if len(tok) <= 2**16 else np.uint32
+        bar = tqdm(total=None, unit="tok", unit_scale=True, desc="prepare", disable=progress is False,
+                   mininterval=5.0)
+        n_train = _stream(tok, tmp / "tokenizer", cfg, docs, _ranges(0, n_docs - n_valid), dtype, tmp / "train.bin",
+                          bar.update)
+        n_valid_tok = _stream(tok, tmp / "tokenizer", cfg, docs, _ranges(n_docs - n_valid, n_docs), dtype,
+                              tmp / "valid.bin", bar.update)
+        bar.close()
+        L = cfg["length"]
+        meta = {
+            "source": cfg, "digest": config_digest(cfg), "dtype": np.dtype(dtype).name, "length": L,
+            "vocab_size": len(tok), "eos_id": tok.eos_token_id, "bos_id": tok.eos_token_id,
+            "docs": {"train": n_docs - n_valid, "valid": n_valid},
+            "tokens": {"train": n_train, "valid": n_valid_tok},
+            "blocks": {"train": n_train // (L - 2), "valid": n_valid_tok // (L - 2)},
+            "manifest": manifest_record(manifest), "seconds": round(time.perf_counter() - t0, 3),
+        }
+        for split, n in meta["blocks"].items():
+            if n == 0:
+                raise TokenDriftError(f"source: the {split} split has no complete block of {L} tokens "
+                                      f"(corpus too small, or n_valid_docs={n_valid} too large/small)")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def manifest_record(path: str | os.PathLike | None) -> dict | None:
+    """Which fetched files a result comes from: the fetch manifest's path and sha256."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise TokenDriftError(f"fetch manifest not found: {p}: run `snakemake --profile <profile> {FETCH_TARGET}`")
+    return {"path": str(p), "sha256": file_digest(p)}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _run(args) -> int:
+    try:
+        cfg = json.loads(args.source_json)
+    except json.JSONDecodeError as e:
+        raise TokenDriftError(f"--source-json is not valid JSON: {e}") from None
+    meta = prepare(cfg, manifest=args.manifest or os.environ.get("TOKENDRIFT_MANIFEST"))
+    print(json.dumps({k: meta[k] for k in ("docs", "tokens", "blocks", "seconds")}))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize a text source once into flat token files (the data stage)")
+    p.add_argument("--source-json", required=True, help="the source config (tokendrift/schemas/source.schema.yaml) as JSON")
+    p.add_argument("--manifest", help="the fetch manifest to record (default: $TOKENDRIFT_MANIFEST)")
+    p.set_defaults(func=_run)
