@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tokendrift.aggregate import at_entropy, figure2, quality_diversity, write_table
+from tokendrift.aggregate import at_entropy, figure2, quality_diversity, ratio_steps, write_table
 from tokendrift.grid import Grid, Unit
 from tokendrift.tracking import compare, import_results
 from tokendrift.utils import TokenDriftError
@@ -101,6 +101,30 @@ def test_matched_entropy_row_and_ratio_follow_the_log_linear_frontier(filled):
     assert e == pytest.approx(4.5)
 
 
+def test_ratio_against_step_is_the_tables_ratio_with_the_seeds_spread(filled):
+    """The ratio figure's numbers: per model, step and NFE, the tables' ratio (mean Gen.-PPL over
+    the frontier at the mean entropy) and the mean and SD of each seed's own ratio."""
+    g = filled
+    put(g, Unit("mdlm", "tokendrift", 0, 2), 1.0, 4, 60.0, 5.0, nelbo=3.2)  # one seed at another step
+    ratio_steps(g)
+    png, pdf, csv_path = g.figure_outputs("ratio_steps")
+    assert Path(png).read_bytes()[:4] == b"\x89PNG" and Path(pdf).read_bytes()[:5] == b"%PDF-"
+    by = {(r["model"], r["step"], r["nfe"]): r for r in csv.DictReader(open(csv_path))}
+    front = lambda e: math.exp((1 - (e - 4)) * math.log(20) + (e - 4) * math.log(50))  # noqa: E731 (4 <= e <= 5)
+    td = by[("tokendrift", "4", "4")]
+    assert float(td["gen_ppl_ratio"]) == pytest.approx(42.0 / front(4.5))
+    per_seed = [TD[s][0] / front(TD[s][1]) for s in g.seeds]
+    assert float(td["gen_ppl_ratio_seeds_mean"]) == pytest.approx(statistics.mean(per_seed))
+    assert float(td["gen_ppl_ratio_seeds_sd"]) == pytest.approx(statistics.stdev(per_seed))
+    assert float(td["nelbo"]) == pytest.approx(4.5) and td["n_seeds"] == "3"
+    early = by[("tokendrift", "2", "4")]
+    assert float(early["gen_ppl_ratio"]) == pytest.approx(60.0 / 50.0) and early["n_seeds"] == "1"  # entropy of T=0.8
+    assert ("tokendrift", "2", "8") not in by  # nothing scored there
+    assert by[("start", "0", "4")]["gen_ppl_ratio"] == "" and float(by[("start", "0", "4")]["nelbo"]) == 3.0
+    cont = by[("continuation", "4", "4")]  # entropy 5.9: between T=0.8 and T=1, above the frontier
+    assert float(cont["gen_ppl_ratio"]) > 1.0 and cont["n_seeds"] == "2"
+
+
 def test_outside_the_sweep_nothing_is_extrapolated():
     pts = [(4.0, 20.0, 0.5), (6.0, 200.0, 1.0)]
     assert at_entropy(pts, 3.0) == (None, None, "<range")
@@ -149,7 +173,7 @@ def test_mlflow_import_is_complete_idempotent_and_incremental(filled):
 
 
 def test_many_results_at_once_are_all_imported(tmp_path):
-    g = make_grid(tmp_path, seeds=list(range(32)), tables=["table1"])
+    g = make_grid(tmp_path, seeds=list(range(32)), paper_tables=["table1"])
     for s in g.seeds:
         put(g, Unit("mdlm", "tokendrift", s, 4), 1.0, 4, 10.0 + s, 4.0)
     import_results(g)

@@ -16,7 +16,6 @@ import html
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics

@@ -65,7 +65,9 @@ def test_tables_are_built_from_the_score_files(finished):
     assert f"{statistics.mean(ppl):.2f}"[:-1] in text or f"{statistics.mean(ppl):.1f}" in text
     md = (wd / g.root / "tables" / "table1.md").read_text()
     assert "matched entropy" in md and "1942.33" in md  # the control row and the paper's value
-    for name in ("figure2", "quality_diversity"):
+    own = (wd / g.root / "tables" / "alpha.md").read_text()  # the config's own table (docs/ablations.md)
+    assert "alpha = 3" in own and "start at matched entropy" in own and "NELBO" in own
+    for name in ("figure2", "quality_diversity", "ratio_steps"):
         assert (wd / g.root / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (wd / g.root / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
 

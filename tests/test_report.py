@@ -70,7 +70,7 @@ def test_main_table_has_the_papers_columns_and_its_values_under_each_row(filled)
 
 
 def test_a_label_with_a_pipe_does_not_break_the_markdown_table(filled):
-    g = make_grid(filled.root.parent.parent, tables=["table5"])
+    g = make_grid(filled.root.parent.parent, paper_tables=["table5"])
     write_table(g, "table5")
     for t in md_tables(Path(g.table_outputs("table5")[0]).read_text()):
         assert all(len(r) == len(t[0]) for r in t)

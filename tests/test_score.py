@@ -211,6 +211,14 @@ def test_bad_sample_arguments(tmp_path, checkpoint, evaluator, capsys):
     assert "no-lm" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
 
 
+def test_the_rules_out_template_with_one_nfe_and_one_temperature_names_the_folder(tmp_path, checkpoint):
+    """A config with one NFE samples a trained model once: the template is still filled in."""
+    out = tmp_path / "step1" / "T{temperature}_nfe{nfe}"
+    assert cli(["sample", str(checkpoint), "--nfe", "2", "--n-samples", "2", "--out", str(out)]) == 0
+    assert [p.name for p in (tmp_path / "step1").iterdir()] == ["T1.0_nfe2"]
+    assert (tmp_path / "step1" / "T1.0_nfe2" / "meta.json").exists()
+
+
 def test_unwritable_results_folder_is_named_and_nothing_written(tmp_path, checkpoint, evaluator, capsys):
     blocker = tmp_path / "results"
     blocker.write_text("a file where the results folder should be")  # root ignores chmod; a file blocks anyone

@@ -1,4 +1,5 @@
-"""Tables 1-6, Figure 2 and the quality-diversity figure, built from the score files.
+"""The tables (the paper's Tables 1-6 and a config's own), Figure 2, the quality-diversity figure
+and the matched-entropy ratio against training step, built from the score files.
 
 Every cell is the mean ± sample SD over the seeds whose score file exists (``n`` is shown
 when fewer than the configured seeds finished; a cell with none is "—", so partial results
@@ -15,7 +16,7 @@ reproduces the paper's (``baseline_gate``); paper entries marked ``suspect`` are
 their note and never compared. Markdown, LaTeX (booktabs), CSV (one line per row x NFE) and an
 HTML page for Snakemake's report are written per table.
 
-    tokendrift aggregate CONFIG [--table table1 ...] [--figure figure2|quality_diversity ...]
+    tokendrift aggregate CONFIG [--table NAME ...] [--figure figure2|quality_diversity|ratio_steps ...]
 """
 
 from __future__ import annotations
@@ -401,10 +402,13 @@ def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate:
     t = g.tables[table]
     has_oracle = "oracle_gen_ppl" in df.columns
     method = next((r["label"].rstrip("*") for r in t["rows"] if r.get("model") == t["method"]), t["method"])
-    caption = (f"**{_table_name(table)} ({table}): {t['title']}** (step {g.table_step(table)}; mean ± SD over "
+    name = _table_name(table) + (f" ({table})" if _table_name(table) != table else "")
+    caption = (f"**{name}: {t['title']}** (step {g.table_step(table)}; mean ± SD over "
                f"seeds {g.seeds}; n shown when fewer finished; — = missing). Gen.-PPL under `{g.evaluator()}` at "
-               "temperature 1, sample entropy in nats. Each of our rows has the paper's values under it (*paper*: "
-               "OpenWebText, GPT-2 Large); bold = the best Gen.-PPL per NFE among our rows, and among the paper's.")
+               "temperature 1, sample entropy in nats. " + (
+                   "Each of our rows has the paper's values under it (*paper*: OpenWebText, GPT-2 Large); bold = the "
+                   "best Gen.-PPL per NFE among our rows, and among the paper's." if any(r.get("paper") for r in t["rows"])
+                   else "The paper reports none of these rows; bold = the best Gen.-PPL per NFE."))
     honesty = ("**Not in the paper** (below): " + ("Oracle Gen.-PPL = Gen.-PPL under the true distribution"
                + (f" (floor {floor:.2f})" if floor else "") + "; " if has_oracle else "")
                + "Ratio = Gen.-PPL / the start checkpoint's temperature-sweep frontier at the row's own entropy"
@@ -578,12 +582,17 @@ FIGURE_TEXT = {
                          "curve is the start checkpoint's temperature sweep (the sharpening frontier); each model of "
                          "the tables is one colour and marker (mean ± SD over seeds). A point below the curve beats "
                          "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL.",
+    "ratio_steps": "Matched-entropy ratio against training step, per NFE: each trained model's Gen.-PPL over the "
+                   "start checkpoint's temperature-sweep frontier at the model's entropy (evaluator, then oracle on "
+                   "synthetic sources; point = the tables' ratio, bar = SD of the per-seed ratios), its entropy, and "
+                   "the held-out NELBO. Below the dashed line at 1 beats sharpening; a model outside the sweep's "
+                   "entropy range has no point. The numbers are in ratio_steps.csv.",
 }
 
 
 def _save(fig, name: str, g: Grid) -> None:
     """PNG and PDF, and an HTML page holding the PNG for the report's front page."""
-    for path in g.figure_outputs(name):
+    for path in g.figure_outputs(name)[:2]:
         buf = io.BytesIO()
         fig.savefig(buf, format=path.rsplit(".", 1)[1], bbox_inches="tight", dpi=150)
         atomic_write_bytes(path, buf.getvalue())
@@ -732,7 +741,109 @@ def quality_diversity(g: Grid) -> None:
     plt.close(fig)
 
 
-FIGURES = {"figure2": figure2, "quality_diversity": quality_diversity}
+def ratio_frame(g: Grid) -> pd.DataFrame:
+    """Every evaluated checkpoint of every trained model, per NFE (the ratio figure's CSV): the
+    matched-entropy ratio as the tables define it (mean Gen.-PPL over the start's frontier at the
+    mean entropy) and the mean ± SD of the per-seed ratios (each seed's Gen.-PPL over the frontier
+    at that seed's entropy), under the evaluator and the oracle; entropy; held-out NELBO. The
+    start checkpoint is the line at step 0 (its ratio is 1 by definition)."""
+    scores, nelbo = read_scores(g, g.units), read_nelbo(g, g.units)
+    metrics = [m for m, _ in _plot_metrics(scores)]
+    scores = scores[(scores.temperature == 1.0) | (scores.model == "start")]
+    lines = []
+    for bb in g.backbones:
+        fronts = {(n, m): frontier(scores, bb, n, m) for n in g.nfes for m in metrics}
+        sel = scores[(scores.backbone == bb) & (scores.temperature == 1.0)]
+        for (model, step, n), d in sel.groupby(["model", "step", "nfe"], sort=True):
+            ent = Stat.of(d.entropy.tolist())
+            nl = cell(nelbo, "nelbo", backbone=bb, model=model, step=step)
+            line = {"backbone": bb, "model": model, "step": int(step), "nfe": int(n), "n_seeds": len(d),
+                    "entropy": ent.mean, "entropy_sd": ent.sd, "nelbo": nl.mean, "nelbo_sd": nl.sd}
+            for m in metrics:
+                st = Stat.of(d[m].tolist())
+                line.update({m: st.mean, f"{m}_sd": st.sd})
+                if model == "start":
+                    continue
+                ref, _, note = at_entropy(fronts[(n, m)], ent.mean)
+                per_seed = [v / r for v, e in zip(d[m], d.entropy)
+                            if not _nan(v) and (r := at_entropy(fronts[(n, m)], e)[0])]
+                seeds = Stat.of(per_seed)
+                line.update({f"{m}_ratio": st.mean / ref if ref and st.mean is not None else None, f"{m}_ratio_note": note,
+                             f"{m}_ratio_seeds_mean": seeds.mean, f"{m}_ratio_seeds_sd": seeds.sd,
+                             f"{m}_ratio_seeds_n": seeds.n})
+            lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def ratio_steps(g: Grid) -> None:
+    """The matched-entropy ratio (evaluator, then oracle), the entropy and the held-out NELBO of
+    every trained model against its training step, one column per NFE (NELBO: one panel per
+    backbone); the start checkpoint is the dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = ratio_frame(g)
+    start_label = "start checkpoint (ratio 1: the sharpening frontier)"
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    metrics = [m for m in ("gen_ppl", "oracle_gen_ppl") if f"{m}_ratio" in df.columns]
+    names = {"gen_ppl": "ratio (evaluator)", "oracle_gen_ppl": "ratio (oracle)", "entropy": "entropy (nats)"}
+    panels = [*metrics, "entropy"]
+    mosaic = [[f"{bb}|{k}|{n}" for n in g.nfes] for bb in g.backbones for k in panels]
+    mosaic += [[f"{bb}|nelbo"] * len(g.nfes) for bb in g.backbones]
+    fig, axes = plt.subplot_mosaic(mosaic, figsize=(4 * len(g.nfes), 2.8 * len(mosaic)))
+    trained = df[df.model != "start"] if len(df) else df
+    style = model_styles(sorted({(r.backbone, r.model) for r in trained.itertuples()}))
+    for bb in g.backbones:
+        start = df[(df.backbone == bb) & (df.model == "start")] if len(df) else df
+        for (b, model), (colour, marker) in style.items():
+            if b != bb:
+                continue
+            d = trained[(trained.backbone == bb) & (trained.model == model)].sort_values("step")
+            kw = dict(color=colour, marker=marker, ms=5, capsize=2, label=model)
+            for n in g.nfes:
+                dn = d[d.nfe == n]
+                for k in panels:
+                    y, err = (f"{k}_ratio", f"{k}_ratio_seeds_sd") if k != "entropy" else ("entropy", "entropy_sd")
+                    axes[f"{bb}|{k}|{n}"].errorbar(dn.step, dn[y], yerr=dn[err], **kw)
+            d1 = d[d.nfe == g.nfes[0]]
+            axes[f"{bb}|nelbo"].errorbar(d1.step, d1.nelbo, yerr=d1.nelbo_sd, **kw)
+        for n in g.nfes:
+            for k in metrics:
+                ax = axes[f"{bb}|{k}|{n}"]
+                ax.axhline(1.0, color="gray", ls="--", label=start_label)
+            sn = start[start.nfe == n] if len(start) else start
+            if len(sn):
+                axes[f"{bb}|entropy|{n}"].axhline(sn.entropy.iloc[0], color="gray", ls="--", label=start_label)
+            for k in panels:
+                ax = axes[f"{bb}|{k}|{n}"]
+                ax.set_title(f"{bb.upper()}, NFE {n}")
+                ax.set_ylabel(names[k])
+        ax = axes[f"{bb}|nelbo"]
+        if len(start) and not _nan(start.nelbo.iloc[0]):
+            ax.axhline(start.nelbo.iloc[0], color="gray", ls="--", label=start_label)
+        ax.set_title(f"{bb.upper()}: held-out NELBO per token")
+        ax.set_ylabel("NELBO ↓")
+    steps = sorted(set(trained.step)) if len(trained) else []
+    for ax in axes.values():
+        ax.set_xscale("log")
+        ax.set_xticks(steps, [str(s) for s in steps], minor=False)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("training step")
+    for k in panels:
+        _share_ylim([axes[f"{bb}|{k}|{n}"] for bb in g.backbones for n in g.nfes])
+    fig.suptitle(f"Matched-entropy ratio against training step ({g.config['name']}; below 1 beats sharpening; "
+                 "point = the tables' ratio, bar = SD of per-seed ratios)")
+    fig.tight_layout()
+    _legend_outside(fig, list(axes.values()), fontsize=8)
+    _save(fig, "ratio_steps", g)
+    atomic_write_text(g.figure_outputs("ratio_steps")[2], buf.getvalue())
+    plt.close(fig)
+
+
+FIGURES = {"figure2": figure2, "quality_diversity": quality_diversity, "ratio_steps": ratio_steps}
 
 
 def run(args) -> int:
@@ -749,9 +860,9 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("aggregate", help="build Tables 1-6 and the figures from the score files (partial results too)")
+    p = sub.add_parser("aggregate", help="build the tables and figures from the score files (partial results too)")
     add_grid_args(p)
-    p.add_argument("--table", action="append", help="table1 ... table6 (repeatable; default all)")
+    p.add_argument("--table", action="append", help="a table of the config: table1 ... table6 or an own table's name (repeatable; default all)")
     p.add_argument("--figure", action="append", choices=sorted(FIGURES), help="figure to build (repeatable)")
     p.set_defaults(func=run)
 

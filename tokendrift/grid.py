@@ -39,6 +39,12 @@ from .prepare import needs_preparation, normalize, prepared_dir
 from .utils import TokenDriftError, code_digest, temp_str
 
 BACKBONES = ("mdlm", "duo")
+# The figures of every config (tokendrift.aggregate draws them): title and files (the image first).
+FIGURES = {
+    "figure2": ("Figure 2: Gen.-PPL against training step", ("png", "pdf")),
+    "quality_diversity": ("Quality vs diversity (all tables)", ("png", "pdf")),
+    "ratio_steps": ("Matched-entropy ratio and NELBO against training step", ("png", "pdf", "csv")),
+}
 TABLES_FILE = Path(__file__).parent / "data" / "tables.yaml"
 
 
@@ -61,6 +67,11 @@ class Run:
     steps: str  # "long" | "short"
     set: dict
 
+    @classmethod
+    def of(cls, entry: dict) -> "Run":
+        """A run of a sheet entry (tokendrift/data/tables.yaml or the config's ``runs``)."""
+        return cls(entry["backbone"], entry["id"], entry["steps"], entry.get("set", {}))
+
 
 @dataclass(frozen=True, order=True)
 class Unit:
@@ -82,20 +93,60 @@ class Grid:
         self.long, self.short = c["steps"]["long"], c["steps"]["short"]
         if self.short > self.long:
             raise TokenDriftError(f"workflow config: steps.short ({self.short}) must not exceed steps.long ({self.long})")
-        paper = paper_tables()
-        sheet = c["runs"] if c["runs"] is not None else paper["runs"]
-        self.runs: dict[tuple[str, str], Run] = {}
-        for i, r in enumerate(sheet):
-            key = (r["backbone"], r["id"])
-            if key in self.runs:
-                raise TokenDriftError(f"workflow config: runs[{i}]: duplicate run {r['backbone']}/{r['id']}")
-            self.runs[key] = Run(r["backbone"], r["id"], r["steps"], r.get("set", {}))
-        self.tables = {t: paper["tables"][t] for t in c["tables"]}
-        self.figure2 = paper["figure2"]
+        self.runs, self.tables, self.figure2 = self._sheet(config or {})
         self.backbones = [b for b in BACKBONES if b in c["start"]]
         self._check()
 
-    # ------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------ the sheet and its checks
+
+    def _sheet(self, raw: dict) -> tuple[dict[tuple[str, str], Run], dict[str, dict], dict[str, list[str]]]:
+        """The runs, tables and Figure-2 models of this config: the paper's grid (``paper_grid``,
+        ``paper_tables``) and the config's own ``runs``, ``tables`` and ``figure2``. Runs that no
+        table or figure reads are left out (an own run that none reads is an error)."""
+        c, paper = self.config, paper_tables()
+        if not c["paper_grid"] and "paper_tables" in raw:
+            raise TokenDriftError("workflow config: paper_tables: the paper's tables need paper_grid: true")
+        sheet: dict[tuple[str, str], Run] = {}
+        for r in paper["runs"] if c["paper_grid"] else []:  # of the backbones this config starts from
+            if r["backbone"] not in c["start"]:
+                continue
+            sheet[(r["backbone"], r["id"])] = Run.of(r)
+        for i, r in enumerate(c["runs"]):
+            key = (r["backbone"], r["id"])
+            if key in sheet:
+                paper_run = c["paper_grid"] and any((p["backbone"], p["id"]) == key for p in paper["runs"])
+                raise TokenDriftError(f"workflow config: runs[{i}]: " + (
+                    f"{key[0]}/{key[1]} is a run of the paper's grid (paper_grid: true); give yours another id"
+                    if paper_run else f"duplicate run {key[0]}/{key[1]}"))
+            sheet[key] = Run.of(r)
+        tables = {t: paper["tables"][t] for t in (c["paper_tables"] if c["paper_grid"] else [])}
+        for name, t in c["tables"].items():
+            trained = [r["model"] for r in t["rows"] if r["model"] != "start"]
+            if not trained:
+                raise TokenDriftError(f"workflow config: tables.{name}.rows: needs a row that is not `start`")
+            method = t.get("method", trained[0])
+            if method not in trained:
+                raise TokenDriftError(f"workflow config: tables.{name}.method: {method!r} is not one of its trained "
+                                      f"rows {trained}")
+            tables[name] = {**t, "method": method, "rows": [{"label": r["model"], **r} for r in t["rows"]]}
+        if c["figure2"] is not None:
+            figure2 = c["figure2"]
+            for bb, models in figure2.items():
+                for m in models:
+                    if m != "start" and (bb, m) not in sheet:
+                        raise TokenDriftError(f"workflow config: figure2.{bb}: {m!r} is not a run of {bb}")
+        elif c["paper_grid"]:  # the paper's curves, of the backbones this config has
+            figure2 = {bb: [m for m in ms if m == "start" or (bb, m) in sheet] for bb, ms in paper["figure2"].items()}
+        else:
+            figure2 = {bb: ["start", *(rid for b, rid in sheet if b == bb)] for bb in BACKBONES}
+        read = {(t["backbone"], r["model"]) for t in tables.values() for r in t["rows"] if "model" in r}
+        read |= {(bb, m) for bb, ms in figure2.items() for m in ms}
+        for i, r in enumerate(c["runs"]):
+            if (r["backbone"], r["id"]) not in read:  # its options first: that error is the one to fix first
+                configlib.validate("train", deep_merge(c["train"], r.get("set", {})), prefix=f"runs.{r['backbone']}/{r['id']}")
+                raise TokenDriftError(f"workflow config: runs[{i}]: {r['backbone']}/{r['id']} is read by no table "
+                                      "and no figure (add it to a table's rows or to figure2)")
+        return {k: run for k, run in sheet.items() if k in read}, tables, figure2
 
     def _check(self) -> None:
         for (bb, rid), run in self.runs.items():
@@ -131,7 +182,8 @@ class Grid:
         return self.long if run.steps == "long" else self.short
 
     def table_step(self, table: str) -> int:
-        return self.long if self.tables[table]["at"] == "long" else self.short
+        at = self.tables[table]["at"]
+        return self.long if at == "long" else self.short if at == "short" else at
 
     def pretrain_config(self, bb: str) -> dict:
         return deep_merge(self.config["start"][bb]["pretrain"], {"source": self.config["source"]})
@@ -316,7 +368,7 @@ class Grid:
 
     def figure2_units(self) -> list[Unit]:
         return [Unit(bb, m, s, step)
-                for bb in self.backbones for m in self.figure2.get(bb, []) if m == "start" or (bb, m) in self.runs
+                for bb in self.backbones for m in self.figure2.get(bb, [])
                 for step in ([0] if m == "start" else self.curve_steps()[1:]) for s in self.seeds]
 
     @cached_property
@@ -334,6 +386,15 @@ class Grid:
     def figure2_inputs(self) -> list[str]:
         return self.score_files(self.figure2_units())
 
+    def figure_inputs(self, name: str) -> list[str]:
+        """Score files a figure reads: Figure 2's curves; every table's checkpoints (quality-diversity);
+        every checkpoint of the study (ratio against step)."""
+        if name == "figure2":
+            return self.figure2_inputs()
+        if name == "quality_diversity":
+            return sorted({f for t in self.tables for f in self.table_inputs(t)})
+        return self.score_files(self.units)
+
     def table_outputs(self, table: str) -> list[str]:
         """Markdown, LaTeX, CSV, then the report's HTML rendering and the baseline gate's verdict."""
         return [str(self.root / "tables" / f"{table}.{ext}") for ext in ("md", "tex", "csv")] + \
@@ -348,7 +409,7 @@ class Grid:
         return str(self.root / "report" / f"{name}.html")
 
     def figure_outputs(self, name: str) -> list[str]:
-        return [str(self.root / "figures" / f"{name}.{ext}") for ext in ("png", "pdf")]
+        return [str(self.root / "figures" / f"{name}.{ext}") for ext in FIGURES[name][1]]
 
     def probe_dir(self, bb: str) -> Path:
         return self.root / "probe" / bb
@@ -379,11 +440,11 @@ class Grid:
     def probe_models(self, bb: str) -> dict[str, Path]:
         """label -> checkpoint probed: the Figure-2 models at the long step, first seed."""
         return {m: self.checkpoint(bb, m, self.seeds[0], 0 if m == "start" else self.long)
-                for m in self.figure2.get(bb, []) if m == "start" or (bb, m) in self.runs}
+                for m in self.figure2.get(bb, [])}
 
     def all_outputs(self) -> list[str]:
         out = [f for t in self.tables for f in self.table_outputs(t)]
-        out += [f for name in ("figure2", "quality_diversity") for f in self.figure_outputs(name) + [self.report_html(name)]]
+        out += [f for name in FIGURES for f in self.figure_outputs(name) + [self.report_html(name)]]
         return out + [f for bb in self.backbones for f in self.probe_outputs(bb)]
 
     def summary(self) -> dict:

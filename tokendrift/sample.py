@@ -33,8 +33,8 @@ def sample_checkpoint(checkpoint: str, out: str, *, nfe: int | list[int], n_samp
                       device: str = "cpu", weights: str = "ema", progress: bool = False) -> list[dict]:
     """Sample a checkpoint at each NFE and temperature given, loading it once.
 
-    With one NFE and one temperature ``out`` is the sample folder; with several it is a
-    template holding ``{nfe}`` and ``{temperature}`` (formatted like ``1.0``, ``0.75``).
+    ``out`` is a template holding ``{nfe}`` and ``{temperature}`` (formatted like ``1.0``,
+    ``0.75``); with one NFE and one temperature it may also be the sample folder itself.
     Each folder is seeded by ``seed`` alone, so a cell's samples do not depend on the others.
     """
     nfes = [nfe] if isinstance(nfe, int) else list(nfe)
@@ -56,7 +56,8 @@ def sample_checkpoint(checkpoint: str, out: str, *, nfe: int | list[int], n_samp
     results = []
     for t in temps:
         for n in nfes:
-            folder = out.format(nfe=n, temperature=temp_str(t)) if len(nfes) * len(temps) > 1 else out
+            templated = "{nfe}" in out or "{temperature}" in out
+            folder = out.format(nfe=n, temperature=temp_str(t)) if templated else out
             results.append(_sample_one(model, meta, diffusion, source, folder, checkpoint=checkpoint, digest=digest,
                                        nfe=n, n_samples=n_samples, seed=seed, temperature=t, precision=precision,
                                        batch_size=batch_size, device=device, weights=weights, progress=progress))

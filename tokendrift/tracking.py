@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from . import config as configlib
-from .grid import Grid, Unit, add_grid_args, grid_from_args
+from .grid import FIGURES, Grid, Unit, add_grid_args, grid_from_args
 from .utils import TokenDriftError, atomic_write_json, read_json
 
 KEY = "tokendrift.key"
@@ -222,7 +222,7 @@ class Importer:
 
     def artifacts(self, table: str):
         files = [f for f in self.g.table_outputs(table) if Path(f).exists()]
-        figs = [f for name in ("figure2", "quality_diversity") for f in self.g.figure_outputs(name) if Path(f).exists()]
+        figs = [f for name in FIGURES for f in self.g.figure_outputs(name) if Path(f).exists()]
         if not files and not figs:
             return
         digest = _digest(files + figs)
@@ -316,6 +316,6 @@ def register(sub) -> None:
     add_grid_args(p)
     p.set_defaults(func=run_track)
     q = sub.add_parser("compare", help="print one table's ablations side by side from MLflow")
-    q.add_argument("table", help="table1 ... table6")
+    q.add_argument("table", help="a table of the config: table1 ... table6 or an own table's name")
     add_grid_args(q)
     q.set_defaults(func=run_compare)

@@ -1,6 +1,6 @@
-# Tables 1-6 (Markdown, LaTeX, CSV, an HTML page and the baseline gate), Figure 2 and the
-# quality-diversity figure, built from the score files; then the one MLflow writer imports every
-# result file (tokendrift.tracking).
+# The paper's tables and the config's own (Markdown, LaTeX, CSV, an HTML page and the baseline
+# gate) and the figures (tokendrift.grid.FIGURES), built from the score files; then the one MLflow
+# writer imports every result file (tokendrift.tracking).
 # These jobs rebuild the grid from the same config the workflow read (passed as JSON).
 CONFIG_ARG = f"--config-json {shlex.quote(json.dumps(config))} --schema {G.schema}"
 
@@ -39,36 +39,26 @@ for _table in G.tables:
             "tokendrift aggregate {params.config} --table {params.table}"
 
 
-rule figure2:
-    input:
-        G.figure2_inputs(),
-    output:
-        report(G.figure_outputs("figure2")[0], caption="../report/figure2.rst", category="Figures", subcategory="Figures",
-               labels={"figure": "Figure 2: Gen.-PPL against training step"}),
-        G.figure_outputs("figure2")[1],
-        G.report_html("figure2"),
-    params:
-        config=CONFIG_ARG,
-        code=G.report_digest,
-    localrule: True
-    shell:
-        "tokendrift aggregate {params.config} --figure figure2"
+for _figure, (_title, _) in FIGURES.items():
+    _image, *_files = G.figure_outputs(_figure)
 
-
-rule quality_diversity:
-    input:
-        sorted({f for t in G.tables for f in G.table_inputs(t)}),
-    output:
-        report(G.figure_outputs("quality_diversity")[0], caption="../report/quality_diversity.rst", category="Figures", subcategory="Figures",
-               labels={"figure": "Quality vs diversity (all tables)"}),
-        G.figure_outputs("quality_diversity")[1],
-        G.report_html("quality_diversity"),
-    params:
-        config=CONFIG_ARG,
-        code=G.report_digest,
-    localrule: True
-    shell:
-        "tokendrift aggregate {params.config} --figure quality_diversity"
+    rule:
+        name:
+            _figure
+        input:
+            G.figure_inputs(_figure),
+        output:
+            report(_image, caption=f"../report/{_figure}.rst", category="Figures", subcategory="Figures",
+                   labels={"figure": _title}),
+            _files,
+            G.report_html(_figure),
+        params:
+            config=CONFIG_ARG,
+            figure=_figure,
+            code=G.report_digest,
+        localrule: True
+        shell:
+            "tokendrift aggregate {params.config} --figure {params.figure}"
 
 
 rule track:

@@ -5,7 +5,7 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from tokendrift.grid import Grid
+from tokendrift.grid import FIGURES, Grid
 from tokendrift.utils import TokenDriftError
 
 if not workflow.config_settings.configfiles:
