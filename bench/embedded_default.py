@@ -1,4 +1,4 @@
-"""The embedded default's evidence (issue 3): its tiny pretrained MDLM and DUO sampled at NFE
+"""The embedded default's evidence (docs/embedded_default.md): its tiny pretrained MDLM and DUO sampled at NFE
 4, 8, 16 and 64 and sampling temperatures 0.6-1.0; oracle Gen.-PPL, evaluator Gen.-PPL, sample
 entropy and held-out NELBO against the entropy-rate floor. Uses the DAG's pretrained models
 (results/<name>/start, evaluator), training them first if absent (each resumes after a kill).

@@ -1,4 +1,4 @@
-"""Orchestration overhead on the real single-node Slurm (issue 6 item 4, Slurm half).
+"""Orchestration overhead on the real single-node Slurm (the Slurm half of BENCHMARKS.md section 4).
 
 1. Latency of a workflow of 8 trivial one-CPU jobs, side by side in one run (the variants take
    turns, `--runs` rounds): our submitit executor (default, and --submitit-direct-shell),

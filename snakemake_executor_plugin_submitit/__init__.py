@@ -9,8 +9,8 @@ submitit parameters (``resources.py`` lists the names). The status loop settles 
 jobs from their result files and asks the scheduler about the others with ONE batched
 query per interval (``status.py``). On Ctrl-C the plugin cancels its jobs (one scancel, or
 the local process trees). Rules with ``resources: requeue=1`` are requeued on timeout or
-preemption and rerun the same command line (``jobs.py``). Facts this follows: DESIGN.md
-section 5 (spike of this plugin).
+preemption and rerun the same command line (``jobs.py``). How the workflow uses it:
+docs/orchestration.md.
 """
 
 import json
@@ -162,7 +162,7 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
 
 
-# DESIGN.md section 5: settings that worked on a shared filesystem in the spike.
+# Settings that worked on a shared filesystem (docs/orchestration.md).
 common_settings = CommonSettings(
     non_local_exec=True,
     implies_no_shared_fs=False,

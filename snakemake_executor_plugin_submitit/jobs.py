@@ -1,8 +1,8 @@
-"""What a submitit task runs: one Snakemake job's command line (issue 4 item 2).
+"""What a submitit task runs: one Snakemake job's command line.
 
 ``ShellCommand`` runs ``/bin/sh -c <command>`` (the command begins with the
 ``export VAR=... &&`` declarations Snakemake adds when
-``pass_envvar_declarations_to_cmd=True``, so it needs a shell; DESIGN.md section 5). The
+``pass_envvar_declarations_to_cmd=True``, so it needs a shell; docs/orchestration.md). The
 command runs in its own session so that the whole process tree can be signalled, with
 SIGUSR2 ignored (Slurm's ``--signal=USR2@N`` reaches every process of the step; only
 the submitit wrapper must act on it).

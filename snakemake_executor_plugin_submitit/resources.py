@@ -1,4 +1,4 @@
-"""Rule resources -> submitit parameters (issue 4 item 2).
+"""Rule resources -> submitit parameters.
 
 The resource names a rule may set (all optional):
 

@@ -5,7 +5,7 @@ A finished submitit task leaves ``<id>_<task>_result.pkl`` (``("success", value)
 every job that finished normally, with no scheduler query. Jobs without a result file are
 looked up with ONE scheduler query for all of them (``sacct -j id1,id2,...`` or one
 ``squeue``), at most once per ``query_interval`` seconds: submitit's own
-SlurmInfoWatcher backs off up to minutes (DESIGN.md section 5), so this module calls the
+SlurmInfoWatcher backs off up to minutes (docs/orchestration.md), so this module calls the
 scheduler itself. A job the scheduler reports finished but that left no result file (cancel,
 timeout, OOM, node failure) is reported failed once a later query still says so and
 ``grace_s`` has passed; nothing waits on ``Job.exception()`` and its 15 s timeout.

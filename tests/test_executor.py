@@ -1,4 +1,4 @@
-"""Tests of the submitit Snakemake executor plugin (issue 4 item 2).
+"""Tests of the submitit Snakemake executor plugin.
 
 End-to-end tests run the real `snakemake --executor submitit --submitit-cluster local` in a
 temporary folder. Snakemake finds executor plugins with pkgutil.iter_modules, which does

@@ -1,5 +1,5 @@
 """A sample or score job killed with SIGKILL leaves no partial output, and its rerun cleans up
-and completes (issue 5)."""
+and completes."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""The grid of table cells (tokendrift.grid) and the Snakemake DAG over it (issue 4).
+"""The grid of table cells (tokendrift.grid) and the Snakemake DAG over it.
 
 The dry runs are real Snakemake runs (`snakemake -n`) of the repository's Snakefile and
 profiles; nothing is executed.
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 PAPER = REPO / "workflow" / "config" / "paper.yaml"
 
-# DESIGN.md section 2, written out independently of tokendrift/data/tables.yaml:
+# The paper's grid (docs/grid.md), written out independently of tokendrift/data/tables.yaml:
 # (backbone, run) -> (steps, the options that make the run what it is)
 DESIGN_RUNS = {
     ("mdlm", "continuation"): (13000, {"variant": "continuation"}),
@@ -74,10 +74,10 @@ def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_design(tmp_path):
     assert sorted(j["backbone"] for j in jobs if j["rule"] == "import_start") == ["duo", "mdlm"]
     assert not [j for j in jobs if j["rule"] in ("pretrain_start", "pretrain_evaluator")]  # paper: released + gpt2-large
 
-    # Checkpoints evaluated (each sampled by one job, scored by one), counted by hand from DESIGN.md
-    # section 2: MDLM start; 8 runs at 13k; the default at 5k and 6 runs of 5k; Figure 2 adds
-    # continuation at the 7 curve steps and 5k, and the default at the 7 curve steps. DUO: start,
-    # 2 runs at 13k, and both at the 7 curve steps and 5k. Times 3 seeds.
+    # Checkpoints evaluated (each sampled by one job, scored by one), counted by hand from the
+    # paper's grid (docs/grid.md): MDLM start; 8 runs at 13k; the default at 5k and 6 runs of
+    # 5k; Figure 2 adds continuation at the 7 curve steps and 5k, and the default at the 7
+    # curve steps. DUO: start, 2 runs at 13k, and both at the 7 curve steps and 5k. Times 3 seeds.
     mdlm = 1 + 8 + 7 + 8 + 7
     duo = 1 + 2 + 8 + 8
     sample = [j for j in jobs if j["rule"] in ("sample_run", "sample_start")]

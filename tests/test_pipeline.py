@@ -1,6 +1,6 @@
 """End to end: the CI-sized default's `all_tables` through the real Snakemake, the local
 profile and the project's submitit executor; then the tables and figures are checked against
-the score files they were built from, and a rerun has nothing to do (issue 4).
+the score files they were built from, and a rerun has nothing to do.
 """
 
 import csv

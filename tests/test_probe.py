@@ -1,4 +1,4 @@
-"""The information-decay probe (issue 7) on models whose predictions are known."""
+"""The information-decay probe on models whose predictions are known."""
 
 import json
 import math

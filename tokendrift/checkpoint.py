@@ -1,6 +1,6 @@
 """Checkpoint IO: released MDLM/DUO checkpoints in, our model folders in and out.
 
-Released checkpoints (DESIGN.md section 3): Lightning ``.ckpt`` (weights in ``state_dict``
+Released checkpoints (docs/method.md): Lightning ``.ckpt`` (weights in ``state_dict``
 with ``backbone.`` prefixes; EMA weights in ``ema.shadow_params``, a list in
 ``backbone.parameters()`` order) and HF ``.safetensors`` with ``backbone.*`` keys. No pickled
 code is ever run: ``.ckpt`` files are read with ``torch.load(weights_only=True)``, and where

@@ -1,6 +1,6 @@
 """Data sources behind one interface (``make_source(cfg) -> TokenSource``).
 
-* ``synthetic``: the embedded default (DESIGN.md section 7): a seeded hidden Markov language
+* ``synthetic``: the embedded default (docs/embedded_default.md): a seeded hidden Markov language
   with sticky states that each emit from their own small set of pseudo-words and move along a
   sparse "grammar" of successor states. Its exact log-likelihood (forward algorithm) and
   entropy rate are computed, so Gen.-PPL has an oracle. Tokens drawn independently from the

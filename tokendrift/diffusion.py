@@ -1,4 +1,4 @@
-"""The two backbone processes: MDLM (masked) and DUO (uniform-state), DESIGN.md section 3.
+"""The two backbone processes: MDLM (masked) and DUO (uniform-state); docs/method.md.
 
 They share the schedule, time sampling, the held-out NELBO and the sampler loop; they differ
 only in corruption, the parameterization of p_theta(x0 | x_t), the base loss and the sampler

@@ -1,5 +1,5 @@
 """The embedded default's stand-in for GPT-2 Large: a small causal LM with the transformers
-GPT-2 architecture, trained on the same source (DESIGN.md section 7).
+GPT-2 architecture, trained on the same source (docs/embedded_default.md).
 
 It sees exactly what the scorer feeds it: each sequence decoded to text by the source and
 retokenized by the source's tokenizer (no BOS added, as GPT-2's tokenizer adds none). The

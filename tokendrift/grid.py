@@ -1,5 +1,5 @@
 """The sheet of table cells: a validated workflow config expanded into the jobs of the paper's
-grid (DESIGN.md section 2), and the one place that names every output path.
+grid (docs/grid.md), and the one place that names every output path.
 
 A *model* of a backbone is ``start`` (the starting, "released" checkpoint) or the id of a
 training run. An *evaluation unit* ``Unit(backbone, model, seed, step)`` is one checkpoint:

@@ -1,4 +1,4 @@
-"""The DiT backbone of MDLM and DUO (DESIGN.md section 3), at any size.
+"""The DiT backbone of MDLM and DUO (docs/method.md), at any size.
 
 Parameter names and registration order match kuleshov-group/mdlm ``models/dit.py``, so a
 Lightning ``state_dict`` (``backbone.*``) or a list of EMA shadow parameters in

@@ -1,6 +1,6 @@
 """The pretraining job of the embedded default: its own tiny "released" MDLM and DUO, trained
 from scratch with their base losses, and the small causal LM that stands in for GPT-2 Large
-as the Gen.-PPL evaluator (DESIGN.md section 7). Every one of them resumes like training.
+as the Gen.-PPL evaluator (docs/embedded_default.md). Every one of them resumes like training.
 
     tokendrift pretrain mdlm --config cfg.yaml --out DIR        # a train job with init: null
     tokendrift pretrain duo  --config cfg.yaml --out DIR

@@ -1,4 +1,4 @@
-"""Position-wise information-decay probe (DESIGN.md section 8; "On the role of discretization
+"""Position-wise information-decay probe (docs/evaluation.md; "On the role of discretization
 in diffusion LLMs"): a validation prompt followed by a span of fully corrupted positions, ONE
 forward pass, and per position of the span the model's p_theta(x0 | x_t): top-3 tokens and
 probabilities, top-1 probability, predictive entropy, the probability mass on the corpus's

@@ -123,7 +123,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0],
                    help="sampling temperature(s) of p_x0 (default 1.0)")
     p.add_argument("--precision", choices=["float64", "float32"], default="float64",
-                   help="precision of the categorical draws (float32 lowers entropy; DESIGN.md section 3)")
+                   help="precision of the categorical draws (float32 lowers entropy; docs/choices.md, Float64 draws)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,7 +1,7 @@
 """Scoring: Gen.-PPL, sample entropy, oracle Gen.-PPL, and the held-out NELBO of a checkpoint.
 
-Gen.-PPL follows the MDLM/DUO evaluation code (``compute_generative_perplexity``; DESIGN.md
-section 4): the samples' ids are decoded by the backbone's tokenizer and the text retokenized
+Gen.-PPL follows the MDLM/DUO evaluation code (``compute_generative_perplexity``;
+docs/evaluation.md): the samples' ids are decoded by the backbone's tokenizer and the text retokenized
 by the evaluator's with the reference's options (``decode_samples``, ``retokenize``: special
 tokens kept, the transformers 4.38 clean-up, pad = eos per evaluation batch, truncation at
 ``max_length``), scored by the causal LM in fp32; the NLL is taken over the
@@ -10,7 +10,7 @@ targets x[1:], counting a target when it is not EOS or when it is the first EOS 
 the batch's longest counts as its EOS, exactly as in that code); Gen.-PPL = exp(sum NLL / counted tokens) over all
 samples: token-weighted, not a mean of per-sample perplexities.
 
-Gen.-PPL falls when a model merely sharpens (DESIGN.md section 9), so a score file always
+Gen.-PPL falls when a model merely sharpens (docs/evaluation.md), so a score file always
 carries the entropy too, and checkpoints get their held-out NELBO (``tokendrift nelbo``).
 """
 

@@ -1,7 +1,7 @@
 """MLflow tracking with one writer: this import step reads the per-job result files (which
 stay the source of truth) and logs them, so no job ever talks to MLflow and an MLflow outage
-never fails a training job (DESIGN.md section 5: SQLite has one writer; a tracking server
-works the same way when the config names one).
+never fails a training job (SQLite has one writer; a tracking server works the same way when
+the config names one; docs/orchestration.md).
 
 Layout in the experiment (default ``tokendrift-<name>``, store ``sqlite:///<root>/mlflow.db``):
 one parent run per table (tag ``table``; its tables and the figures as artifacts; each row's mean

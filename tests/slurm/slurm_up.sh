@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bring up a real single-node Slurm with accounting on this machine (DESIGN.md section 6):
+# Bring up a real single-node Slurm with accounting on this machine (docs/orchestration.md):
 # munge, MariaDB, slurmdbd, slurmctld, slurmd; one partition "debug" with every CPU.
 # Idempotent: exits at once when the cluster already answers. Needs root and apt (Debian 12).
 #   bash tests/slurm/slurm_up.sh        # then: sinfo, sbatch, squeue, scancel, sacct

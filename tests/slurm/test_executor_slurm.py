@@ -1,4 +1,4 @@
-"""The submitit executor plugin on the real single-node Slurm (issue 5 item 1).
+"""The submitit executor plugin on the real single-node Slurm.
 
 Small Snakefiles in tmp_path run through `snakemake --executor submitit --submitit-cluster
 slurm` (the repository root on PYTHONPATH so Snakemake finds the plugin, as in

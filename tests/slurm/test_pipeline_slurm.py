@@ -1,5 +1,5 @@
 """The pipeline on a real single-node Slurm through `snakemake --profile profiles/slurm` and the
-project's submitit executor (issue 5): equal tables to a local run, a cancelled seed reruns
+project's submitit executor: equal tables to a local run, a cancelled seed reruns
 alone, a requeued training job resumes from its last checkpoint, Ctrl-C leaves no job behind.
 """
 

@@ -1,4 +1,4 @@
-# Position-wise information-decay probe (DESIGN.md section 8): the start, continuation and
+# Position-wise information-decay probe (docs/evaluation.md): the start, continuation and
 # TokenDrift checkpoints of each backbone (first seed, long step), one forward pass over
 # validation prompts followed by a masked (MDLM) or fully noised (DUO) span.
 
