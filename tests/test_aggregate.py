@@ -125,6 +125,12 @@ def test_ratio_against_step_is_the_tables_ratio_with_the_seeds_spread(filled):
     assert float(cont["gen_ppl_ratio"]) > 1.0 and cont["n_seeds"] == "2"
 
 
+def test_every_figure_of_the_grid_is_drawn():
+    from tokendrift import aggregate, grid
+
+    assert set(aggregate.DRAW) == set(grid.FIGURES)
+
+
 def test_outside_the_sweep_nothing_is_extrapolated():
     pts = [(4.0, 20.0, 0.5), (6.0, 200.0, 1.0)]
     assert at_entropy(pts, 3.0) == (None, None, "<range")

@@ -749,7 +749,6 @@ def ratio_frame(g: Grid) -> pd.DataFrame:
     start checkpoint is the line at step 0 (its ratio is 1 by definition)."""
     scores, nelbo = read_scores(g, g.units), read_nelbo(g, g.units)
     metrics = [m for m, _ in _plot_metrics(scores)]
-    scores = scores[(scores.temperature == 1.0) | (scores.model == "start")]
     lines = []
     for bb in g.backbones:
         fronts = {(n, m): frontier(scores, bb, n, m) for n in g.nfes for m in metrics}
@@ -786,8 +785,6 @@ def ratio_steps(g: Grid) -> None:
 
     df = ratio_frame(g)
     start_label = "start checkpoint (ratio 1: the sharpening frontier)"
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
     metrics = [m for m in ("gen_ppl", "oracle_gen_ppl") if f"{m}_ratio" in df.columns]
     names = {"gen_ppl": "ratio (evaluator)", "oracle_gen_ppl": "ratio (oracle)", "entropy": "entropy (nats)"}
     panels = [*metrics, "entropy"]
@@ -839,23 +836,24 @@ def ratio_steps(g: Grid) -> None:
     fig.tight_layout()
     _legend_outside(fig, list(axes.values()), fontsize=8)
     _save(fig, "ratio_steps", g)
-    atomic_write_text(g.figure_outputs("ratio_steps")[2], buf.getvalue())
+    atomic_write_text(g.figure_outputs("ratio_steps")[2], df.to_csv(index=False))
     plt.close(fig)
 
 
-FIGURES = {"figure2": figure2, "quality_diversity": quality_diversity, "ratio_steps": ratio_steps}
+# The function that draws each figure of tokendrift.grid.FIGURES.
+DRAW = {"figure2": figure2, "quality_diversity": quality_diversity, "ratio_steps": ratio_steps}
 
 
 def run(args) -> int:
     g = grid_from_args(args)
     tables = args.table or ([] if args.figure else list(g.tables))
-    figures = args.figure or ([] if args.table else list(FIGURES))
+    figures = args.figure or ([] if args.table else list(DRAW))
     for t in tables:
         if t not in g.tables:
             raise TokenDriftError(f"--table {t}: not one of this config's tables {list(g.tables)}")
         write_table(g, t)
     for f in figures:
-        FIGURES[f](g)
+        DRAW[f](g)
     return 0
 
 
@@ -863,6 +861,6 @@ def register(sub) -> None:
     p = sub.add_parser("aggregate", help="build the tables and figures from the score files (partial results too)")
     add_grid_args(p)
     p.add_argument("--table", action="append", help="a table of the config: table1 ... table6 or an own table's name (repeatable; default all)")
-    p.add_argument("--figure", action="append", choices=sorted(FIGURES), help="figure to build (repeatable)")
+    p.add_argument("--figure", action="append", choices=sorted(DRAW), help="figure to build (repeatable)")
     p.set_defaults(func=run)
 
