@@ -592,7 +592,7 @@ FIGURE_TEXT = {
 
 def _save(fig, name: str, g: Grid) -> None:
     """PNG and PDF, and an HTML page holding the PNG for the report's front page."""
-    for path in g.figure_outputs(name)[:2]:
+    for path in (g.figure_file(name, "png"), g.figure_file(name, "pdf")):
         buf = io.BytesIO()
         fig.savefig(buf, format=path.rsplit(".", 1)[1], bbox_inches="tight", dpi=150)
         atomic_write_bytes(path, buf.getvalue())
@@ -836,7 +836,7 @@ def ratio_steps(g: Grid) -> None:
     fig.tight_layout()
     _legend_outside(fig, list(axes.values()), fontsize=8)
     _save(fig, "ratio_steps", g)
-    atomic_write_text(g.figure_outputs("ratio_steps")[2], df.to_csv(index=False))
+    atomic_write_text(g.figure_file("ratio_steps", "csv"), df.to_csv(index=False))
     plt.close(fig)
 
 

@@ -111,13 +111,13 @@ class Grid:
             if r["backbone"] not in c["start"]:
                 continue
             sheet[(r["backbone"], r["id"])] = Run.of(r)
+        paper_keys = set(sheet)
         for i, r in enumerate(c["runs"]):
             key = (r["backbone"], r["id"])
             if key in sheet:
-                paper_run = c["paper_grid"] and any((p["backbone"], p["id"]) == key for p in paper["runs"])
                 raise TokenDriftError(f"workflow config: runs[{i}]: " + (
                     f"{key[0]}/{key[1]} is a run of the paper's grid (paper_grid: true); give yours another id"
-                    if paper_run else f"duplicate run {key[0]}/{key[1]}"))
+                    if key in paper_keys else f"duplicate run {key[0]}/{key[1]}"))
             sheet[key] = Run.of(r)
         tables = {t: paper["tables"][t] for t in (c["paper_tables"] if c["paper_grid"] else [])}
         for name, t in c["tables"].items():
@@ -408,8 +408,11 @@ class Grid:
         """A table or figure rendered as HTML for Snakemake's report (``--report``)."""
         return str(self.root / "report" / f"{name}.html")
 
+    def figure_file(self, name: str, ext: str) -> str:
+        return str(self.root / "figures" / f"{name}.{ext}")
+
     def figure_outputs(self, name: str) -> list[str]:
-        return [str(self.root / "figures" / f"{name}.{ext}") for ext in FIGURES[name][1]]
+        return [self.figure_file(name, ext) for ext in FIGURES[name][1]]
 
     def probe_dir(self, bb: str) -> Path:
         return self.root / "probe" / bb
