@@ -238,7 +238,7 @@ class Bench:
                 rec["status"] = f"timeout: stopped at its cap of {cap:.0f} s"
             except Skip as e:
                 rec["status"] = f"skipped: {e}"
-            except Exception as e:  # noqa: BLE001: a part's failure is a result; the next part runs
+            except Exception as e:  # a part's failure is a result; the next part runs
                 if is_oom(e):
                     rec["status"] = "oom"
                 else:  # a bug: recorded, printed, and the run exits 1 after the other parts

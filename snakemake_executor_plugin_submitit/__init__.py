@@ -154,8 +154,7 @@ class ExecutorSettings(ExecutorSettingsBase):
     keep_logs: bool = field(
         default=False,
         metadata={
-            "help": "Keep the submitit files (pickles, logs) of successful jobs; those "
-            "of failed jobs are always kept.",
+            "help": "Keep the submitit files (pickles, logs) of successful jobs; those of failed jobs are always kept.",
             "env_var": False,
             "required": False,
         },
@@ -236,9 +235,7 @@ class Executor(RemoteExecutor):
         else:
             self.watcher = LocalWatcher()
             query_interval = 0.0
-        self.poller = StatusPoller(
-            self.watcher, self.run_folder, query_interval, self.settings.result_grace_s
-        )
+        self.poller = StatusPoller(self.watcher, self.run_folder, query_interval, self.settings.result_grace_s)
         self.next_seconds_between_status_checks = self.settings.poll_interval
         self._job_cores: int | None = None
         self._used_ids: set = set()
@@ -326,8 +323,7 @@ class Executor(RemoteExecutor):
         cmd = " ".join((prefix, job.shellcmd, suffix)).strip()
         threads = " ".join(f"{v}={cpus}" for v in THREAD_VARS)
         return (
-            f"{self.get_envvar_declarations()} export {threads} && "
-            f"exec {shlex.quote(exe)} -c {shlex.quote(cmd)}"
+            f"{self.get_envvar_declarations()} export {threads} && exec {shlex.quote(exe)} -c {shlex.quote(cmd)}"
         ).strip()
 
     # --- submission ------------------------------------------------------------------
@@ -358,9 +354,7 @@ class Executor(RemoteExecutor):
         """A fresh submitit executor for one parameter set (submitit keeps parameters
         between update_parameters calls, so executors are not shared)."""
         if self.cluster == "slurm":
-            ex = AutoExecutor(
-                self.run_folder, cluster="slurm", slurm_max_num_timeout=self.settings.max_requeues
-            )
+            ex = AutoExecutor(self.run_folder, cluster="slurm", slurm_max_num_timeout=self.settings.max_requeues)
             ex.update_parameters(**params)
         else:
             ex = LocalExecutor(self.run_folder, max_num_timeout=self.settings.max_requeues)
@@ -386,12 +380,9 @@ class Executor(RemoteExecutor):
             self._used_ids.add(job_id)
             self._unfinished[job_id] = None
             self.logger.info(
-                f"Job {job.jobid} submitted as submitit {self.cluster} job {job_id} "
-                f"(log: {tracked.paths.stderr})."
+                f"Job {job.jobid} submitted as submitit {self.cluster} job {job_id} (log: {tracked.paths.stderr})."
             )
-            self.report_job_submission(
-                SubmittedJobInfo(job, external_jobid=job_id, aux={"tracked": tracked})
-            )
+            self.report_job_submission(SubmittedJobInfo(job, external_jobid=job_id, aux={"tracked": tracked}))
 
     def _retire_stale_files(self, job_id: str) -> None:
         """A local job id is a PID; if it was used before in this run, rename that job's
@@ -404,9 +395,7 @@ class Executor(RemoteExecutor):
                 p.rename(p.with_name(f"old-{stamp}-{p.name}"))
 
     # --- status ----------------------------------------------------------------------
-    async def check_active_jobs(
-        self, active_jobs: list[SubmittedJobInfo]
-    ) -> AsyncGenerator[SubmittedJobInfo, None]:
+    async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]) -> AsyncGenerator[SubmittedJobInfo, None]:
         if not active_jobs:
             return
         tracked = [j.aux["tracked"] for j in active_jobs]
@@ -435,9 +424,7 @@ class Executor(RemoteExecutor):
             return
         for n in names:
             base = n[: -len("_submission.sh")] + "_"
-            if n.endswith("_submission.sh") and not any(
-                m.startswith(base) and m != n for m in names
-            ):
+            if n.endswith("_submission.sh") and not any(m.startswith(base) and m != n for m in names):
                 (self.run_folder / n).unlink(missing_ok=True)
         for p in self.run_folder.glob(".submission_file_*.sh"):
             if p.is_symlink() and not p.exists():

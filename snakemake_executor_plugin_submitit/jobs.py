@@ -34,7 +34,6 @@ import time
 from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
-
 # seconds the processes a finished command left behind get between SIGTERM and SIGKILL
 LEFTOVER_GRACE_S = 2.0
 
@@ -172,9 +171,7 @@ class ShellCommand:
         signal.signal(signal.SIGINT, on_int)
         signal.signal(signal.SIGTERM, on_term)
         try:
-            self._proc = subprocess.Popen(
-                argv, cwd=self.cwd, env=env, start_new_session=True, preexec_fn=_child_setup
-            )
+            self._proc = subprocess.Popen(argv, cwd=self.cwd, env=env, start_new_session=True, preexec_fn=_child_setup)
             rc = self._wait()
         except BaseException:
             kill_group(self._proc, 0)

@@ -51,9 +51,7 @@ def _int(resources: Mapping[str, Any], name: str, rule: str, minimum: int) -> in
     ):
         value = int(value)
     if not isinstance(value, int) or value < minimum:
-        raise WorkflowError(
-            f"rule {rule}: resource {name}={value!r} must be an integer >= {minimum}"
-        )
+        raise WorkflowError(f"rule {rule}: resource {name}={value!r} must be an integer >= {minimum}")
     return value
 
 
@@ -77,8 +75,7 @@ def parse_slurm_extra(extra: str, rule: str) -> dict[str, Any]:
         tok = tokens[i]
         if not tok.startswith("--") or len(tok) < 3:
             raise WorkflowError(
-                f"rule {rule}: resource slurm_extra={extra!r}: expected long options "
-                f"like --name=value, got {tok!r}"
+                f"rule {rule}: resource slurm_extra={extra!r}: expected long options like --name=value, got {tok!r}"
             )
         key, sep, value = tok[2:].partition("=")
         if sep:
@@ -172,8 +169,7 @@ def local_parameters(params: Mapping[str, Any], rule: str) -> dict[str, Any]:
     """
     if params.get("nodes", 1) != 1:
         raise WorkflowError(
-            f"rule {rule}: resource nodes={params['nodes']} needs Slurm "
-            "(--submitit-cluster local runs on one node)"
+            f"rule {rule}: resource nodes={params['nodes']} needs Slurm (--submitit-cluster local runs on one node)"
         )
     out = {
         "timeout_min": params["timeout_min"],

@@ -53,7 +53,11 @@ ACTIVE_STATES = frozenset(
 def _run_text(argv: Sequence[str]) -> str:
     # own session: a Ctrl-C to Snakemake's process group must not kill the query
     return subprocess.run(
-        list(argv), check=True, capture_output=True, text=True, timeout=120,
+        list(argv),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
         start_new_session=True,
     ).stdout
 
@@ -251,9 +255,7 @@ class StatusPoller:
                 t.dead_since, t.dead_query = now, self.queries
                 out.append(("running", state))
             elif self.queries > t.dead_query and now - t.dead_since >= self.grace_s:
-                out.append(
-                    ("error", failure_message(t, f"ended in state {state} without a result"))
-                )
+                out.append(("error", failure_message(t, f"ended in state {state} without a result")))
             else:
                 out.append(("running", state))
         return out

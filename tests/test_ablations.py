@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import planned_jobs
+from tests.conftest import snakemake as snakemake_dry
 from tokendrift.config import load_file
 from tokendrift.grid import FIGURES, Grid, Unit
 from tokendrift.utils import TokenDriftError
-
-from .test_grid import planned_jobs, snakemake as snakemake_dry
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

@@ -1,55 +1,17 @@
 """Tables, figures and MLflow import from hand-made score files."""
 
 import csv
-import json
 import math
 import statistics
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import TD, make_grid, put
 from tokendrift.aggregate import at_entropy, figure2, quality_diversity, ratio_steps, write_table
-from tokendrift.grid import Grid, Unit
+from tokendrift.grid import Unit
 from tokendrift.tracking import compare, import_results
 from tokendrift.utils import TokenDriftError
-
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def make_grid(tmp_path, **over) -> Grid:
-    cfg = {"name": "t", "results": str(tmp_path / "results"), "source": {"kind": "openwebtext"},
-           "seeds": [0, 1, 2], "start": {"mdlm": {"pretrain": {}}, "duo": {"pretrain": {}}},
-           "evaluator": {"name": "gpt2-large"}, "steps": {"long": 4, "short": 2},
-           "sample": {"nfe": [4, 8], "sweep": [0.5, 0.8]}, **over}
-    return Grid(cfg, SCHEMA)
-
-
-def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None):
-    f = g.score_file(u, t, nfe)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps({"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe}))
-    if nelbo is not None:
-        g.nelbo_file(u).write_text(json.dumps({"nelbo": nelbo}))
-
-
-# start sweep (per NFE): entropy 4.0 / 5.0 / 6.0 at T 0.5 / 0.8 / 1.0, Gen.-PPL 20 / 50 / 200
-SWEEP = {0.5: (20.0, 4.0), 0.8: (50.0, 5.0), 1.0: (200.0, 6.0)}
-TD = {0: (40.0, 4.6), 1: (44.0, 4.4), 2: (42.0, 4.5)}  # TokenDrift per seed at NFE 4
-
-
-@pytest.fixture
-def filled(tmp_path):
-    g = make_grid(tmp_path)
-    for s in g.seeds:
-        for t, (p, e) in SWEEP.items():
-            for n in g.nfes:
-                put(g, Unit("mdlm", "start", s, 0), t, n, p, e, nelbo=3.0)
-        for n in g.nfes:
-            put(g, Unit("mdlm", "tokendrift", s, 4), 1.0, n, *TD[s], nelbo=3.5 + s)
-            if s != 2:  # seed 2 of continuation never finished
-                put(g, Unit("mdlm", "continuation", s, 4), 1.0, n, 190.0 + s, 5.9)
-    return g
 
 
 def rows(g, table):

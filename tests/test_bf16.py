@@ -21,7 +21,7 @@ import json
 import pytest
 import torch
 
-from tests.test_train import job, make_init
+from tests.conftest import job, make_init
 from tokendrift import train as trainlib
 from tokendrift.checkpoint import load_model_dir
 from tokendrift.diffusion import make_diffusion

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tokendrift.checkpoint import (CheckpointError, load_into, load_model_dir, read_external, save_model_dir)
+from tokendrift.checkpoint import CheckpointError, load_into, load_model_dir, read_external, save_model_dir
 from tokendrift.cli import main as cli
 from tokendrift.model import DiT, DiTConfig
 

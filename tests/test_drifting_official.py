@@ -38,7 +38,7 @@ def test_preset_reproduces_the_official_force(i, dtype):
     case = DATA["cases"][i]
     gen, pos, neg = _inputs(case, dtype)
     want = torch.tensor(case["force"], dtype=torch.float64)
-    V = O.drift_field(gen, pos, neg, case["R_list"], exclude_self=True, preset="drifting_official")
+    V = O.drift_field(gen, pos, neg, O.DriftOptions(case["R_list"], preset="drifting_official"), exclude_self=True)
     assert _rel(V, want) < 1e-5
 
 
@@ -48,17 +48,18 @@ def test_the_drifting_code_options_alone_are_not_the_official_force(i):
     case = DATA["cases"][i]
     gen, pos, neg = _inputs(case)
     want = torch.tensor(case["force"], dtype=torch.float64)
-    V = O.drift_field(gen, pos, neg, case["R_list"], exclude_self=True, kernel="l2_meannorm",
-                      scale="coord_rms", reduction="sum")
+    V = O.drift_field(gen, pos, neg, O.DriftOptions(case["R_list"], kernel="l2_meannorm", scale="coord_rms",
+                                                    reduction="sum"), exclude_self=True)
     assert _rel(V, want) > 1e-3
 
 
 def test_preset_ignores_the_options_it_sets():
     case = DATA["cases"][0]
     gen, pos, neg = _inputs(case)
-    a = O.drift_field(gen, pos, neg, case["R_list"], exclude_self=True, preset="drifting_official")
-    b = O.drift_field(gen, pos, neg, case["R_list"], exclude_self=True, preset="drifting_official",
-                      kernel="sq_l2", reduction="mean", scale="vector_rms", floor=0.0, ratio_reading="vector")
+    a = O.drift_field(gen, pos, neg, O.DriftOptions(case["R_list"], preset="drifting_official"), exclude_self=True)
+    b = O.drift_field(gen, pos, neg, O.DriftOptions(case["R_list"], preset="drifting_official", kernel="sq_l2",
+                                                    reduction="mean", scale="vector_rms", floor=0.0,
+                                                    ratio_reading="vector"), exclude_self=True)
     assert torch.equal(a, b)
 
 
@@ -85,7 +86,7 @@ def test_config_preset_refuses_a_conflicting_option(key, value):
                                        {"ratio": [2.0, 1.0], "ratio_reading": "displacement", "floor": 1e-3},
                                        {"loss": "logit_kl", "preset": "drifting_official"}])
 def test_training_runs_with_the_preset_and_the_displacement_reading(tmp_path, objective):
-    from tests.test_train import job, make_init
+    from tests.conftest import job, make_init
     from tokendrift import train as trainlib
 
     init = make_init(tmp_path / "init", "mdlm")

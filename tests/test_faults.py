@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.test_train import TINY_SOURCE, make_init
+from tests.conftest import TINY_SOURCE, make_init
 from tokendrift.data import make_source
 from tokendrift.evaluator import train_evaluator
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import planned_jobs, snakemake
 from tokendrift.grid import Grid
 from tokendrift.utils import TokenDriftError
 
@@ -20,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 PAPER = REPO / "workflow" / "config" / "paper.yaml"
 
-# The paper's grid (docs/grid.md), written out independently of tokendrift/data/tables.yaml:
+# The paper's grid (docs/grid.md), written out independently of tokendrift/paper_grid.yaml:
 # (backbone, run) -> (steps, the options that make the run what it is)
-DESIGN_RUNS = {
+PAPER_RUNS = {
     ("mdlm", "continuation"): (13000, {"variant": "continuation"}),
     ("mdlm", "tokendrift"): (13000, {"variant": "tokendrift"}),
     ("mdlm", "hard_lift"): (13000, {"objective": {"lift": "hard"}}),
@@ -42,34 +43,13 @@ DESIGN_RUNS = {
 }
 
 
-def snakemake(*args, cwd=REPO, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
-    if check and r.returncode != 0:
-        raise AssertionError(f"snakemake failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
-    return r
-
-
-def planned_jobs(out: str) -> list[dict]:
-    """Each planned job of a dry run: its rule and wildcards."""
-    jobs = []
-    for block in re.split(r"\n(?=\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]\n)", out):
-        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if not m:
-            continue
-        w = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        wildcards = dict(kv.split("=", 1) for kv in w.group(1).split(", ")) if w else {}
-        jobs.append({"rule": m.group(1), **wildcards})
-    return jobs
-
-
-def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_design(tmp_path):
+def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_paper_grid(tmp_path):
     r = snakemake("all_tables", "-n", "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(PAPER),
                   "--directory", str(tmp_path))
     jobs = planned_jobs(r.stdout)
     train = [(j["backbone"], j["model"], j["seed"]) for j in jobs if j["rule"] == "train"]
     assert len(train) == len(set(train)) == 48  # 16 unique runs x 3 seeds, each once
-    assert {(b, m) for b, m, _ in train} == set(DESIGN_RUNS)
+    assert {(b, m) for b, m, _ in train} == set(PAPER_RUNS)
     assert {s for *_, s in train} == {"0", "1", "2"}
     assert sorted(j["backbone"] for j in jobs if j["rule"] == "import_start") == ["duo", "mdlm"]
     assert not [j for j in jobs if j["rule"] in ("pretrain_start", "pretrain_evaluator")]  # paper: released + gpt2-large
@@ -93,7 +73,7 @@ def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_design(tmp_path):
 
 def test_train_job_configs_follow_the_sheet():
     g = Grid(yaml.safe_load(PAPER.read_text()), SCHEMA)
-    for (bb, run), (steps, options) in DESIGN_RUNS.items():
+    for (bb, run), (steps, options) in PAPER_RUNS.items():
         cfg = g.train_config(bb, run, 2)
         assert cfg["steps"] == steps and cfg["seed"] == 2 and cfg["global_batch"] == 512
         assert cfg["init"] == str(g.start_model(bb))

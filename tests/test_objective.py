@@ -27,8 +27,8 @@ def unit(*shape, seed):
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 6), P=st.integers(1, 12), N=st.integers(1, 12), opts=OPTIONS)
 def test_swapping_positives_and_negatives_negates_V(seed, B, P, N, opts):
     h, pos, neg = unit(B, 8, seed=seed), unit(P, 8, seed=seed + 1), unit(N, 8, seed=seed + 2)
-    V = O.drift_field(h, pos, neg, **opts)
-    V_swapped = O.drift_field(h, neg, pos, **opts)
+    V = O.drift_field(h, pos, neg, O.DriftOptions(**opts))
+    V_swapped = O.drift_field(h, neg, pos, O.DriftOptions(**opts))
     assert torch.allclose(V, -V_swapped, atol=1e-5)
     assert V.abs().sum() > 0
 
@@ -43,7 +43,7 @@ def test_identical_references_give_zero_drift_loss_and_gradient(seed, B, P, opts
     x_bar = torch.zeros(B, 5, dtype=torch.long)
     e = O.soft_lift(logits.softmax(-1), x_bar, torch.ones(B, 5, dtype=torch.bool), E)
     h = O.pooled_features(e, torch.tanh(e))
-    V = O.drift_field(h, refs, refs.clone(), **opts)
+    V = O.drift_field(h, refs, refs.clone(), O.DriftOptions(**opts))
     assert torch.equal(V, torch.zeros_like(V))
     loss = O.fixed_point_loss(h, V)
     loss.backward()
@@ -71,7 +71,7 @@ def test_ratio_scales_attraction_and_repulsion(seed, a, r):
     b_pos, b_neg = O.barycenters(h, pos, neg, 0.05)
     V_tau = a * b_pos - r * b_neg
     s = (V_tau.square().sum(-1).mean() + 1e-8).sqrt()
-    V = O.drift_field(h, pos, neg, temperatures=[0.05], ratio=(a, r))
+    V = O.drift_field(h, pos, neg, O.DriftOptions(temperatures=[0.05], ratio=(a, r)))
     assert torch.allclose(V, V_tau / s, atol=1e-5)
 
 
@@ -118,14 +118,14 @@ def test_self_exclusion_ignores_own_generated_feature():
 def test_drift_stats_report_unnormalized_norms_per_temperature():
     stats = {}
     h, pos, neg = unit(4, 8, seed=1), unit(6, 8, seed=2), unit(6, 8, seed=3)
-    O.drift_field(h, pos, neg, temperatures=(0.02, 0.05, 0.2), stats=stats)
+    O.drift_field(h, pos, neg, O.DriftOptions(temperatures=(0.02, 0.05, 0.2)), stats=stats)
     assert set(stats) == {"drift_norm/tau=0.02", "drift_norm/tau=0.05", "drift_norm/tau=0.2"}
     b_pos, b_neg = O.barycenters(h, pos, neg, 0.2)
     assert stats["drift_norm/tau=0.2"] == pytest.approx(float((b_pos - b_neg).norm(dim=-1).mean()), rel=1e-5)
 
 
 def test_normalized_drift_has_unit_rms_per_temperature():
-    V = O.drift_field(unit(5, 8, seed=1), unit(9, 8, seed=2), unit(9, 8, seed=3), temperatures=[0.1])
+    V = O.drift_field(unit(5, 8, seed=1), unit(9, 8, seed=2), unit(9, 8, seed=3), O.DriftOptions(temperatures=[0.1]))
     assert float(V.square().sum(-1).mean()) == pytest.approx(1.0, rel=1e-4)
 
 
@@ -233,6 +233,15 @@ def test_queue_is_fifo_and_round_trips():
     assert len(one) == 1
 
 
+def check_objective(**options):
+    """Validate an ``objective`` section as a train job does: the schema, then ``DriftOptions``."""
+    import json
+
+    from tokendrift.config import validate
+
+    O.DriftOptions.from_config(validate("train", {"objective": json.loads(json.dumps(options))})["objective"])
+
+
 @pytest.mark.parametrize("kwargs, field", [
     (dict(temperatures=[]), "temperatures"), (dict(temperatures=[0.1, 0.0]), "temperatures"),
     (dict(ratio=(0, 0)), "ratio"), (dict(ratio=(1, -1)), "ratio"), (dict(alpha=0.0), "alpha"),
@@ -242,7 +251,7 @@ def test_queue_is_fifo_and_round_trips():
 def test_bad_options_name_their_field(kwargs, field):
     base = dict(temperatures=[0.05], ratio=(1, 1), alpha=1.0)
     with pytest.raises(TokenDriftError, match=f"objective.{field}"):
-        O.check_drift_options(**{**base, **kwargs})
+        check_objective(**{**base, **kwargs})
     with pytest.raises(TokenDriftError, match="queue_size"):
         O.FeatureQueue(0, 4)
 
@@ -384,8 +393,8 @@ def test_readings_agree_at_one_to_one(seed, opts):
     if opts.get("normalization") == "softmax":  # S+ != S-: the readings differ there even at 1:1
         return
     h, pos, neg = _refs(seed)
-    V_vec = O.drift_field(h, pos, neg, exclude_self=True, ratio_reading="vector", **opts)
-    V_disp = O.drift_field(h, pos, neg, exclude_self=True, ratio_reading="displacement", **opts)
+    V_vec = O.drift_field(h, pos, neg, O.DriftOptions(ratio_reading="vector", **opts), exclude_self=True)
+    V_disp = O.drift_field(h, pos, neg, O.DriftOptions(ratio_reading="displacement", **opts), exclude_self=True)
     assert torch.allclose(V_vec, V_disp, atol=1e-4)
 
 
@@ -395,8 +404,8 @@ def test_displacement_reading_is_anti_symmetric(seed, ar, opts):
     """Swapping the references and the two scales negates V: a:r on (P, N) is -(r:a on (N, P))."""
     h, pos, neg = unit(3, 8, seed=seed), unit(7, 8, seed=seed + 1), unit(6, 8, seed=seed + 2)
     a, r = ar
-    V = O.drift_field(h, pos, neg, ratio=(a, r), ratio_reading="displacement", **opts)
-    V_swapped = O.drift_field(h, neg, pos, ratio=(r, a), ratio_reading="displacement", **opts)
+    V = O.drift_field(h, pos, neg, O.DriftOptions(ratio=(a, r), ratio_reading="displacement", **opts))
+    V_swapped = O.drift_field(h, neg, pos, O.DriftOptions(ratio=(r, a), ratio_reading="displacement", **opts))
     assert torch.allclose(V, -V_swapped, atol=1e-5)
 
 
@@ -423,4 +432,4 @@ def test_bad_ratio_reading_floor_and_preset_name_their_field():
     for kwargs, field in [(dict(ratio_reading="both"), "ratio_reading"), (dict(floor=-1.0), "floor"),
                           (dict(preset="nope"), "preset")]:
         with pytest.raises(TokenDriftError, match=f"objective.{field}"):
-            O.check_drift_options(**{**base, **kwargs})
+            check_objective(**{**base, **kwargs})

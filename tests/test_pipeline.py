@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tokendrift.grid import Grid, Unit
 from tokendrift.config import load_file
+from tokendrift.grid import Grid, Unit
 
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "tests" / "configs" / "ci.yaml"
@@ -88,7 +88,7 @@ def test_no_secret_from_the_environment_reaches_logs_results_or_mlflow(finished)
 def test_report_shows_every_table_and_figure_in_a_browser(finished, tmp_path):
     """`--report` gives one self-contained HTML file; opened in headless Chromium, after its
     scripts ran, its front page shows Table 1's rows and Figure 2's image."""
-    from .test_report import Elements, chromium, rendered_dom
+    from tests.conftest import Elements, chromium, rendered_dom
 
     wd, g, _ = finished
     report = wd / "report.html"

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.test_train import TINY_MODEL, TINY_SOURCE
+from tests.conftest import TINY_MODEL, TINY_SOURCE
 from tokendrift.checkpoint import save_model_dir
 from tokendrift.cli import main as cli
 from tokendrift.data import make_source

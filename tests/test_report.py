@@ -1,24 +1,22 @@
 """What researchers read: the tables in the paper's shape (Markdown, LaTeX that compiles, HTML),
 the baseline gate, the paper's suspect entries, and figures whose models can be told apart.
 The Snakemake report of a whole run is checked in tests/test_pipeline.py (it needs the run);
-the helpers to open it in headless Chromium live here."""
+the helpers to open it in headless Chromium are in tests/conftest.py."""
 
 import csv
 import json
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift import aggregate
 from tokendrift.aggregate import baseline_gate, model_styles, read_scores, write_table
 from tokendrift.grid import Unit
 from tokendrift.tracking import import_results
-
-from .test_aggregate import SWEEP, TD, filled, make_grid, put  # noqa: F401 (filled is a fixture)
 
 PAPER_MDLM = {4: (1942.33, 66.80, 5.95, 0.02), 8: (799.52, 24.28, 5.88, 0.02)}  # the paper's Table 1, start row
 
@@ -223,47 +221,3 @@ def test_figures_put_the_legend_outside_and_share_y_limits(filled, monkeypatch):
     assert "MDLM tokendrift @4" in labels and "MDLM continuation @4" in labels
     lims = {ax.get_ylim() for ax in figs["figure2"].axes}
     assert len(lims) == 1  # one metric (no oracle): every panel on the same y-range
-
-
-# --------------------------------------------------------------------------- the report in a browser
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def rendered_dom(page: Path, tmp: Path) -> str:
-    """The page's DOM after its scripts ran (headless Chromium, no network)."""
-    r = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp}", "--virtual-time-budget=10000",
-                        "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0 and "<html" in r.stdout, r.stderr[-3000:]
-    return r.stdout
-
-
-class Elements(HTMLParser):
-    """Rendered elements only: row headers of tables (th scope=row) and images, never the text
-    of scripts (the report app carries its content as JavaScript data before it renders it)."""
-
-    def __init__(self):
-        super().__init__()
-        self.row_headers, self.images, self._th, self._stack = [], [], None, []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "th" and a.get("scope") == "row":
-            self._th = []
-        if tag == "img":
-            self.images.append(a)
-        self._stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if tag == "th" and self._th is not None:
-            self.row_headers.append("".join(self._th).strip())
-            self._th = None
-
-    def handle_data(self, data):
-        if self._th is not None:
-            self._th.append(data)

@@ -143,14 +143,14 @@ def test_evaluator_that_cannot_load_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.test_train import make_init
+    from tests.conftest import make_init
 
     return make_init(tmp_path_factory.mktemp("ck") / "mdlm")
 
 
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory):
-    from tests.test_train import TINY_SOURCE
+    from tests.conftest import TINY_SOURCE
     from tokendrift.data import make_source
     from tokendrift.evaluator import train_evaluator
 

@@ -15,7 +15,7 @@ import pytest
 
 from tokendrift import cli
 from tokendrift.config import load_file
-from tokendrift.grid import Grid, Unit
+from tokendrift.grid import FIGURES, Grid, Unit
 from tokendrift.status import chain, study_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +153,8 @@ def test_a_finished_study_has_nothing_to_rerun(grid, tmp_path, capsys):
 
 
 def test_the_logs_status_names_are_the_rules_logs(grid, tmp_path):
-    """Every log of a dry run of the CI DAG is one that Grid.log_file names, and the reverse."""
+    """Every log of a dry run of the CI DAG is one that Grid.log_file names (Grid.log for the jobs after
+    the scores: the entropy rate, tables, figures and the MLflow import), and the reverse."""
     g = grid
     r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "all_tables", "-n",
                         "--configfile", str(CI), "--directory", str(tmp_path)],
@@ -162,4 +163,5 @@ def test_the_logs_status_names_are_the_rules_logs(grid, tmp_path):
     planned = set(re.findall(r"^\s+log: (\S+)", r.stdout, re.M))
     named = {str(j.log) for u in g.units for j in chain(g, u)}
     named |= {str(g.log_file("probe", bb=bb)) for bb in g.backbones}
+    named |= {g.log("aggregate", name=n) for n in [*g.tables, *FIGURES]} | {g.log("entropy_rate"), g.log("track")}
     assert planned == named

@@ -14,46 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import TINY_MODEL, TINY_SOURCE, job
 from tokendrift import train as trainlib
-from tokendrift.checkpoint import load_model_dir, random_model_dir, save_model_dir
+from tokendrift.checkpoint import load_model_dir, save_model_dir
 from tokendrift.cli import main as cli
 from tokendrift.data import make_source
 from tokendrift.model import DiT, DiTConfig
-
-TINY_SOURCE = {"kind": "synthetic", "n_states": 4, "vocab_size": 24, "length": 16, "seed": 3}
-TINY_MODEL = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, dropout=0.1)
-
-
-def make_init(path: Path, diffusion: str = "mdlm", seed: int = 0) -> Path:
-    """A random tiny "released" checkpoint folder (random adaLN weights so the model is not constant)."""
-    src = make_source(TINY_SOURCE)
-    torch.manual_seed(seed)
-    return random_model_dir(path, diffusion, src.config, src.vocab_size + 1, src.length, **TINY_MODEL)
-
-
-@pytest.fixture(scope="module")
-def init_mdlm(tmp_path_factory):
-    return make_init(tmp_path_factory.mktemp("init") / "mdlm", "mdlm")
-
-
-@pytest.fixture(scope="module")
-def init_duo(tmp_path_factory):
-    return make_init(tmp_path_factory.mktemp("init") / "duo", "duo")
-
-
-def job(init, /, **over) -> dict:
-    cfg = {
-        "variant": "tokendrift", "init": str(init), "steps": 6, "global_batch": 4, "micro_batch": 2,
-        "save_every": 2, "seed": 1, "device": "cpu",
-        "optim": {"lr": 1e-3, "warmup_steps": 2, "ema": 0.9},
-        "objective": {"queue_size": 8},
-    }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-            cfg[k] = {**cfg[k], **v}
-        else:
-            cfg[k] = v
-    return cfg
 
 
 def weights(folder: Path) -> dict:

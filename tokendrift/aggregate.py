@@ -4,7 +4,7 @@ and the matched-entropy ratio against training step, built from the score files.
 Every cell is the mean ± sample SD over the seeds whose score file exists (``n`` is shown
 when fewer than the configured seeds finished; a cell with none is "—", so partial results
 render). Each table file holds the paper's table first (per NFE "Gen.-PPL ± SD" and entropy,
-each of our rows with the paper's values under it, tokendrift/data/tables.yaml, and the
+each of our rows with the paper's values under it, tokendrift/paper_grid.yaml, and the
 distillation rows it reported), then what the paper lacks: oracle Gen.-PPL, each row's
 held-out NELBO, and the sharpening control. The starting checkpoint sampled over a temperature
 sweep gives a frontier of Gen.-PPL against entropy (log Gen.-PPL linear in entropy between
@@ -28,17 +28,19 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from .grid import Grid, add_grid_args, grid_from_args, paper_tables
-from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, config_digest, read_json
+from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl")
 DASH = "—"
 
 
 # --------------------------------------------------------------------------- reading
+
 
 def read_scores(g: Grid, units) -> pd.DataFrame:
     """One line per existing score file: unit, temperature, NFE and the three metrics."""
@@ -49,8 +51,17 @@ def read_scores(g: Grid, units) -> pd.DataFrame:
             if f.exists():
                 r = read_json(f, "score file")
                 try:
-                    rows.append({"backbone": u.backbone, "model": u.model, "seed": u.seed, "step": u.step,
-                                 "temperature": t, "nfe": n, **{m: _num(r.get(m)) for m in METRICS}})
+                    rows.append(
+                        {
+                            "backbone": u.backbone,
+                            "model": u.model,
+                            "seed": u.seed,
+                            "step": u.step,
+                            "temperature": t,
+                            "nfe": n,
+                            **{m: _num(r.get(m)) for m in METRICS},
+                        }
+                    )
                 except (TypeError, ValueError):
                     raise TokenDriftError(f"score file {f}: non-numeric metric") from None
     return pd.DataFrame(rows, columns=["backbone", "model", "seed", "step", "temperature", "nfe", *METRICS])
@@ -61,8 +72,15 @@ def read_nelbo(g: Grid, units) -> pd.DataFrame:
     for u in units:
         f = g.nelbo_file(u)
         if f.exists():
-            rows.append({"backbone": u.backbone, "model": u.model, "seed": u.seed, "step": u.step,
-                         "nelbo": _num(read_json(f, "NELBO file").get("nelbo"))})
+            rows.append(
+                {
+                    "backbone": u.backbone,
+                    "model": u.model,
+                    "seed": u.seed,
+                    "step": u.step,
+                    "nelbo": _num(read_json(f, "NELBO file").get("nelbo")),
+                }
+            )
     return pd.DataFrame(rows, columns=["backbone", "model", "seed", "step", "nelbo"])
 
 
@@ -71,20 +89,15 @@ def _num(v):
 
 
 def entropy_floor(g: Grid) -> float | None:
-    """exp(entropy rate) of a synthetic source: the oracle Gen.-PPL floor (cached per source)."""
-    if g.config["source"].get("kind") != "synthetic":
+    """exp(entropy rate) of a synthetic source (the entropy_rate job's file): the oracle Gen.-PPL floor;
+    None for a text source, or while that job has not run (`tokendrift aggregate` of partial results)."""
+    if not g.entropy_rate_file or not Path(g.entropy_rate_file[0]).exists():
         return None
-    cache = g.root / "cache" / f"entropy_rate_{config_digest(g.config['source'])}.json"
-    if cache.exists():
-        return math.exp(read_json(cache)["entropy_rate"])
-    from .data import make_source
-
-    h = make_source(g.config["source"]).entropy_rate
-    atomic_write_json(cache, {"entropy_rate": h, "source": g.config["source"]})
-    return math.exp(h)
+    return math.exp(read_json(g.entropy_rate_file[0], "entropy rate file")["entropy_rate"])
 
 
 # --------------------------------------------------------------------------- statistics
+
 
 @dataclass
 class Stat:
@@ -138,6 +151,7 @@ def at_entropy(points, entropy: float | None) -> tuple[float | None, float | Non
 
 # --------------------------------------------------------------------------- tables
 
+
 def table_frame(g: Grid, table: str) -> pd.DataFrame:
     """The tidy table: one line per row x NFE with every number (the CSV)."""
     t = g.tables[table]
@@ -156,10 +170,22 @@ def table_frame(g: Grid, table: str) -> pd.DataFrame:
         nl = cell(nelbo, "nelbo", model=model, step=step) if model else Stat(None, None, 0)
         for n in g.nfes:
             paper = _paper(row, n) or [None] * 4
-            line = {"table": table, "row": label, "model": model or "", "kind": "ours" if model else "reported",
-                    "nfe": n, "step": step, "n_seeds": 0,
-                    "paper_gen_ppl": paper[0], "paper_gen_ppl_sd": paper[1], "paper_entropy": paper[2],
-                    "paper_entropy_sd": paper[3], "paper_suspect": _suspect(row, n), "nelbo": nl.mean, "nelbo_sd": nl.sd}
+            line = {
+                "table": table,
+                "row": label,
+                "model": model or "",
+                "kind": "ours" if model else "reported",
+                "nfe": n,
+                "step": step,
+                "n_seeds": 0,
+                "paper_gen_ppl": paper[0],
+                "paper_gen_ppl_sd": paper[1],
+                "paper_entropy": paper[2],
+                "paper_entropy_sd": paper[3],
+                "paper_suspect": _suspect(row, n),
+                "nelbo": nl.mean,
+                "nelbo_sd": nl.sd,
+            }
             if model:
                 where = dict(model=model, step=step, nfe=n, temperature=1.0)
                 ent = cell(scores, "entropy", **where)
@@ -176,8 +202,15 @@ def table_frame(g: Grid, table: str) -> pd.DataFrame:
                     method_entropy[n] = ent.mean
             lines.append(line)
     for n in g.nfes:  # the control row
-        line = {"table": table, "row": "start at matched entropy", "model": "start", "kind": "matched", "nfe": n,
-                "step": 0, "entropy": method_entropy.get(n)}
+        line = {
+            "table": table,
+            "row": "start at matched entropy",
+            "model": "start",
+            "kind": "matched",
+            "nfe": n,
+            "step": 0,
+            "entropy": method_entropy.get(n),
+        }
         for m in metrics:
             ref, temp, flag = at_entropy(fronts[(n, m)], method_entropy.get(n))
             line.update({m: ref, f"{m}_matched_temperature": temp, f"{m}_ratio_note": flag})
@@ -202,13 +235,13 @@ def _g(line, key):
 
 
 def _paper(row: dict, nfe: int) -> list | None:
-    """The paper's [Gen.-PPL, SD, entropy, SD] of a tables.yaml row at ``nfe`` (None if not reported)."""
+    """The paper's [Gen.-PPL, SD, entropy, SD] of a paper_grid.yaml row at ``nfe`` (None if not reported)."""
     p = row.get("paper") or {}
     return p.get(nfe) or p.get(str(nfe))
 
 
 def _suspect(row: dict, nfe: int) -> bool:
-    """A paper entry marked as a likely copy error in tables.yaml: shown, never compared."""
+    """A paper entry marked as a likely copy error in paper_grid.yaml: shown, never compared."""
     return nfe in (row.get("suspect") or {}).get("nfe", [])
 
 
@@ -217,6 +250,7 @@ def _table_name(table: str) -> str:
 
 
 # --------------------------------------------------------------------------- the baseline gate
+
 
 def gate_enabled(g: Grid) -> tuple[bool, str]:
     """Whether the paper's numbers apply to this config (workflow option ``baseline_gate.enabled``)."""
@@ -248,39 +282,71 @@ def baseline_gate(g: Grid, table: str, scores: pd.DataFrame) -> dict:
     opts = g.config["baseline_gate"]
     on, why = gate_enabled(g)
     ref = paper_start_row(bb)
-    out = {"table": table, "backbone": bb, "enabled": on, "reason": why,
-           "rule": "fail when |ours - paper| > max(sd * sqrt(SD_paper^2 + SD_ours^2), rel * paper)",
-           "tolerance": {k: opts[k] for k in ("sd", "gen_ppl_rel", "entropy_rel")},
-           "paper_table": ref[0] if ref else None, "paper_row": ref[1]["label"] if ref else None, "cells": []}
+    out = {
+        "table": table,
+        "backbone": bb,
+        "enabled": on,
+        "reason": why,
+        "rule": "fail when |ours - paper| > max(sd * sqrt(SD_paper^2 + SD_ours^2), rel * paper)",
+        "tolerance": {k: opts[k] for k in ("sd", "gen_ppl_rel", "entropy_rel")},
+        "paper_table": ref[0] if ref else None,
+        "paper_row": ref[1]["label"] if ref else None,
+        "cells": [],
+    }
     if on and ref:
         for n in g.nfes:
             p = _paper(ref[1], n)
             if p is None or _suspect(ref[1], n):
                 continue
-            for metric, pm, psd, rel in (("gen_ppl", p[0], p[1], opts["gen_ppl_rel"]),
-                                         ("entropy", p[2], p[3], opts["entropy_rel"])):
+            for metric, pm, psd, rel in (
+                ("gen_ppl", p[0], p[1], opts["gen_ppl_rel"]),
+                ("entropy", p[2], p[3], opts["entropy_rel"]),
+            ):
                 st = cell(scores, metric, model="start", step=0, nfe=n, temperature=1.0)
-                c = {"nfe": n, "metric": metric, "paper": pm, "paper_sd": psd, "ours": st.mean, "ours_sd": st.sd,
-                     "n_seeds": st.n}
+                c = {
+                    "nfe": n,
+                    "metric": metric,
+                    "paper": pm,
+                    "paper_sd": psd,
+                    "ours": st.mean,
+                    "ours_sd": st.sd,
+                    "n_seeds": st.n,
+                }
                 if st.mean is not None:
                     sd = math.hypot(psd, st.sd or 0.0)
                     delta = st.mean - pm
                     limit = max(opts["sd"] * sd, rel * abs(pm))
-                    c.update(delta=delta, delta_pct=100 * delta / pm, delta_sd=delta / sd if sd else None,
-                             limit=limit, within=abs(delta) <= limit)
+                    c.update(
+                        delta=delta,
+                        delta_pct=100 * delta / pm,
+                        delta_sd=delta / sd if sd else None,
+                        limit=limit,
+                        within=abs(delta) <= limit,
+                    )
                 out["cells"].append(c)
     cells = out["cells"]
     who = f"the {bb.upper()} start checkpoint"
     where = f"the paper's {_table_name(out['paper_table'])} row" if ref else ""
     if not cells:
         out["status"] = "not applicable"
-        out["summary"] = ("Baseline gate: not applicable (" + (why if not on else
-                          f"no NFE of this config in {where}" if ref else f"the paper reports no {bb} start row") + ").")
+        out["summary"] = (
+            "Baseline gate: not applicable ("
+            + (
+                why
+                if not on
+                else f"no NFE of this config in {where}"
+                if ref
+                else f"the paper reports no {bb} start row"
+            )
+            + ")."
+        )
     elif any(c.get("within") is False for c in cells):
         out["status"] = "fail"
-        out["summary"] = (f"BASELINE NOT REPRODUCED: {who} is outside the tolerance of {where} at "
-                          + "; ".join(_gate_cell(c) for c in cells if c.get("within") is False)
-                          + ". Every number of this table is in doubt until it is.")
+        out["summary"] = (
+            f"BASELINE NOT REPRODUCED: {who} is outside the tolerance of {where} at "
+            + "; ".join(_gate_cell(c) for c in cells if c.get("within") is False)
+            + ". Every number of this table is in doubt until it is."
+        )
     elif any(c["ours"] is None for c in cells):
         out["status"] = "incomplete"
         missing = sorted({c["nfe"] for c in cells if c["ours"] is None})
@@ -288,9 +354,11 @@ def baseline_gate(g: Grid, table: str, scores: pd.DataFrame) -> dict:
     else:
         out["status"] = "pass"
         worst = max(cells, key=lambda c: abs(c["delta"]) / c["limit"] if c["limit"] else 0.0)
-        out["summary"] = (f"Baseline reproduced: {who} is within the tolerance of {where} at NFE "
-                          f"{', '.join(str(n) for n in sorted({c['nfe'] for c in cells}))} (closest to the limit: "
-                          f"{_gate_cell(worst)}).")
+        out["summary"] = (
+            f"Baseline reproduced: {who} is within the tolerance of {where} at NFE "
+            f"{', '.join(str(n) for n in sorted({c['nfe'] for c in cells}))} (closest to the limit: "
+            f"{_gate_cell(worst)})."
+        )
     out["mlflow_tags"] = {"baseline_gate": out["status"], "baseline_gate.summary": out["summary"][:5000]}
     return out
 
@@ -298,17 +366,21 @@ def baseline_gate(g: Grid, table: str, scores: pd.DataFrame) -> dict:
 def _gate_cell(c: dict) -> str:
     name = "Gen.-PPL" if c["metric"] == "gen_ppl" else "entropy"
     sd = f", {c['delta_sd']:+.1f} SD" if c.get("delta_sd") is not None else ""
-    return (f"NFE {c['nfe']} {name} {c['ours']:.2f} vs {c['paper']:.2f} ± {c['paper_sd']:.2f} "
-            f"({c['delta_pct']:+.1f}%{sd}; tolerance ±{c['limit']:.2f})")
+    return (
+        f"NFE {c['nfe']} {name} {c['ours']:.2f} vs {c['paper']:.2f} ± {c['paper_sd']:.2f} "
+        f"({c['delta_pct']:+.1f}%{sd}; tolerance ±{c['limit']:.2f})"
+    )
 
 
 # --------------------------------------------------------------------------- rendering
+
 
 @dataclass
 class Block:
     """One tabular: a label column, then per group (NFE) the ``sub`` columns, then ``tail``.
     Rows are (style, label, cells); style: ours | paper | reported | matched | section | note
     (section and note rows span the table and have no cells). A cell "**x**" is bold."""
+
     groups: list
     sub: list
     tail: list
@@ -343,8 +415,10 @@ def main_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
                 paper_cells += ["", ""]
                 continue
             ppl = f"{p[0]:.2f} ± {p[1]:.2f}" + (" †" if _suspect(spec, n) else "")
-            paper_cells += [f"**{ppl}**" if p[0] == best_paper[n] and not _suspect(spec, n) else ppl,
-                            f"{p[2]:.2f} ± {p[3]:.2f}"]
+            paper_cells += [
+                f"**{ppl}**" if p[0] == best_paper[n] and not _suspect(spec, n) else ppl,
+                f"{p[2]:.2f} ± {p[3]:.2f}",
+            ]
         if recs[g.nfes[0]]["kind"] == "reported":
             if not section:
                 rows.append(("section", "Distillation, reported by the paper (not re-run, not controlled)", []))
@@ -355,8 +429,10 @@ def main_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
         for n in g.nfes:
             r = recs[n]
             ppl = _fmt(_g(r, "gen_ppl"), _g(r, "gen_ppl_sd"), r.get("n_seeds"), want)
-            cells += [f"**{ppl}**" if best[n] is not None and _g(r, "gen_ppl") == best[n] else ppl,
-                      _fmt(_g(r, "entropy"), _g(r, "entropy_sd"))]
+            cells += [
+                f"**{ppl}**" if best[n] is not None and _g(r, "gen_ppl") == best[n] else ppl,
+                _fmt(_g(r, "entropy"), _g(r, "entropy_sd")),
+            ]
         rows.append(("ours", label, cells))
         if any(paper_cells):
             rows.append(("paper", "paper", paper_cells))
@@ -379,8 +455,11 @@ def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
                 cells.append(_fmt(_g(r, "oracle_gen_ppl"), _g(r, "oracle_gen_ppl_sd")))
             if kind == "matched":
                 ppl, temp = _g(r, "gen_ppl"), _g(r, "gen_ppl_matched_temperature")
-                cells.append(f"{ppl:.2f} @ T={temp:.2f}" if ppl is not None and temp is not None
-                             else (r.get("gen_ppl_ratio_note") or DASH))
+                cells.append(
+                    f"{ppl:.2f} @ T={temp:.2f}"
+                    if ppl is not None and temp is not None
+                    else (r.get("gen_ppl_ratio_note") or DASH)
+                )
             elif r["model"] == "start":
                 cells.append("1 (frontier)")
             else:
@@ -403,47 +482,78 @@ def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate:
     has_oracle = "oracle_gen_ppl" in df.columns
     method = next((r["label"].rstrip("*") for r in t["rows"] if r.get("model") == t["method"]), t["method"])
     name = _table_name(table) + (f" ({table})" if _table_name(table) != table else "")
-    caption = (f"**{name}: {t['title']}** (step {g.table_step(table)}; mean ± SD over "
-               f"seeds {g.seeds}; n shown when fewer finished; — = missing). Gen.-PPL under `{g.evaluator()}` at "
-               "temperature 1, sample entropy in nats. " + (
-                   "Each of our rows has the paper's values under it (*paper*: OpenWebText, GPT-2 Large); bold = the "
-                   "best Gen.-PPL per NFE among our rows, and among the paper's." if any(r.get("paper") for r in t["rows"])
-                   else "The paper reports none of these rows; bold = the best Gen.-PPL per NFE."))
-    honesty = ("**Not in the paper** (below): " + ("Oracle Gen.-PPL = Gen.-PPL under the true distribution"
-               + (f" (floor {floor:.2f})" if floor else "") + "; " if has_oracle else "")
-               + "Ratio = Gen.-PPL / the start checkpoint's temperature-sweep frontier at the row's own entropy"
-               + (" (in parentheses: the same under the oracle)" if has_oracle else "")
-               + ": below 1 beats plain sharpening, 1 is what lowering the temperature gives for free; "
-                 "<range/>range = outside the sweep (not extrapolated). "
-               + f"*start at matched entropy* = the start checkpoint sampled at the temperature T whose entropy "
-                 f"equals {method}'s (its Gen.-PPL @ T in the Ratio column), the denominator of {method}'s ratio. "
-                 "NELBO = held-out NELBO per token (the likelihood side sharpening cannot game).")
-    return {"caption": caption, "gate": gate["summary"] if gate["status"] != "not applicable" else "",
-            "gate_fail": gate["status"] == "fail", "honesty": honesty,
-            "notes": gate["summary"] if gate["status"] == "not applicable" else ""}
+    caption = (
+        f"**{name}: {t['title']}** (step {g.table_step(table)}; mean ± SD over "
+        f"seeds {g.seeds}; n shown when fewer finished; — = missing). Gen.-PPL under `{g.evaluator()}` at "
+        "temperature 1, sample entropy in nats. "
+        + (
+            "Each of our rows has the paper's values under it (*paper*: OpenWebText, GPT-2 Large); bold = the "
+            "best Gen.-PPL per NFE among our rows, and among the paper's."
+            if any(r.get("paper") for r in t["rows"])
+            else "The paper reports none of these rows; bold = the best Gen.-PPL per NFE."
+        )
+    )
+    honesty = (
+        "**Not in the paper** (below): "
+        + (
+            "Oracle Gen.-PPL = Gen.-PPL under the true distribution" + (f" (floor {floor:.2f})" if floor else "") + "; "
+            if has_oracle
+            else ""
+        )
+        + "Ratio = Gen.-PPL / the start checkpoint's temperature-sweep frontier at the row's own entropy"
+        + (" (in parentheses: the same under the oracle)" if has_oracle else "")
+        + ": below 1 beats plain sharpening, 1 is what lowering the temperature gives for free; "
+        "<range/>range = outside the sweep (not extrapolated). "
+        + f"*start at matched entropy* = the start checkpoint sampled at the temperature T whose entropy "
+        f"equals {method}'s (its Gen.-PPL @ T in the Ratio column), the denominator of {method}'s ratio. "
+        "NELBO = held-out NELBO per token (the likelihood side sharpening cannot game)."
+    )
+    return {
+        "caption": caption,
+        "gate": gate["summary"] if gate["status"] != "not applicable" else "",
+        "gate_fail": gate["status"] == "fail",
+        "honesty": honesty,
+        "notes": gate["summary"] if gate["status"] == "not applicable" else "",
+    }
 
 
 def render(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> tuple[str, str, str]:
     """Markdown, LaTeX and HTML of one table: the paper's table, then the honesty columns."""
     main, honesty = main_block(g, table, df), honesty_block(g, table, df)
     text = table_text(g, table, df, floor, gate)
-    gate_line = (f"**{text['gate'].split(':', 1)[0]}:**{text['gate'].split(':', 1)[1]}" if text["gate_fail"]
-                 else text["gate"])
+    gate_line = (
+        f"**{text['gate'].split(':', 1)[0]}:**{text['gate'].split(':', 1)[1]}" if text["gate_fail"] else text["gate"]
+    )
     parts = [text["caption"], gate_line, main, text["honesty"], honesty, text["notes"]]
     parts = [p for p in parts if p != ""]
     md = "\n\n".join(_md_block(p) if isinstance(p, Block) else p for p in parts) + "\n"
-    tex = ("% " + _table_name(table) + r": needs \usepackage{booktabs}" + "\n\\begin{table}[t]\n\\centering\\small\n"
-           "\\setlength{\\tabcolsep}{4pt}\n\\caption{" + _tex_inline(text["caption"]) + "}\n\\label{tab:" + table + "}\n"
-           + "\n".join(_tex_block(p) if isinstance(p, Block) else "\\par\\smallskip{\\footnotesize "
-                       + _tex_inline(p) + "}\\par\\smallskip" for p in parts[1:])
-           + "\n\\end{table}\n")
-    body = "\n".join(_html_block(p) if isinstance(p, Block) else
-                     f"<p class=\"{'gate fail' if p is gate_line and text['gate_fail'] else 'gate' if p is gate_line else 'text'}\">"
-                     f"{_html_inline(p)}</p>" for p in parts)
+    tex = (
+        "% " + _table_name(table) + r": needs \usepackage{booktabs}" + "\n\\begin{table}[t]\n\\centering\\small\n"
+        "\\setlength{\\tabcolsep}{4pt}\n\\caption{"
+        + _tex_inline(text["caption"])
+        + "}\n\\label{tab:"
+        + table
+        + "}\n"
+        + "\n".join(
+            _tex_block(p)
+            if isinstance(p, Block)
+            else "\\par\\smallskip{\\footnotesize " + _tex_inline(p) + "}\\par\\smallskip"
+            for p in parts[1:]
+        )
+        + "\n\\end{table}\n"
+    )
+    gate_class = "gate fail" if text["gate_fail"] else "gate"
+    body = "\n".join(
+        _html_block(p)
+        if isinstance(p, Block)
+        else f'<p class="{gate_class if p is gate_line else "text"}">{_html_inline(p)}</p>'
+        for p in parts
+    )
     return md, tex, _html_page(f"td-{table}", _table_name(table), body)
 
 
 # Markdown, LaTeX and HTML writers of a Block and of inline-marked text.
+
 
 def _md_block(b: Block) -> str:
     head = ["Method"] + [f"{grp.replace(' = ', ' ')} {s}" for grp in b.groups for s in b.sub] + b.tail
@@ -457,10 +567,32 @@ def _md_block(b: Block) -> str:
     return "\n".join(lines)
 
 
-TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
-       "}": r"\}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "±": r"$\pm$", "—": "--", "–": "--",
-       "|": r"$|$", "<": r"$<$", ">": r"$>$", "*": r"$^*$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
-       "↳": "", "†": r"\dag{}", "×": r"$\times$", "’": "'", "φ": r"$\phi$"}
+TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "^": r"\textasciicircum{}",
+    "~": r"\textasciitilde{}",
+    "±": r"$\pm$",
+    "—": "--",
+    "–": "--",
+    "|": r"$|$",
+    "<": r"$<$",
+    ">": r"$>$",
+    "*": r"$^*$",
+    "↓": r"$\downarrow$",
+    "↑": r"$\uparrow$",
+    "↳": "",
+    "†": r"\dag{}",
+    "×": r"$\times$",
+    "’": "'",
+    "φ": r"$\phi$",
+}
 
 
 def _tex(s) -> str:
@@ -500,13 +632,21 @@ def _tex_block(b: Block) -> str:
     top = [""] + [rf"\multicolumn{{{k}}}{{c}}{{{_tex(grp)}}}" for grp in b.groups] + [""] * len(b.tail)
     rules = "".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(b.groups)))
     head = ["Method"] + [_tex(s) for _ in b.groups for s in b.sub] + [_tex(s) for s in b.tail]
-    lines = [r"\begin{tabular}{l" + "r" * (b.width - 1) + "}", r"\toprule", " & ".join(top) + r" \\", rules,
-             " & ".join(head) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{tabular}{l" + "r" * (b.width - 1) + "}",
+        r"\toprule",
+        " & ".join(top) + r" \\",
+        rules,
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
     for style, label, cells in b.rows:
         if style == "section":
             lines.append(rf"\multicolumn{{{b.width}}}{{l}}{{\textit{{{_tex(label)}}}}} \\")
         elif style == "note":
-            lines.append(rf"\multicolumn{{{b.width}}}{{p{{0.95\linewidth}}}}{{\footnotesize\textit{{{_tex(label)}}}}} \\")
+            lines.append(
+                rf"\multicolumn{{{b.width}}}{{p{{0.95\linewidth}}}}{{\footnotesize\textit{{{_tex(label)}}}}} \\"
+            )
         else:
             first = r"\quad\textit{paper}" if style == "paper" else _tex(label)
             out = [rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for bold, c in map(_bold, cells)]
@@ -516,17 +656,30 @@ def _tex_block(b: Block) -> str:
 
 def _html_block(b: Block) -> str:
     k = len(b.sub)
-    top = ["<th></th>"] + [f'<th colspan="{k}">{html.escape(grp)}</th>' for grp in b.groups] + ["<th></th>"] * len(b.tail)
-    head = ["<th>Method</th>"] + [f"<th>{html.escape(s)}</th>" for _ in b.groups for s in b.sub] + \
-        [f"<th>{html.escape(s)}</th>" for s in b.tail]
-    lines = ["<table>", "<thead>", "<tr>" + "".join(top) + "</tr>", "<tr>" + "".join(head) + "</tr>", "</thead>",
-             "<tbody>"]
+    top = (
+        ["<th></th>"] + [f'<th colspan="{k}">{html.escape(grp)}</th>' for grp in b.groups] + ["<th></th>"] * len(b.tail)
+    )
+    head = (
+        ["<th>Method</th>"]
+        + [f"<th>{html.escape(s)}</th>" for _ in b.groups for s in b.sub]
+        + [f"<th>{html.escape(s)}</th>" for s in b.tail]
+    )
+    lines = [
+        "<table>",
+        "<thead>",
+        "<tr>" + "".join(top) + "</tr>",
+        "<tr>" + "".join(head) + "</tr>",
+        "</thead>",
+        "<tbody>",
+    ]
     for style, label, cells in b.rows:
         if style in ("section", "note"):
             lines.append(f'<tr class="{style}"><td colspan="{b.width}">{html.escape(label)}</td></tr>')
             continue
-        tds = "".join(f"<td><strong>{html.escape(c)}</strong></td>" if bold else f"<td>{html.escape(c)}</td>"
-                      for bold, c in map(_bold, cells))
+        tds = "".join(
+            f"<td><strong>{html.escape(c)}</strong></td>" if bold else f"<td>{html.escape(c)}</td>"
+            for bold, c in map(_bold, cells)
+        )
         first = "↳ paper" if style == "paper" else label
         lines.append(f'<tr class="{style}"><th scope="row">{html.escape(first)}</th>{tds}</tr>')
     return "\n".join(lines + ["</tbody>", "</table>"])
@@ -552,9 +705,11 @@ CSS = """
 
 def _html_page(ident: str, title: str, body: str) -> str:
     """A standalone page (the report's view) that also reads well inlined into the report's front page."""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head>\n<body>\n<div class=\"td-report\" id=\"{ident}\">\n{body}\n</div>\n"
-            "</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<style>{CSS}</style></head>\n<body>\n<div class="td-report" id="{ident}">\n{body}\n</div>\n'
+        "</body></html>\n"
+    )
 
 
 def write_table(g: Grid, table: str) -> None:
@@ -575,18 +730,18 @@ def write_table(g: Grid, table: str) -> None:
 
 FIGURE_TEXT = {
     "figure2": "Figure 2: Gen.-PPL (log scale) against continual-training step, one panel per backbone and NFE "
-               "(step 0 = the start checkpoint; mean ± SD over seeds; panels of one metric share their y-limits). "
-               "The dashed line is the start checkpoint: a curve that falls below it improved, but read it with "
-               "the tables' matched-entropy ratio, since a model that only sharpens also falls.",
+    "(step 0 = the start checkpoint; mean ± SD over seeds; panels of one metric share their y-limits). "
+    "The dashed line is the start checkpoint: a curve that falls below it improved, but read it with "
+    "the tables' matched-entropy ratio, since a model that only sharpens also falls.",
     "quality_diversity": "Quality against diversity: Gen.-PPL (log scale) against sample entropy per NFE. The black "
-                         "curve is the start checkpoint's temperature sweep (the sharpening frontier); each model of "
-                         "the tables is one colour and marker (mean ± SD over seeds). A point below the curve beats "
-                         "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL.",
+    "curve is the start checkpoint's temperature sweep (the sharpening frontier); each model of "
+    "the tables is one colour and marker (mean ± SD over seeds). A point below the curve beats "
+    "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL.",
     "ratio_steps": "Matched-entropy ratio against training step, per NFE: each trained model's Gen.-PPL over the "
-                   "start checkpoint's temperature-sweep frontier at the model's entropy (evaluator, then oracle on "
-                   "synthetic sources; point = the tables' ratio, bar = SD of the per-seed ratios), its entropy, and "
-                   "the held-out NELBO. Below the dashed line at 1 beats sharpening; a model outside the sweep's "
-                   "entropy range has no point. The numbers are in ratio_steps.csv.",
+    "start checkpoint's temperature-sweep frontier at the model's entropy (evaluator, then oracle on "
+    "synthetic sources; point = the tables' ratio, bar = SD of the per-seed ratios), its entropy, and "
+    "the held-out NELBO. Below the dashed line at 1 beats sharpening; a model outside the sweep's "
+    "entropy range has no point. The numbers are in ratio_steps.csv.",
 }
 
 
@@ -598,8 +753,10 @@ def _save(fig, name: str, g: Grid) -> None:
         atomic_write_bytes(path, buf.getvalue())
         if path.endswith(".png"):
             img = base64.b64encode(buf.getvalue()).decode()
-            body = (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{img}">'
-                    f"<figcaption><p>{_html_inline(FIGURE_TEXT[name])}</p></figcaption></figure>")
+            body = (
+                f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{img}">'
+                f"<figcaption><p>{_html_inline(FIGURE_TEXT[name])}</p></figcaption></figure>"
+            )
             atomic_write_text(g.report_html(name), _html_page(f"td-{name}", name, body))
 
 
@@ -626,8 +783,9 @@ def _legend_outside(fig, axes, **kw) -> None:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   frameon=False, **kw)
+        fig.legend(
+            list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, **kw
+        )
 
 
 def figure2(g: Grid) -> None:
@@ -660,8 +818,13 @@ def figure2(g: Grid) -> None:
                 if len(agg) == 0:
                     continue
                 ax.plot(agg["step"], agg["mean"], marker="o", color=colour[model], label=model)
-                ax.fill_between(agg["step"], agg["mean"] - agg["std"].fillna(0), agg["mean"] + agg["std"].fillna(0),
-                                color=colour[model], alpha=0.2)
+                ax.fill_between(
+                    agg["step"],
+                    agg["mean"] - agg["std"].fillna(0),
+                    agg["mean"] + agg["std"].fillna(0),
+                    color=colour[model],
+                    alpha=0.2,
+                )
             if metric == "oracle_gen_ppl" and floor:
                 ax.axhline(floor, color="k", lw=0.8, ls=":", label="entropy-rate floor")
             ax.set_yscale("log")
@@ -704,10 +867,17 @@ def quality_diversity(g: Grid) -> None:
     scores = read_scores(g, units)
     metrics = _plot_metrics(scores)
     rows = [(bb, m) for bb in g.backbones if any(g.tables[t]["backbone"] == bb for t in g.tables) for m in metrics]
-    fig, axes = plt.subplots(max(1, len(rows)), len(g.nfes), figsize=(4.5 * len(g.nfes), 3.5 * max(1, len(rows))),
-                             squeeze=False)
-    points = sorted({(g.tables[t]["backbone"], r["model"], g.row_step(t, r["model"]))
-                     for t in g.tables for r in g.tables[t]["rows"] if r.get("model") and r["model"] != "start"})
+    fig, axes = plt.subplots(
+        max(1, len(rows)), len(g.nfes), figsize=(4.5 * len(g.nfes), 3.5 * max(1, len(rows))), squeeze=False
+    )
+    points = sorted(
+        {
+            (g.tables[t]["backbone"], r["model"], g.row_step(t, r["model"]))
+            for t in g.tables
+            for r in g.tables[t]["rows"]
+            if r.get("model") and r["model"] != "start"
+        }
+    )
     style = model_styles(points)
     for i, (bb, (metric, name)) in enumerate(rows):
         for j, n in enumerate(g.nfes):
@@ -722,14 +892,26 @@ def quality_diversity(g: Grid) -> None:
                 bb2, model, step = key
                 if bb2 != bb:
                     continue
-                d = scores[(scores.backbone == bb) & (scores.model == model) & (scores.step == step) & (scores.nfe == n)]
+                d = scores[
+                    (scores.backbone == bb) & (scores.model == model) & (scores.step == step) & (scores.nfe == n)
+                ]
                 d = d.dropna(subset=[metric])
                 if not len(d):
                     continue
                 c, m = style[key]
-                ax.errorbar(d.entropy.mean(), d[metric].mean(), xerr=d.entropy.std() if len(d) > 1 else None,
-                            yerr=d[metric].std() if len(d) > 1 else None, fmt=m, color=c, ms=6, capsize=2,
-                            markeredgecolor="k", markeredgewidth=0.4, label=f"{bb.upper()} {model} @{step}")
+                ax.errorbar(
+                    d.entropy.mean(),
+                    d[metric].mean(),
+                    xerr=d.entropy.std() if len(d) > 1 else None,
+                    yerr=d[metric].std() if len(d) > 1 else None,
+                    fmt=m,
+                    color=c,
+                    ms=6,
+                    capsize=2,
+                    markeredgecolor="k",
+                    markeredgewidth=0.4,
+                    label=f"{bb.upper()} {model} @{step}",
+                )
             ax.set_yscale("log")
             ax.set_xlabel("sample entropy (nats)")
             ax.set_ylabel(name)
@@ -756,20 +938,36 @@ def ratio_frame(g: Grid) -> pd.DataFrame:
         for (model, step, n), d in sel.groupby(["model", "step", "nfe"], sort=True):
             ent = Stat.of(d.entropy.tolist())
             nl = cell(nelbo, "nelbo", backbone=bb, model=model, step=step)
-            line = {"backbone": bb, "model": model, "step": int(step), "nfe": int(n), "n_seeds": len(d),
-                    "entropy": ent.mean, "entropy_sd": ent.sd, "nelbo": nl.mean, "nelbo_sd": nl.sd}
+            line = {
+                "backbone": bb,
+                "model": model,
+                "step": int(step),
+                "nfe": int(n),
+                "n_seeds": len(d),
+                "entropy": ent.mean,
+                "entropy_sd": ent.sd,
+                "nelbo": nl.mean,
+                "nelbo_sd": nl.sd,
+            }
             for m in metrics:
                 st = Stat.of(d[m].tolist())
                 line.update({m: st.mean, f"{m}_sd": st.sd})
                 if model == "start":
                     continue
                 ref, _, note = at_entropy(fronts[(n, m)], ent.mean)
-                per_seed = [v / r for v, e in zip(d[m], d.entropy)
-                            if not _nan(v) and (r := at_entropy(fronts[(n, m)], e)[0])]
+                per_seed = [
+                    v / r for v, e in zip(d[m], d.entropy) if not _nan(v) and (r := at_entropy(fronts[(n, m)], e)[0])
+                ]
                 seeds = Stat.of(per_seed)
-                line.update({f"{m}_ratio": st.mean / ref if ref and st.mean is not None else None, f"{m}_ratio_note": note,
-                             f"{m}_ratio_seeds_mean": seeds.mean, f"{m}_ratio_seeds_sd": seeds.sd,
-                             f"{m}_ratio_seeds_n": seeds.n})
+                line.update(
+                    {
+                        f"{m}_ratio": st.mean / ref if ref and st.mean is not None else None,
+                        f"{m}_ratio_note": note,
+                        f"{m}_ratio_seeds_mean": seeds.mean,
+                        f"{m}_ratio_seeds_sd": seeds.sd,
+                        f"{m}_ratio_seeds_n": seeds.n,
+                    }
+                )
             lines.append(line)
     return pd.DataFrame(lines)
 
@@ -831,8 +1029,10 @@ def ratio_steps(g: Grid) -> None:
         ax.set_xlabel("training step")
     for k in panels:
         _share_ylim([axes[f"{bb}|{k}|{n}"] for bb in g.backbones for n in g.nfes])
-    fig.suptitle(f"Matched-entropy ratio against training step ({g.config['name']}; below 1 beats sharpening; "
-                 "point = the tables' ratio, bar = SD of per-seed ratios)")
+    fig.suptitle(
+        f"Matched-entropy ratio against training step ({g.config['name']}; below 1 beats sharpening; "
+        "point = the tables' ratio, bar = SD of per-seed ratios)"
+    )
     fig.tight_layout()
     _legend_outside(fig, list(axes.values()), fontsize=8)
     _save(fig, "ratio_steps", g)
@@ -860,7 +1060,10 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("aggregate", help="build the tables and figures from the score files (partial results too)")
     add_grid_args(p)
-    p.add_argument("--table", action="append", help="a table of the config: table1 ... table6 or an own table's name (repeatable; default all)")
+    p.add_argument(
+        "--table",
+        action="append",
+        help="a table of the config: table1 ... table6 or an own table's name (repeatable; default all)",
+    )
     p.add_argument("--figure", action="append", choices=sorted(DRAW), help="figure to build (repeatable)")
     p.set_defaults(func=run)
-

@@ -20,14 +20,17 @@ import os
 import pickle
 import types
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .model import DiT, DiTConfig
+from .data import make_source
+from .diffusion import make_diffusion
 from .fetch import provenance
-from .utils import TokenDriftError, atomic_dir, file_digest, read_json
+from .model import DiT, DiTConfig
+from .utils import TokenDriftError, atomic_dir, file_digest, read_json, resolve_device
 
 
 class CheckpointError(TokenDriftError):
@@ -57,9 +60,15 @@ class _Inert:
 
 
 _ALLOWED = {
-    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_tensor_v3"), ("torch", "Size"), ("torch", "device"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch", "Size"),
+    ("torch", "device"),
     ("torch.nn.parameter", "Parameter"),
 }
 
@@ -75,8 +84,9 @@ class _SafeUnpickler(pickle.Unpickler):
         return type(name, (_Inert,), {"__module__": "tokendrift.inert." + module})
 
 
-_safe_pickle = types.SimpleNamespace(Unpickler=_SafeUnpickler, load=lambda f, **kw: _SafeUnpickler(f, **kw).load(),
-                                     __name__="tokendrift_safe_pickle")
+_safe_pickle = types.SimpleNamespace(
+    Unpickler=_SafeUnpickler, load=lambda f, **kw: _SafeUnpickler(f, **kw).load(), __name__="tokendrift_safe_pickle"
+)
 
 
 def _torch_load(path: Path) -> dict:
@@ -102,7 +112,7 @@ def _load_safetensors(path: Path, device="cpu") -> dict:
 
 
 def _strip(state: dict, prefix: str = "backbone.") -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def read_external(path, *, ema: bool = True, model: DiT | None = None, info: dict | None = None) -> dict:
@@ -127,7 +137,9 @@ def read_external(path, *, ema: bool = True, model: DiT | None = None, info: dic
             raise CheckpointError(f"{path}: EMA weights are a list in parameter order; a model is needed to name them")
         names = [n for n, _ in model.named_parameters()]
         if len(shadow) < len(names):
-            raise CheckpointError(f"{path}: ema.shadow_params has {len(shadow)} tensors, the model has {len(names)} parameters")
+            raise CheckpointError(
+                f"{path}: ema.shadow_params has {len(shadow)} tensors, the model has {len(names)} parameters"
+            )
         state = dict(state, **dict(zip(names, shadow)))
         if info is not None:
             count, decay = ckpt["ema"].get("num_updates"), ckpt["ema"].get("decay")
@@ -143,11 +155,17 @@ def load_into(model: DiT, state: dict, source: str = "checkpoint") -> DiT:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    misshaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                       for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
     if missing or unexpected or misshaped:
-        parts = [f"{name} keys: {', '.join(keys)}" for name, keys in
-                 [("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)] if keys]
+        parts = [
+            f"{name} keys: {', '.join(keys)}"
+            for name, keys in [("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)]
+            if keys
+        ]
         raise CheckpointError(f"{source} does not fit the model; " + "; ".join(parts))
     model.load_state_dict(state)
     return model
@@ -194,6 +212,24 @@ def load_model_dir(path, *, weights: str = "ema", device="cpu") -> tuple[DiT, di
     return model.to(device).eval(), meta
 
 
+class OpenCheckpoint(NamedTuple):
+    """A model folder opened for sampling, scoring or probing."""
+
+    model: DiT  # in eval mode, on the device asked for
+    meta: dict  # its meta.json
+    diffusion: object  # the backbone's process (tokendrift.diffusion)
+    source: object  # the data source it was trained on (tokendrift.data)
+
+
+def open_checkpoint(path, *, weights: str = "ema", device: str = "cpu") -> OpenCheckpoint:
+    """The DiT of a model folder with its diffusion process and data source (``device`` "auto"
+    is cuda when one is visible)."""
+    model, meta = load_model_dir(path, weights=weights, device=resolve_device(device))
+    return OpenCheckpoint(
+        model, meta, make_diffusion(meta["diffusion"], model.config.vocab_size), make_source(meta["source"])
+    )
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -216,8 +252,15 @@ def resolve_hf(src: str) -> str:
         raise TokenDriftError(f"checkpoint source {src!r}: download failed: {e}") from None
 
 
-def import_checkpoint(src: str, dst: str, diffusion: str, preset: str = "small", ema: bool = True,
-                      source_cfg: dict | None = None, model_overrides: dict | None = None) -> dict:
+def import_checkpoint(
+    src: str,
+    dst: str,
+    diffusion: str,
+    preset: str = "small",
+    ema: bool = True,
+    source_cfg: dict | None = None,
+    model_overrides: dict | None = None,
+) -> dict:
     """Convert a released MDLM/DUO checkpoint into a model folder (``hf:REPO/FILE`` downloads
     one file of a Hugging Face repository; no code from it is ever run)."""
     if diffusion not in ("mdlm", "duo"):
@@ -228,11 +271,17 @@ def import_checkpoint(src: str, dst: str, diffusion: str, preset: str = "small",
     model = DiT(DiTConfig.preset(preset, **{"time_conditioning": diffusion == "duo", **overrides}))
     ema_info: dict = {}
     load_into(model, read_external(src, ema=ema, model=model, info=ema_info), source=str(src))
-    meta = {"model": model.config.to_dict(), "diffusion": diffusion, "step": 0, "variant": "released",
-            "source": source_cfg or {"kind": "openwebtext"}, "origin": str(src),
-            "origin_sha256": file_digest(Path(src) / "model.safetensors" if Path(src).is_dir() else src),
-            "provenance": provenance(),
-            **ema_info}  # ema_num_updates: what train's optim.ema_start: continue reads
+    meta = {
+        "model": model.config.to_dict(),
+        "diffusion": diffusion,
+        "step": 0,
+        "variant": "released",
+        "source": source_cfg or {"kind": "openwebtext"},
+        "origin": str(src),
+        "origin_sha256": file_digest(Path(src) / "model.safetensors" if Path(src).is_dir() else src),
+        "provenance": provenance(),
+        **ema_info,
+    }  # ema_num_updates: what train's optim.ema_start: continue reads
     state = model.state_dict()
     save_model_dir(dst, state, state, meta)
     return meta
@@ -257,25 +306,34 @@ def _run_import(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("checkpoint", help="checkpoint tools")
     csub = p.add_subparsers(dest="checkpoint_command", required=True)
-    q = csub.add_parser("import", help="convert a released MDLM/DUO checkpoint (.ckpt or .safetensors) to a model folder")
+    q = csub.add_parser(
+        "import", help="convert a released MDLM/DUO checkpoint (.ckpt or .safetensors) to a model folder"
+    )
     q.add_argument("src")
     q.add_argument("dst")
     q.add_argument("--diffusion", required=True, choices=["mdlm", "duo"])
     q.add_argument("--preset", default="small")
     q.add_argument("--no-ema", action="store_true", help="take state_dict weights instead of the EMA weights")
-    q.add_argument("--model-json", help="the DiT's config as JSON ({preset, hidden_size, n_blocks, n_heads, ...}); "
-                                        "default: the preset (small: the released 170M models)")
-    q.add_argument("--source-json", help="data source config to record (a JSON file or a JSON string); default OpenWebText/GPT-2")
+    q.add_argument(
+        "--model-json",
+        help="the DiT's config as JSON ({preset, hidden_size, n_blocks, n_heads, ...}); "
+        "default: the preset (small: the released 170M models)",
+    )
+    q.add_argument(
+        "--source-json", help="data source config to record (a JSON file or a JSON string); default OpenWebText/GPT-2"
+    )
     q.set_defaults(func=_run_import)
 
 
-def random_model_dir(path, diffusion: str, source_config: dict, vocab_size: int, length: int, preset: str = "tiny",
-                     **overrides) -> Path:
+def random_model_dir(
+    path, diffusion: str, source_config: dict, vocab_size: int, length: int, preset: str = "tiny", **overrides
+) -> Path:
     """A randomly initialized model folder, every zero-initialized (adaLN-zero) weight drawn
     from N(0, 0.02) so the model is not constant: a stand-in "released" checkpoint for tests
     and benchmarks."""
-    cfg = DiTConfig.preset(preset, vocab_size=vocab_size, length=length, time_conditioning=diffusion == "duo",
-                           **overrides)
+    cfg = DiTConfig.preset(
+        preset, vocab_size=vocab_size, length=length, time_conditioning=diffusion == "duo", **overrides
+    )
     model = DiT(cfg)
     with torch.no_grad():
         for p in model.parameters():

@@ -8,17 +8,64 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib
 import os
 import sys
 
 from .utils import TokenDriftError
 
-# module name -> its sub-commands are registered in this order in --help
-JOB_MODULES = ["fetch", "prepare", "train", "pretrain", "sample", "score", "checkpoint", "grid", "aggregate", "tracking",
-               "probe", "status"]
-# sub-commands named unlike their module; a job imports only its own module (start-up is per job)
-COMMAND_MODULE = {"nelbo": "score", "track": "tracking", "compare": "tracking"}
+# The sub-commands in --help order; `command_module` names the module that defines each.
+COMMANDS = [
+    "fetch",
+    "prepare",
+    "entropy-rate",
+    "train",
+    "pretrain",
+    "sample",
+    "score",
+    "nelbo",
+    "checkpoint",
+    "grid",
+    "aggregate",
+    "track",
+    "compare",
+    "probe",
+    "status",
+]
+
+
+def command_module(command: str):
+    """The module whose ``register(subparsers)`` adds ``command``, imported only when that command
+    runs: a data job never loads torch, and no job pays for another's imports."""
+    match command:
+        case "fetch":
+            from . import fetch as module
+        case "prepare":
+            from . import prepare as module
+        case "entropy-rate":
+            from . import data as module
+        case "train":
+            from . import train as module
+        case "pretrain":
+            from . import pretrain as module
+        case "sample":
+            from . import sample as module
+        case "score" | "nelbo":
+            from . import score as module
+        case "checkpoint":
+            from . import checkpoint as module
+        case "grid":
+            from . import grid as module
+        case "aggregate":
+            from . import aggregate as module
+        case "track" | "compare":
+            from . import tracking as module
+        case "probe":
+            from . import probe as module
+        case "status":
+            from . import status as module
+        case _:
+            return None
+    return module
 
 
 # glibc mallopt parameters (malloc.h) and the values every job runs with
@@ -56,16 +103,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokendrift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     command = (argv or [None])[0]
-    module = COMMAND_MODULE.get(command, command)
-    for name in [module] if module in JOB_MODULES else JOB_MODULES:
-        try:
-            module = importlib.import_module(f"tokendrift.{name}")
-        except ModuleNotFoundError as e:  # a job module not written yet
-            if e.name == f"tokendrift.{name}":
-                continue
-            raise
-        if hasattr(module, "register"):
-            module.register(sub)
+    modules = [command_module(c) for c in ([command] if command in COMMANDS else COMMANDS)]
+    for module in dict.fromkeys(modules):  # score and tracking define two sub-commands each
+        module.register(sub)
     return parser
 
 

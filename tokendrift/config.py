@@ -59,7 +59,50 @@ def validate_with(path: Path, instance: Any, what: str) -> dict:
         sch = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise TokenDriftError(f"schema file not found: {path}") from None
-    return validate_schema(sch, instance, what)
+    return validate_schema(inline_job_schemas(sch), instance, what)
+
+
+def inline_job_schemas(node: Any) -> Any:
+    """Replace each ``{$ref: "tokendrift:NAME", ...}`` of a schema by the job schema NAME, with the
+    ``properties`` written beside the reference added to its own (a workflow config's section of
+    a job's options: the job's defaults and checks, and what only the workflow reads)."""
+    if isinstance(node, list):
+        return [inline_job_schemas(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: inline_job_schemas(v) for k, v in node.items()}
+    ref = node.get("$ref", "")
+    if not ref.startswith("tokendrift:"):
+        return node
+    job = {k: v for k, v in schema(ref.removeprefix("tokendrift:")).items() if k not in ("$schema", "title")}
+    extra = {k: v for k, v in node.items() if k != "$ref"}
+    return {**job, **extra, "properties": {**job["properties"], **extra.get("properties", {})}}
+
+
+def defaults(name: str) -> dict:
+    """The defaults of job schema ``name``: what that job's flags and functions default to."""
+    return fill_defaults(schema(name), {})
+
+
+def add_options(parser, name: str, prefix: str = "") -> None:
+    """One flag per property of job schema ``name`` (``--prefix-key-name``), with its type or
+    choices, default and description taken from the schema."""
+    for key, sub in schema(name)["properties"].items():
+        kw = {"default": sub.get("default"), "help": sub.get("description")}
+        if "enum" in sub:
+            kw["choices"] = sub["enum"]
+        else:
+            kw["type"] = {"integer": int, "number": float, "string": str}[sub["type"]]
+        parser.add_argument(option_flag(prefix + key), dest=prefix + key, **kw)
+
+
+def option_flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def option_args(name: str, values: dict, prefix: str = "") -> str:
+    """The flags of job schema ``name`` set to ``values`` (a validated workflow config section)."""
+    return " ".join(f"{option_flag(prefix + key)} {values[key]}" for key in schema(name)["properties"])
 
 
 def validate_schema(sch: dict, instance: Any, what: str, prefix: str = "") -> dict:

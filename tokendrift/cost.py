@@ -46,8 +46,9 @@ def gpus_per_job(profile: str | Path) -> tuple[dict, str]:
     try:
         prof = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise TokenDriftError(f"--profile-yaml: {path} not found (the Slurm profile whose set-resources give "
-                              f"the GPUs per job)") from None
+        raise TokenDriftError(
+            f"--profile-yaml: {path} not found (the Slurm profile whose set-resources give the GPUs per job)"
+        ) from None
     except yaml.YAMLError as e:
         raise TokenDriftError(f"--profile-yaml: {path} is not valid YAML ({e})") from None
     res = prof.get("set-resources") or {}
@@ -78,8 +79,10 @@ def measurement_label(m: dict, path) -> str:
     sizes = f"preset {s.get('preset')}, length {s.get('length')}, micro-batch {s.get('micro_batch')}"
     if m.get("measured_on") == "cuda":
         return f"GPU measurement: {env.get('gpu', 'GPU')} ({sizes}; {path}, {m.get('date')})"
-    return (f"CPU measurement, not a GPU estimate: {env.get('cpu', 'CPU')} at the dry sizes ({sizes}; {path}, "
-            f"{m.get('date')})")
+    return (
+        f"CPU measurement, not a GPU estimate: {env.get('cpu', 'CPU')} at the dry sizes ({sizes}; {path}, "
+        f"{m.get('date')})"
+    )
 
 
 def _ok(m: dict, part: str) -> dict | None:
@@ -116,8 +119,10 @@ def grid_cost(grid, m: dict, gpus: dict) -> tuple[list[dict], list[str]]:
     rows, notes = [], []
     length = configlib.validate("source", c["source"])["length"] or (64 if c["source"]["kind"] == "synthetic" else 1024)
     if s.get("length") != length:
-        notes.append(f"measured at length {s.get('length')}; the grid's sequences have {length} tokens: the "
-                     f"measured speeds are used as they are, not scaled")
+        notes.append(
+            f"measured at length {s.get('length')}; the grid's sequences have {length} tokens: the "
+            f"measured speeds are used as they are, not scaled"
+        )
     steps = _ok(m, "steps")
     step_rows = steps["rows"] if steps else {}
 
@@ -130,8 +135,10 @@ def grid_cost(grid, m: dict, gpus: dict) -> tuple[list[dict], list[str]]:
         accum = -(-cfg["global_batch"] // per_step_gpus)
         scale = cfg["micro_batch"] / s["micro_batch"]
         sec = cfg["steps"] * (accum * v["micro_s"] * scale + v["optimizer_s"])
-        basis = (f"{cfg['steps']} steps x ({accum} micro-steps x {v['micro_s'] * scale:.4g} s + optimizer "
-                 f"{v['optimizer_s']:.4g} s) x {g} GPUs; {whose} {cfg['variant']} step")
+        basis = (
+            f"{cfg['steps']} steps x ({accum} micro-steps x {v['micro_s'] * scale:.4g} s + optimizer "
+            f"{v['optimizer_s']:.4g} s) x {g} GPUs; {whose} {cfg['variant']} step"
+        )
         if scale != 1:
             basis += f", scaled from micro-batch {s['micro_batch']} to {cfg['micro_batch']}"
         return sec * g / 3600, basis
@@ -144,11 +151,25 @@ def grid_cost(grid, m: dict, gpus: dict) -> tuple[list[dict], list[str]]:
             h, basis = train_hours(cfg, bb, gpus["pretrain_start"])
             rows.append({"stage": "start", "what": f"{bb} pretraining", "jobs": 1, "gpu_hours": h, "basis": basis})
         else:
-            rows.append({"stage": "start", "what": f"{bb} import", "jobs": 1, "gpu_hours": 0.0,
-                         "basis": "import of a released checkpoint: no GPU"})
+            rows.append(
+                {
+                    "stage": "start",
+                    "what": f"{bb} import",
+                    "jobs": 1,
+                    "gpu_hours": 0.0,
+                    "basis": "import of a released checkpoint: no GPU",
+                }
+            )
     if "pretrain" in c["evaluator"]:
-        rows.append({"stage": "evaluator", "what": "evaluator pretraining", "jobs": 1, "gpu_hours": None,
-                     "basis": "not measured by bench/gpu.py"})
+        rows.append(
+            {
+                "stage": "evaluator",
+                "what": "evaluator pretraining",
+                "jobs": 1,
+                "gpu_hours": None,
+                "basis": "not measured by bench/gpu.py",
+            }
+        )
 
     # train: one job per (backbone, run, seed), grouped by backbone and variant
     groups: dict = defaultdict(lambda: {"jobs": 0, "h": 0.0, "basis": set(), "none": False})
@@ -162,8 +183,15 @@ def grid_cost(grid, m: dict, gpus: dict) -> tuple[list[dict], list[str]]:
             g["h"] += h or 0.0
             g["basis"].add(basis)
     for (bb, variant, n), g in sorted(groups.items()):
-        rows.append({"stage": "train", "what": f"{bb} {variant}, {n} steps", "jobs": g["jobs"],
-                     "gpu_hours": None if g["none"] else g["h"], "basis": "; ".join(sorted(g["basis"]))})
+        rows.append(
+            {
+                "stage": "train",
+                "what": f"{bb} {variant}, {n} steps",
+                "jobs": g["jobs"],
+                "gpu_hours": None if g["none"] else g["h"],
+                "basis": "; ".join(sorted(g["basis"])),
+            }
+        )
 
     # sample and score: one job each per checkpoint (unit)
     sampler, scorer = _ok(m, "sampler"), _ok(m, "scorer")
@@ -177,8 +205,15 @@ def grid_cost(grid, m: dict, gpus: dict) -> tuple[list[dict], list[str]]:
             continue
         row, whose = _backbone_row(sampler["rows"], bb) if sampler else (None, "")
         if row is None:
-            rows.append({"stage": "sample", "what": bb, "jobs": len(units), "gpu_hours": None,
-                         "basis": "not measured (no sampler part in the measurement)"})
+            rows.append(
+                {
+                    "stage": "sample",
+                    "what": bb,
+                    "jobs": len(units),
+                    "gpu_hours": None,
+                    "basis": "not measured (no sampler part in the measurement)",
+                }
+            )
         else:
             sec, how = 0.0, set()
             for u in units:
@@ -188,14 +223,28 @@ def grid_cost(grid, m: dict, gpus: dict) -> tuple[list[dict], list[str]]:
                     how.add(f"NFE {nfe} {1 / per:.4g} samples/s ({h})" if per else f"NFE {nfe} 0 s ({h})")
             cells = sum(len(grid.cells(u)) for u in units)
             g = gpus["sample_run"]
-            rows.append({"stage": "sample", "what": bb, "jobs": len(units), "gpu_hours": sec * g / 3600,
-                         "basis": f"{cells} cells x {n_samples} samples at {whose}: {', '.join(sorted(how))}; {g} GPU"})
+            rows.append(
+                {
+                    "stage": "sample",
+                    "what": bb,
+                    "jobs": len(units),
+                    "gpu_hours": sec * g / 3600,
+                    "basis": f"{cells} cells x {n_samples} samples at {whose}: {', '.join(sorted(how))}; {g} GPU",
+                }
+            )
         cells = sum(len(grid.cells(u)) for u in units)
         tokens = cells * n_samples * length
         nelbo_seqs = len(units) * nb["n_batches"] * nb["batch_size"] * nb["n_t"]
         if scorer is None:
-            rows.append({"stage": "score", "what": bb, "jobs": len(units), "gpu_hours": None,
-                         "basis": "not measured (no scorer part in the measurement)"})
+            rows.append(
+                {
+                    "stage": "score",
+                    "what": bb,
+                    "jobs": len(units),
+                    "gpu_hours": None,
+                    "basis": "not measured (no scorer part in the measurement)",
+                }
+            )
             continue
         sec = tokens / scorer["tokens_per_s"]
         basis = f"{tokens:,} tokens at {scorer['tokens_per_s']:.4g} tokens/s"
@@ -205,8 +254,15 @@ def grid_cost(grid, m: dict, gpus: dict) -> tuple[list[dict], list[str]]:
         else:
             basis += " (NELBO not measured, not counted)"
         g = gpus["score_run"]
-        rows.append({"stage": "score", "what": bb, "jobs": len(units), "gpu_hours": sec * g / 3600,
-                     "basis": basis + f"; {g} GPU"})
+        rows.append(
+            {
+                "stage": "score",
+                "what": bb,
+                "jobs": len(units),
+                "gpu_hours": sec * g / 3600,
+                "basis": basis + f"; {g} GPU",
+            }
+        )
     return rows, notes
 
 
@@ -223,11 +279,15 @@ def format_cost(rows: list[dict], notes: list[str], header: list[str], unit: str
         st[2] |= h is None
     lines.append("")
     for name, (h, jobs, missing) in stages.items():
-        lines.append(f"{name:<10} {'(stage)':<40} {jobs:>5} {_h(h):>12}" + ("  + what is not measured" if missing else ""))
+        lines.append(
+            f"{name:<10} {'(stage)':<40} {jobs:>5} {_h(h):>12}" + ("  + what is not measured" if missing else "")
+        )
     total = sum(st[0] for st in stages.values())
     missing = any(st[2] for st in stages.values())
-    lines.append(f"{'total':<10} {'':<40} {sum(st[1] for st in stages.values()):>5} {_h(total):>12}"
-                 + ("  + what is not measured" if missing else ""))
+    lines.append(
+        f"{'total':<10} {'':<40} {sum(st[1] for st in stages.values()):>5} {_h(total):>12}"
+        + ("  + what is not measured" if missing else "")
+    )
     return "\n".join(lines)
 
 
@@ -242,9 +302,15 @@ def describe_cost(grid, config_name: str, measurement: str, profile: str) -> str
     gpus, gpu_label = gpus_per_job(profile)
     rows, notes = grid_cost(grid, m, gpus)
     label = measurement_label(m, measurement)
-    header = [f"GPU-hours of the grid {config_name} (name: {grid.config['name']}), before anything is submitted",
-              f"measurement: {label}", gpu_label]
+    header = [
+        f"GPU-hours of the grid {config_name} (name: {grid.config['name']}), before anything is submitted",
+        f"measurement: {label}",
+        gpu_label,
+    ]
     if m.get("measured_on") != "cuda":
-        header.insert(1, "No GPU measurement yet: every figure below is the CPU measurement's time (CPU measurement, "
-                         "not a GPU estimate). On one GPU run `python bench/gpu.py`, then pass bench/results/gpu.json.")
+        header.insert(
+            1,
+            "No GPU measurement yet: every figure below is the CPU measurement's time (CPU measurement, "
+            "not a GPU estimate). On one GPU run `python bench/gpu.py`, then pass bench/results/gpu.json.",
+        )
     return format_cost(rows, notes, header, "GPU-hours" if m.get("measured_on") == "cuda" else "hours (CPU)")

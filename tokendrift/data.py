@@ -27,8 +27,8 @@ import math
 import numpy as np
 import torch
 
-from .prepare import normalize, prepared_dir
-from .utils import TokenDriftError, read_json
+from .prepare import normalize, prepared_dir, source_json
+from .utils import TokenDriftError, atomic_write_json, read_json
 
 SPLITS = {"train": 0, "valid": 1}
 
@@ -161,8 +161,9 @@ class SyntheticHMM:
         vocab["<eos>"], vocab["<unk>"] = self.vocab_size, self.vocab_size + 1
         tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>",
-                                       bos_token="<eos>")
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>", bos_token="<eos>"
+        )
 
 
 # --------------------------------------------------------------------------- OpenWebText / text folder
@@ -186,8 +187,10 @@ class BlockedText:
         self.length = cfg["length"]
         self.folder = prepared_dir(cfg)
         if not (self.folder / "meta.json").exists():
-            raise TokenDriftError(f"source: the prepared data {self.folder} does not exist: the data stage writes it "
-                                  f"(Snakemake rule prepare_data, or `tokendrift prepare --source-json ...`)")
+            raise TokenDriftError(
+                f"source: the prepared data {self.folder} does not exist: the data stage writes it "
+                f"(Snakemake rule prepare_data, or `tokendrift prepare --source-json ...`)"
+            )
         self.meta = read_json(self.folder / "meta.json", "prepared data meta")
         from transformers import PreTrainedTokenizerFast
 
@@ -200,8 +203,9 @@ class BlockedText:
         self._n = {s: len(arr) // (self.length - 2) for s, arr in self._flat.items()}
         for s, n in self._n.items():
             if n == 0:
-                raise TokenDriftError(f"source: the {s} split of {self.folder} has no complete block of {self.length} "
-                                      f"tokens")
+                raise TokenDriftError(
+                    f"source: the {s} split of {self.folder} has no complete block of {self.length} tokens"
+                )
 
     def _blocks_at(self, split: str, rows: np.ndarray) -> np.ndarray:
         """Blocks ``rows`` of a split: [BOS] + the row's L - 2 tokens + [EOS]."""
@@ -242,3 +246,28 @@ class BlockedText:
         raise NotImplementedError(f"{self.name} has no exact likelihood")
 
     entropy_rate = None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def write_entropy_rate(cfg: dict, out) -> float:
+    """The entropy rate of a source with an exact likelihood (nats per token, with its Monte Carlo
+    SE), written to ``out``: exp of it is the oracle Gen.-PPL floor of the tables and figures."""
+    kind = normalize(cfg)["kind"]
+    if kind != "synthetic":
+        raise TokenDriftError(f"source: kind {kind} has no exact likelihood, hence no entropy rate (only synthetic)")
+    source = make_source(cfg)
+    atomic_write_json(
+        out, {"entropy_rate": source.entropy_rate, "entropy_rate_se": source.entropy_rate_se, "source": cfg}
+    )
+    return source.entropy_rate
+
+
+def register(sub) -> None:
+    p = sub.add_parser("entropy-rate", help="the synthetic source's entropy rate (the oracle Gen.-PPL floor)")
+    p.add_argument(
+        "--source-json", required=True, help="the source config (tokendrift/schemas/source.schema.yaml) as JSON"
+    )
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(func=lambda a: write_entropy_rate(source_json(a.source_json), a.out) and 0)

@@ -29,11 +29,11 @@ from tqdm import tqdm
 
 from .utils import TokenDriftError
 
-EPS = 1e-3            # schedule floor and lower end of training times (sampling_eps)
-T_END = 1e-5          # last time of the sampling grid (MDLM/DUO `eps` argument of _sample)
-NEG_INF = -1e6        # MDLM/DUO `neg_infinity`: finite, so exp() is 0 and nothing turns NaN
+EPS = 1e-3  # schedule floor and lower end of training times (sampling_eps)
+T_END = 1e-5  # last time of the sampling grid (MDLM/DUO `eps` argument of _sample)
+NEG_INF = -1e6  # MDLM/DUO `neg_infinity`: finite, so exp() is 0 and nothing turns NaN
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
-CHUNK = 1 << 25       # elements per categorical draw chunk (bounds sampler memory at V = 50k)
+CHUNK = 1 << 25  # elements per categorical draw chunk (bounds sampler memory at V = 50k)
 
 
 def race_noise(shape, generator=None, device=None, dtype=torch.float64) -> torch.Tensor:
@@ -156,7 +156,7 @@ class Diffusion:
         result into their weights in place: beside a small model, every extra [rows, V] float64
         pass shows in the sampler's overhead."""
         x = logits.to(dtype, copy=True)
-        x[..., self.n_data:] = -math.inf
+        x[..., self.n_data :] = -math.inf
         return nucleus(torch.softmax(x.div_(temperature) if temperature != 1 else x, dim=-1), top_p)
 
     def _draw(self, rows: int, weight_fn, generator, dtype, device) -> torch.Tensor:
@@ -197,13 +197,27 @@ class Diffusion:
         if not real(top_p) or not 0 < top_p <= 1:
             raise TokenDriftError(f"top_p: must be in (0, 1], got {top_p!r}")
         if noise_removal is not None and noise_removal not in self.noise_removals:
-            raise TokenDriftError(f"noise_removal: {noise_removal!r} is not one of {list(self.noise_removals)} "
-                                  f"for {self.name}")
+            raise TokenDriftError(
+                f"noise_removal: {noise_removal!r} is not one of {list(self.noise_removals)} for {self.name}"
+            )
 
     @torch.no_grad()
-    def sample(self, model, n: int, length: int, nfe: int, *, temperature: float = 1.0, precision: str = "float64",
-               generator=None, batch_size: int | None = None, progress: bool = False, top_p: float = 1.0,
-               noise_removal: str | None = None, info: dict | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        model,
+        n: int,
+        length: int,
+        nfe: int,
+        *,
+        temperature: float = 1.0,
+        precision: str = "float64",
+        generator=None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        top_p: float = 1.0,
+        noise_removal: str | None = None,
+        info: dict | None = None,
+    ) -> torch.Tensor:
         """Ancestral sampling with ``nfe`` denoising steps; returns Long [n, length] of data ids.
 
         Times linspace(1, 1e-5, nfe + 1); one final noise-removal step at t = 1e-5 (see
@@ -251,12 +265,14 @@ class MDLM(Diffusion):
 
     name = "mdlm"
     noise_removals = ("greedy",)
-    nfe_rule = ("NFE = number of ancestral denoising steps (times linspace(1, 1e-5, NFE + 1)); a step whose "
-                "input equals the previous model call's input reuses that output, as MDLM's default ddpm_cache "
-                "sampler does (exact: MDLM has no time conditioning). The final noise-removal pass at t = 1e-5 "
-                "(argmax at still-masked positions) is not counted in NFE, as in the MDLM/DUO evaluation code; "
-                "it runs only if masked positions remain and the cached output is stale. forward_passes counts "
-                "the model calls actually made per batch (largest over batches): at most NFE + 1.")
+    nfe_rule = (
+        "NFE = number of ancestral denoising steps (times linspace(1, 1e-5, NFE + 1)); a step whose "
+        "input equals the previous model call's input reuses that output, as MDLM's default ddpm_cache "
+        "sampler does (exact: MDLM has no time conditioning). The final noise-removal pass at t = 1e-5 "
+        "(argmax at still-masked positions) is not counted in NFE, as in the MDLM/DUO evaluation code; "
+        "it runs only if masked positions remain and the cached output is stale. forward_passes counts "
+        "the model calls actually made per batch (largest over batches): at most NFE + 1."
+    )
 
     def corrupt(self, x0, t, generator=None):
         """Mask each token with probability 1 - alpha_t = (1 - eps) t (mdlm q_xt)."""
@@ -348,11 +364,13 @@ class DUO(Diffusion):
 
     name = "duo"
     noise_removals = ("ancestral", "greedy")
-    nfe_rule = ("NFE = number of ancestral denoising steps (times linspace(1, 1e-5, NFE + 1)), one model call "
-                "each (DUO is time conditioned: no caching). The final noise-removal step at t = 1e-5 "
-                "(ancestral: a draw from q(z_0 | z_t, x_theta), DUO's default; greedy: argmax of x_theta) is "
-                "one more model call, not counted in NFE, as in the MDLM/DUO evaluation code: "
-                "forward_passes = NFE + 1.")
+    nfe_rule = (
+        "NFE = number of ancestral denoising steps (times linspace(1, 1e-5, NFE + 1)), one model call "
+        "each (DUO is time conditioned: no caching). The final noise-removal step at t = 1e-5 "
+        "(ancestral: a draw from q(z_0 | z_t, x_theta), DUO's default; greedy: argmax of x_theta) is "
+        "one more model call, not counted in NFE, as in the MDLM/DUO evaluation code: "
+        "forward_passes = NFE + 1."
+    )
 
     def corrupt(self, x0, t, generator=None):
         """Replace each token, with probability 1 - alpha_t, by a uniform id in [0, V) (duo q_xt)."""

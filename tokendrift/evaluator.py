@@ -32,18 +32,41 @@ def _nll(model, x: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:])
 
 
-def train_evaluator(source, out_dir, *, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
-                    warmup_steps: int = 100, seed: int = 0, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
-                    ckpt_every: int = 250, device: str = "cpu", progress: bool = False,
-                    stop_after: int | None = None) -> dict:
+def train_evaluator(
+    source,
+    out_dir,
+    *,
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    warmup_steps: int = 100,
+    seed: int = 0,
+    n_layer: int = 4,
+    n_head: int = 4,
+    n_embd: int = 128,
+    ckpt_every: int = 250,
+    device: str = "cpu",
+    progress: bool = False,
+    stop_after: int | None = None,
+) -> dict:
     """Train (or resume) the evaluator; returns final train and held-out NLL per token."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     out = Path(out_dir)
     resume = out / "resume"
-    digest = config_digest({"source": source.config, "steps": steps, "batch_size": batch_size, "lr": lr,
-                            "warmup_steps": warmup_steps, "seed": seed, "n_layer": n_layer, "n_head": n_head,
-                            "n_embd": n_embd})
+    digest = config_digest(
+        {
+            "source": source.config,
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "warmup_steps": warmup_steps,
+            "seed": seed,
+            "n_layer": n_layer,
+            "n_head": n_head,
+            "n_embd": n_embd,
+        }
+    )
     done = out / "metrics.json"
     if done.exists() and (out / "model").exists():
         metrics = json.loads(done.read_text())
@@ -51,9 +74,16 @@ def train_evaluator(source, out_dir, *, steps: int = 1500, batch_size: int = 32,
             return metrics  # finished already: a rerun does nothing
     tok = source.hf_tokenizer()
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=max(source.length, 8), n_embd=n_embd, n_layer=n_layer,
-                     n_head=n_head, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=max(source.length, 8),
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = GPT2LMHeadModel(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     step = 0
@@ -72,7 +102,9 @@ def train_evaluator(source, out_dir, *, steps: int = 1500, batch_size: int = 32,
 
     model.train()
     loss = torch.tensor(float("nan"))
-    for i in tqdm(range(step, steps), initial=step, total=steps, desc="evaluator", disable=not progress, mininterval=2.0):
+    for i in tqdm(
+        range(step, steps), initial=step, total=steps, desc="evaluator", disable=not progress, mininterval=2.0
+    ):
         for g in opt.param_groups:
             g["lr"] = lr_at(i)
         loss = _nll(model, _inputs(source, "train", i, batch_size).to(device))
@@ -84,14 +116,21 @@ def train_evaluator(source, out_dir, *, steps: int = 1500, batch_size: int = 32,
         if step % ckpt_every == 0 and step < steps:
             with atomic_dir(resume) as tmp:
                 model.save_pretrained(tmp / "model", safe_serialization=True)
-                torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": step}, tmp / "state.pt")
+                torch.save(
+                    {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": step}, tmp / "state.pt"
+                )
         if stop_after is not None and step >= stop_after:
             return {"step": step}
     model.eval()
     with torch.no_grad():
         valid = sum(float(_nll(model, _inputs(source, "valid", j, batch_size).to(device))) for j in range(4)) / 4
-    metrics = {"step": step, "train_nll": float(loss.detach()), "valid_nll": valid, "uniform_nll": math.log(source.vocab_size),
-               "config_digest": digest}
+    metrics = {
+        "step": step,
+        "train_nll": float(loss.detach()),
+        "valid_nll": valid,
+        "uniform_nll": math.log(source.vocab_size),
+        "config_digest": digest,
+    }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -30,8 +30,10 @@ VERSIONED = ("torch", "transformers", "datasets", "tokenizers", "huggingface_hub
 
 
 def _files(folder: Path, files: list[Path]) -> list[dict]:
-    return [{"name": f.relative_to(folder).as_posix(), "bytes": f.stat().st_size, "sha256": file_digest(f)}
-            for f in sorted(files)]
+    return [
+        {"name": f.relative_to(folder).as_posix(), "bytes": f.stat().st_size, "sha256": file_digest(f)}
+        for f in sorted(files)
+    ]
 
 
 def _commit(folder: Path) -> str | None:
@@ -49,14 +51,21 @@ def fetch_dataset(source: dict) -> dict:
         where = {"origin": "local", "path": str(Path(cfg["path"]).resolve())}
     else:
         root, files = hub_data_files(cfg, offline=os.environ.get("HF_HUB_OFFLINE") == "1")
-        where = {"origin": "hub", "repo": cfg["name"], "repo_type": "dataset", "revision": cfg["revision"],
-                 "commit": _commit(root)}
+        where = {
+            "origin": "hub",
+            "repo": cfg["name"],
+            "repo_type": "dataset",
+            "revision": cfg["revision"],
+            "commit": _commit(root),
+        }
     import pyarrow.parquet as pq
 
     n_docs = sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files[0].suffix == ".parquet" else None
     if cfg["n_docs"] is not None and n_docs is not None and n_docs != cfg["n_docs"]:
-        raise TokenDriftError(f"source.n_docs: the config expects {cfg['n_docs']} documents, the fetched files of "
-                              f"{cfg['path'] or cfg['name']} hold {n_docs}")
+        raise TokenDriftError(
+            f"source.n_docs: the config expects {cfg['n_docs']} documents, the fetched files of "
+            f"{cfg['path'] or cfg['name']} hold {n_docs}"
+        )
     return {"item": "dataset", **where, "files": _files(root, files), "n_docs": n_docs}
 
 
@@ -64,13 +73,24 @@ def fetch_pretrained(name: str, item: str, patterns: list[str]) -> dict:
     """A tokenizer or a causal LM: a local folder, or a Hub repository into the cache."""
     p = Path(name)
     if p.is_dir():
-        return {"item": item, "origin": "local", "path": str(p.resolve()),
-                "files": _files(p, [f for f in p.rglob("*") if f.is_file()])}
+        return {
+            "item": item,
+            "origin": "local",
+            "path": str(p.resolve()),
+            "files": _files(p, [f for f in p.rglob("*") if f.is_file()]),
+        }
     from .prepare import hub_snapshot
 
     folder = hub_snapshot(name, "model", "main", patterns, offline=os.environ.get("HF_HUB_OFFLINE") == "1")
-    return {"item": item, "origin": "hub", "repo": name, "repo_type": "model", "revision": "main",
-            "commit": _commit(folder), "files": _files(folder, [f for f in folder.rglob("*") if f.is_file()])}
+    return {
+        "item": item,
+        "origin": "hub",
+        "repo": name,
+        "repo_type": "model",
+        "revision": "main",
+        "commit": _commit(folder),
+        "files": _files(folder, [f for f in folder.rglob("*") if f.is_file()]),
+    }
 
 
 def fetch_checkpoint(src: str, item: str) -> dict:
@@ -79,15 +99,24 @@ def fetch_checkpoint(src: str, item: str) -> dict:
         from .checkpoint import resolve_hf
 
         f = Path(resolve_hf(src))
-        return {"item": item, "origin": "hub", "repo": "/".join(src[3:].split("/")[:2]), "repo_type": "model",
-                "commit": _commit(f.parent) if f.parent.parent.name == "snapshots" else None,
-                "files": _files(f.parent, [f])}
+        return {
+            "item": item,
+            "origin": "hub",
+            "repo": "/".join(src[3:].split("/")[:2]),
+            "repo_type": "model",
+            "commit": _commit(f.parent) if f.parent.parent.name == "snapshots" else None,
+            "files": _files(f.parent, [f]),
+        }
     p = Path(src)
     if not p.exists():
         raise TokenDriftError(f"start checkpoint not found: {p}")
     files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
-    return {"item": item, "origin": "local", "path": str(p.resolve()), "files": _files(p if p.is_dir() else p.parent,
-                                                                                        files)}
+    return {
+        "item": item,
+        "origin": "local",
+        "path": str(p.resolve()),
+        "files": _files(p if p.is_dir() else p.parent, files),
+    }
 
 
 def versions() -> dict:
@@ -140,11 +169,14 @@ def _run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("fetch", help="download what a study reads (login node) and write its manifest")
     p.add_argument("what", choices=["dataset", "tokenizer", "evaluator", "checkpoint", "manifest"])
-    p.add_argument("spec", nargs="?", default="",
-                   help="dataset: the source config as JSON; tokenizer/evaluator: a Hub name or local folder; "
-                        "checkpoint: hf:OWNER/REPO/FILE or a local path")
+    p.add_argument(
+        "spec",
+        nargs="?",
+        default="",
+        help="dataset: the source config as JSON; tokenizer/evaluator: a Hub name or local folder; "
+        "checkpoint: hf:OWNER/REPO/FILE or a local path",
+    )
     p.add_argument("parts", nargs="*", help="manifest: the item manifests to join")
     p.add_argument("--item", help="checkpoint: the manifest's item name (e.g. start_mdlm)")
     p.add_argument("--out", required=True, help="the manifest to write (JSON)")
     p.set_defaults(func=_run)
-

@@ -8,8 +8,8 @@ temperature of the sweep), one scoring job scores them and the checkpoint's held
 A checkpoint is shared by every table and figure that needs it, so each is evaluated once;
 loading the model (and gpt2-large) once per checkpoint rather than once per NFE is what keeps
 the embedded default inside its time budget and saves GPU allocations on a cluster. The
-Snakemake rules (workflow/rules/*.smk) only ask this module for paths, job configs and
-target lists.
+Snakemake rules (workflow/rules/*.smk) only ask this module for their paths, inputs, job
+arguments and logs (the section "what each rule asks").
 
 Layout under ``<results>/<name>/``::
 
@@ -20,6 +20,8 @@ Layout under ``<results>/<name>/``::
     samples/<bb>/<model>/seed<k>/step<S>/T<t>_nfe<N>/      a sample folder
     scores/<bb>/<model>/seed<k>/step<S>/T<t>_nfe<N>.json   its score
     scores/<bb>/<model>/seed<k>/step<S>/nelbo.json         held-out NELBO of the checkpoint
+    source/entropy_rate.json        the synthetic source's entropy rate (the oracle floor)
+    logs/                           one log per job (LOGS)
     tables/, figures/, report/ (HTML renderings, baseline gates), probe/, mlflow.db
 """
 
@@ -45,12 +47,12 @@ FIGURES = {
     "quality_diversity": ("Quality vs diversity (all tables)", ("png", "pdf")),
     "ratio_steps": ("Matched-entropy ratio and NELBO against training step", ("png", "pdf", "csv")),
 }
-TABLES_FILE = Path(__file__).parent / "data" / "tables.yaml"
+PAPER_GRID_FILE = Path(__file__).parent / "paper_grid.yaml"
 
 
 def paper_tables() -> dict:
-    """The paper's grid and reported values (tokendrift/data/tables.yaml)."""
-    return yaml.safe_load(TABLES_FILE.read_text())
+    """The paper's grid and reported values (tokendrift/paper_grid.yaml)."""
+    return yaml.safe_load(PAPER_GRID_FILE.read_text())
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -69,22 +71,48 @@ class Run:
 
     @classmethod
     def of(cls, entry: dict) -> "Run":
-        """A run of a sheet entry (tokendrift/data/tables.yaml or the config's ``runs``)."""
+        """A run of a sheet entry (tokendrift/paper_grid.yaml or the config's ``runs``)."""
         return cls(entry["backbone"], entry["id"], entry["steps"], entry.get("set", {}))
 
 
 @dataclass(frozen=True, order=True)
 class Unit:
     """One checkpoint of one seed: sampled (at every NFE and temperature) by one job, scored by one."""
+
     backbone: str
     model: str
     seed: int
     step: int
 
 
+# A rule's wildcards as a unit: the paths of its outputs and log are the unit's paths with them.
+WILDCARDS = Unit("{backbone}", "{model}", "{seed}", "{step}")  # type: ignore[arg-type]
+START_WILDCARDS = Unit("{backbone}", "start", "{seed}", 0)  # type: ignore[arg-type]
+
+# The log of each job, under <results>/<name>/logs/ (the rules' log: and `tokendrift status`).
+LOGS = {
+    "fetch_item": "fetch/{item}.log",
+    "fetch_manifest": "fetch/manifest.log",
+    "prepare_data": "prepare_data.log",
+    "entropy_rate": "entropy_rate.log",
+    "pretrain_start": "start/{backbone}.log",
+    "import_start": "start/{backbone}_import.log",
+    "pretrain_evaluator": "evaluator.log",
+    "train": "train/{backbone}/{model}/seed{seed}.log",
+    "sample_run": "sample/{backbone}/{model}/seed{seed}_step{step}.log",
+    "sample_start": "sample/{backbone}/start/seed{seed}.log",
+    "score_run": "score/{backbone}/{model}/seed{seed}_step{step}.log",
+    "score_start": "score/{backbone}/start/seed{seed}.log",
+    "probe": "probe/{backbone}.log",
+    "aggregate": "aggregate/{name}.log",
+    "track": "track.log",
+}
+
+
 class Grid:
     def __init__(self, config: dict, schema: str | Path):
         self.schema = str(schema)
+        self.raw = copy.deepcopy(config or {})  # as written: what the jobs that rebuild the grid get
         self.config = configlib.validate_with(Path(schema), config, what="workflow config")
         c = self.config
         self.root = Path(c["results"]) / c["name"]
@@ -92,7 +120,9 @@ class Grid:
         self.nfes = sorted(c["sample"]["nfe"])
         self.long, self.short = c["steps"]["long"], c["steps"]["short"]
         if self.short > self.long:
-            raise TokenDriftError(f"workflow config: steps.short ({self.short}) must not exceed steps.long ({self.long})")
+            raise TokenDriftError(
+                f"workflow config: steps.short ({self.short}) must not exceed steps.long ({self.long})"
+            )
         self.runs, self.tables, self.figure2 = self._sheet(config or {})
         self.backbones = [b for b in BACKBONES if b in c["start"]]
         self._check()
@@ -115,9 +145,14 @@ class Grid:
         for i, r in enumerate(c["runs"]):
             key = (r["backbone"], r["id"])
             if key in sheet:
-                raise TokenDriftError(f"workflow config: runs[{i}]: " + (
-                    f"{key[0]}/{key[1]} is a run of the paper's grid (paper_grid: true); give yours another id"
-                    if key in paper_keys else f"duplicate run {key[0]}/{key[1]}"))
+                raise TokenDriftError(
+                    f"workflow config: runs[{i}]: "
+                    + (
+                        f"{key[0]}/{key[1]} is a run of the paper's grid (paper_grid: true); give yours another id"
+                        if key in paper_keys
+                        else f"duplicate run {key[0]}/{key[1]}"
+                    )
+                )
             sheet[key] = Run.of(r)
         tables = {t: paper["tables"][t] for t in (c["paper_tables"] if c["paper_grid"] else [])}
         for name, t in c["tables"].items():
@@ -126,8 +161,9 @@ class Grid:
                 raise TokenDriftError(f"workflow config: tables.{name}.rows: needs a row that is not `start`")
             method = t.get("method", trained[0])
             if method not in trained:
-                raise TokenDriftError(f"workflow config: tables.{name}.method: {method!r} is not one of its trained "
-                                      f"rows {trained}")
+                raise TokenDriftError(
+                    f"workflow config: tables.{name}.method: {method!r} is not one of its trained rows {trained}"
+                )
             tables[name] = {**t, "method": method, "rows": [{"label": r["model"], **r} for r in t["rows"]]}
         if c["figure2"] is not None:
             figure2 = c["figure2"]
@@ -143,16 +179,21 @@ class Grid:
         read |= {(bb, m) for bb, ms in figure2.items() for m in ms}
         for i, r in enumerate(c["runs"]):
             if (r["backbone"], r["id"]) not in read:  # its options first: that error is the one to fix first
-                configlib.validate("train", deep_merge(c["train"], r.get("set", {})), prefix=f"runs.{r['backbone']}/{r['id']}")
-                raise TokenDriftError(f"workflow config: runs[{i}]: {r['backbone']}/{r['id']} is read by no table "
-                                      "and no figure (add it to a table's rows or to figure2)")
+                configlib.validate(
+                    "train", deep_merge(c["train"], r.get("set", {})), prefix=f"runs.{r['backbone']}/{r['id']}"
+                )
+                raise TokenDriftError(
+                    f"workflow config: runs[{i}]: {r['backbone']}/{r['id']} is read by no table "
+                    "and no figure (add it to a table's rows or to figure2)"
+                )
         return {k: run for k, run in sheet.items() if k in read}, tables, figure2
 
     def _check(self) -> None:
         for (bb, rid), run in self.runs.items():
             if bb not in self.backbones:
-                raise TokenDriftError(f"workflow config: run {bb}/{rid}: backbone {bb!r} has no start checkpoint "
-                                      f"(start.{bb})")
+                raise TokenDriftError(
+                    f"workflow config: run {bb}/{rid}: backbone {bb!r} has no start checkpoint (start.{bb})"
+                )
             cfg = self.train_config(bb, rid, self.seeds[0])
             configlib.validate("train", cfg, prefix=f"runs.{bb}/{rid}")
         for name, table in self.tables.items():
@@ -166,8 +207,10 @@ class Grid:
                     if run is None:
                         raise TokenDriftError(f"workflow config: tables: {name} needs run {bb}/{m}, absent from runs")
                     if self.run_steps(run) < self.table_step(name):
-                        raise TokenDriftError(f"workflow config: run {bb}/{m} trains {self.run_steps(run)} steps but "
-                                              f"{name} reads it at step {self.table_step(name)}")
+                        raise TokenDriftError(
+                            f"workflow config: run {bb}/{m} trains {self.run_steps(run)} steps but "
+                            f"{name} reads it at step {self.table_step(name)}"
+                        )
         for s in self.config["steps"]["curve"]:
             if s > self.long:
                 raise TokenDriftError(f"workflow config: steps.curve: {s} exceeds steps.long ({self.long})")
@@ -200,8 +243,9 @@ class Grid:
         steps = self.run_steps(run)
         keep = sorted(s for s in self.model_steps(bb, rid) if 0 < s < steps)
         cfg = deep_merge(self.config["train"], run.set)
-        return deep_merge(cfg, {"init": str(self.start_model(bb)), "seed": seed, "steps": steps,
-                                "checkpoint_steps": keep})
+        return deep_merge(
+            cfg, {"init": str(self.start_model(bb)), "seed": seed, "steps": steps, "checkpoint_steps": keep}
+        )
 
     def model_steps(self, bb: str, model: str) -> set[int]:
         """Every checkpoint step of a model that some table or figure evaluates."""
@@ -219,26 +263,44 @@ class Grid:
 
     # ------------------------------------------------------------------ paths
 
-    def start_model(self, bb: str) -> Path:
-        if "pretrain" in self.config["start"][bb]:
-            return self.root / "start" / bb / "pretrain" / "checkpoints" / f"step_{self.pretrain_steps(bb):06d}"
+    def pretrain_dir(self, bb: str) -> Path:
+        return self.root / "start" / bb / "pretrain"
+
+    def import_dir(self, bb: str) -> Path:
         return self.root / "start" / bb / "imported"
 
-    def start_done(self, bb: str) -> Path:
+    def start_model(self, bb: str) -> Path:
         if "pretrain" in self.config["start"][bb]:
-            return self.root / "start" / bb / "pretrain" / "done.json"
-        return self.start_model(bb) / "meta.json"
+            return self.pretrain_dir(bb) / "checkpoints" / f"step_{self.pretrain_steps(bb):06d}"
+        return self.import_dir(bb)
+
+    def pretrain_done(self, bb: str) -> str:
+        return str(self.pretrain_dir(bb) / "done.json")
+
+    def import_done(self, bb: str) -> str:
+        return str(self.import_dir(bb) / "meta.json")
+
+    def start_done(self, bb: str) -> Path:
+        """The output of the job that makes the starting checkpoint (pretrain_start or import_start)."""
+        return Path(self.pretrain_done(bb) if "pretrain" in self.config["start"][bb] else self.import_done(bb))
+
+    @property
+    def evaluator_dir(self) -> Path:
+        return self.root / "evaluator" / "pretrain"
+
+    @property
+    def evaluator_done(self) -> str:
+        return str(self.evaluator_dir / "metrics.json")
 
     def evaluator(self) -> str:
         """What `tokendrift score --evaluator` gets: a local folder or a Hugging Face name."""
         if "pretrain" in self.config["evaluator"]:
-            return str(self.root / "evaluator" / "pretrain" / "model")
+            return str(self.evaluator_dir / "model")
         return self.config["evaluator"]["name"]
 
     def evaluator_inputs(self) -> list[str]:
-        if "pretrain" in self.config["evaluator"]:
-            return [str(self.root / "evaluator" / "pretrain" / "metrics.json")]
-        return []
+        """The pretrained evaluator's output (pretrain_evaluator), or nothing for a named one."""
+        return [self.evaluator_done] if "pretrain" in self.config["evaluator"] else []
 
     def train_dir(self, bb: str, rid: str, seed: int) -> Path:
         return self.root / "train" / bb / rid / f"seed{seed}"
@@ -279,14 +341,6 @@ class Grid:
     def unit(self, w) -> Unit:
         """The unit of a Snakemake job's wildcards (the start rules have no model/step wildcard)."""
         return Unit(w.backbone, getattr(w, "model", "start"), int(w.seed), int(getattr(w, "step", 0)))
-
-    def unit_patterns(self, kind: str, start: bool, leaf: str) -> list[str]:
-        """Output patterns of the sample (kind "samples", leaf "/meta.json") or score (kind "scores",
-        leaf ".json") rule; wildcards backbone and seed, plus model and step for trained runs."""
-        base = (f"{self.root}/{kind}/{{backbone}}/start/seed{{seed}}/step0" if start
-                else f"{self.root}/{kind}/{{backbone}}/{{model}}/seed{{seed}}/step{{step}}")
-        temps = self.sweep() if start else [1.0]
-        return [f"{base}/T{temp_str(t)}_nfe{n}{leaf}" for t in temps for n in self.nfes]
 
     # ------------------------------------------------------------------ data stage and downloads
 
@@ -330,21 +384,26 @@ class Grid:
 
     @cached_property
     def job_env(self) -> str:
-        """Shell prefix of every compute job: the Hub offline, pointed at the project's cache,
-        and the manifest whose digest results record."""
-        env = (f"export HF_HOME={shlex.quote(self.config['fetch']['hf_home'])} HF_HUB_OFFLINE=1 "
-               "HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1")
-        return env + (f" TOKENDRIFT_MANIFEST={self.manifest[0]}" if self.manifest else "") + ";"
+        """Shell prefix of every compute job: the Hub offline, pointed at the project's cache, the
+        manifest whose digest results record, and exactly the CPUs Snakemake gives the job (torch
+        reads OMP_NUM_THREADS at start-up; ``{threads}`` is filled in by Snakemake)."""
+        env = (
+            f"export HF_HOME={shlex.quote(self.config['fetch']['hf_home'])} HF_HUB_OFFLINE=1 "
+            "HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
+        )
+        env += f" TOKENDRIFT_MANIFEST={self.manifest[0]}" if self.manifest else ""
+        return env + " OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads};"
 
     @cached_property
     def fetch_env(self) -> str:
         """Shell prefix of the fetch rules (login node, online): the same cache."""
         return f"export HF_HOME={shlex.quote(self.config['fetch']['hf_home'])};"
 
-    def device_arg(self, section: str) -> str:
-        """``--device X`` for a job's command line; "auto" leaves the job's own default (cuda if present)."""
-        d = self.config[section]["device"]
-        return "" if d == "auto" else f"--device {d}"
+    @cached_property
+    def entropy_rate_file(self) -> list[str]:
+        """The synthetic source's entropy rate (its oracle Gen.-PPL floor), written by the
+        entropy_rate job and read by the tables and figures ([] for a text source)."""
+        return [str(self.root / "source" / "entropy_rate.json")] if self.source["kind"] == "synthetic" else []
 
     # ------------------------------------------------------------------ what the targets need
 
@@ -361,24 +420,33 @@ class Grid:
     def table_units(self, table: str) -> list[Unit]:
         """The rows' checkpoints and the starting checkpoint (its sweep is the matched-entropy control)."""
         t = self.tables[table]
-        units = [Unit(t["backbone"], r["model"], s, self.row_step(table, r["model"]))
-                 for r in t["rows"] if "model" in r for s in self.seeds]
+        units = [
+            Unit(t["backbone"], r["model"], s, self.row_step(table, r["model"]))
+            for r in t["rows"]
+            if "model" in r
+            for s in self.seeds
+        ]
         # once each: a table whose rows include the start checkpoint must not count its seeds twice
         return list(dict.fromkeys(units + [Unit(t["backbone"], "start", s, 0) for s in self.seeds]))
 
     def figure2_units(self) -> list[Unit]:
-        return [Unit(bb, m, s, step)
-                for bb in self.backbones for m in self.figure2.get(bb, [])
-                for step in ([0] if m == "start" else self.curve_steps()[1:]) for s in self.seeds]
+        return [
+            Unit(bb, m, s, step)
+            for bb in self.backbones
+            for m in self.figure2.get(bb, [])
+            for step in ([0] if m == "start" else self.curve_steps()[1:])
+            for s in self.seeds
+        ]
 
     @cached_property
     def units(self) -> list[Unit]:
         units = {u for t in self.tables for u in self.table_units(t)} | set(self.figure2_units())
         return sorted(units)
 
-    def score_files(self, units) -> list[str]:
+    def score_files(self, units, nelbo: bool = True) -> list[str]:
+        """The score file of every cell of ``units``, then (``nelbo``) their NELBO files."""
         files = [str(self.score_file(u, t, n)) for u in units for t, n in self.cells(u)]
-        return files + [str(self.nelbo_file(u)) for u in units]
+        return files + ([str(self.nelbo_file(u)) for u in units] if nelbo else [])
 
     def table_inputs(self, table: str) -> list[str]:
         return self.score_files(self.table_units(table))
@@ -397,8 +465,10 @@ class Grid:
 
     def table_outputs(self, table: str) -> list[str]:
         """Markdown, LaTeX, CSV, then the report's HTML rendering and the baseline gate's verdict."""
-        return [str(self.root / "tables" / f"{table}.{ext}") for ext in ("md", "tex", "csv")] + \
-            [self.report_html(table), self.gate_file(table)]
+        return [str(self.root / "tables" / f"{table}.{ext}") for ext in ("md", "tex", "csv")] + [
+            self.report_html(table),
+            self.gate_file(table),
+        ]
 
     def gate_file(self, table: str) -> str:
         """The baseline gate of a table (tokendrift.aggregate.baseline_gate; read by tracking)."""
@@ -418,45 +488,182 @@ class Grid:
         return self.root / "probe" / bb
 
     def probe_outputs(self, bb: str) -> list[str]:
-        return [str(self.probe_dir(bb) / f) for f in ("probe.json", "probe.png", "probe.pdf", "top3.md")]
+        return [self.probe_file(bb, f) for f in ("probe.json", "probe.png", "probe.pdf", "top3.md")]
 
     # ------------------------------------------------------------------ job logs (the rules' log: files)
 
+    def log(self, rule: str, **fields) -> str:
+        """The log of a rule (LOGS): a pattern of its wildcards, or filled with ``fields``."""
+        pattern = LOGS[rule]
+        return str(self.root / "logs" / (pattern.format(**fields) if fields else pattern))
+
     def log_file(self, job: str, *, bb: str = "", u: Unit | None = None, item: str = "") -> Path:
-        """The log of one job: ``start``/``probe`` (bb), ``evaluator``, ``prepare_data``, ``fetch``
-        (item), ``train`` (u: backbone, model, seed), ``sample``/``score`` (u)."""
-        logs = self.root / "logs"
-        if job == "start":
-            return logs / "start" / (f"{bb}.log" if "pretrain" in self.config["start"][bb] else f"{bb}_import.log")
-        if job in ("evaluator", "prepare_data"):
-            return logs / f"{job}.log"
-        if job == "fetch":
-            return logs / "fetch" / f"{item}.log"
-        if job == "probe":
-            return logs / "probe" / f"{bb}.log"
-        if job == "train":
-            return logs / "train" / u.backbone / u.model / f"seed{u.seed}.log"
-        if u.model == "start":
-            return logs / job / u.backbone / "start" / f"seed{u.seed}.log"
-        return logs / job / u.backbone / u.model / f"seed{u.seed}_step{u.step}.log"
+        """The log of one job (`tokendrift status`): ``start``/``probe`` (bb), ``evaluator``,
+        ``prepare_data``, ``fetch`` (item), ``train``/``sample``/``score`` (u)."""
+        bb = u.backbone if u else bb
+        start = u is not None and u.model == "start"
+        rule = {
+            "start": "pretrain_start" if "pretrain" in self.config["start"].get(bb, {}) else "import_start",
+            "evaluator": "pretrain_evaluator",
+            "fetch": "fetch_item",
+            "sample": "sample_start" if start else "sample_run",
+            "score": "score_start" if start else "score_run",
+        }.get(job, job)
+        fields = {"backbone": bb, "item": item} | ({"model": u.model, "seed": u.seed, "step": u.step} if u else {})
+        return Path(self.log(rule, **fields))
 
     def probe_models(self, bb: str) -> dict[str, Path]:
         """label -> checkpoint probed: the Figure-2 models at the long step, first seed."""
-        return {m: self.checkpoint(bb, m, self.seeds[0], 0 if m == "start" else self.long)
-                for m in self.figure2.get(bb, [])}
+        return {
+            m: self.checkpoint(bb, m, self.seeds[0], 0 if m == "start" else self.long) for m in self.figure2.get(bb, [])
+        }
+
+    @property
+    def probe_targets(self) -> list[str]:
+        return [f for bb in self.backbones for f in self.probe_outputs(bb)]
+
+    @property
+    def tracking_file(self) -> str:
+        """The MLflow import's summary (the track rule's output)."""
+        return str(self.root / "tracking" / "imported.json")
 
     def all_outputs(self) -> list[str]:
         out = [f for t in self.tables for f in self.table_outputs(t)]
         out += [f for name in FIGURES for f in self.figure_outputs(name) + [self.report_html(name)]]
-        return out + [f for bb in self.backbones for f in self.probe_outputs(bb)]
+        return out + self.probe_targets
 
     def summary(self) -> dict:
         """Counts of unique jobs, for the dry-run test and `tokendrift grid`."""
         return {
-            "start": len(self.backbones), "evaluator": int("pretrain" in self.config["evaluator"]),
-            "train": len(self.runs) * len(self.seeds), "sample": len(self.units), "score": len(self.units),
+            "start": len(self.backbones),
+            "evaluator": int("pretrain" in self.config["evaluator"]),
+            "train": len(self.runs) * len(self.seeds),
+            "sample": len(self.units),
+            "score": len(self.units),
             "sample_sets": sum(len(self.cells(u)) for u in self.units),
         }
+
+    # ------------------------------------------------------------------ what each rule asks (workflow/rules/*.smk)
+    # A rule's outputs are the paths above at its wildcards; its inputs and its job's arguments are
+    # these functions of the job's wildcards ``w``; the options of a job are its config section.
+
+    def job_options(self, section: str, prefix: str = "") -> str:
+        """The flags of a job schema set to the config's section (tokendrift/schemas/<section>.schema.yaml)."""
+        return configlib.option_args(section, self.config[section], prefix)
+
+    @property
+    def config_args(self) -> str:
+        """How the jobs that rebuild the grid (tables, figures, tracking) get this config."""
+        return f"--config-json {shlex.quote(json.dumps(self.raw))} --schema {self.schema}"
+
+    def fetch_args(self, w) -> str:
+        what, spec = self.fetch_items[w.item]
+        return f"{what} {shlex.quote(spec)} --item {w.item}"
+
+    def source_args(self, w) -> str:
+        """The source config of the data-stage jobs (prepare_data, entropy_rate)."""
+        return f"--source-json {shlex.quote(json.dumps(self.config['source']))}"
+
+    def pretrain_args(self, w) -> str:
+        bb = w.backbone
+        return (
+            f"{bb} --config-json {shlex.quote(json.dumps(self.pretrain_config(bb)))} --out {self.pretrain_dir(bb)} "
+            "--discard-stale"
+        )
+
+    def import_args(self, w) -> str:
+        start = self.config["start"][w.backbone]
+        return (
+            f"{shlex.quote(start['import'])} {self.import_dir(w.backbone)} --diffusion {w.backbone} "
+            f"--model-json {shlex.quote(json.dumps(start.get('model', {'preset': 'small'})))} "
+            f"--source-json {shlex.quote(json.dumps(self.config['source']))}"
+        )
+
+    def evaluator_args(self, w) -> str:
+        return f"evaluator --config-json {shlex.quote(json.dumps(self.evaluator_config()))} --out {self.evaluator_dir}"
+
+    def train_inputs(self, w) -> list[str]:
+        return [str(self.start_done(w.backbone)), *self.job_inputs]
+
+    def train_args(self, w) -> str:
+        job = self.train_config(w.backbone, w.model, int(w.seed))
+        return (
+            f"--config-json {shlex.quote(json.dumps(job))} --out {self.train_dir(w.backbone, w.model, int(w.seed))} "
+            "--discard-stale"
+        )
+
+    def sample_files(self, u: Unit) -> list[str]:
+        """What says a unit's sample folders are complete: their meta.json, written last."""
+        return [str(self.sample_dir(u, t, n) / "meta.json") for t, n in self.cells(u)]
+
+    def sample_outputs(self, start: bool) -> list[str]:
+        return self.sample_files(START_WILDCARDS if start else WILDCARDS)
+
+    def sample_inputs(self, w) -> list[str]:
+        u = self.unit(w)
+        return [self.checkpoint_done(u.backbone, u.model, u.seed), *self.job_inputs]
+
+    def sample_args(self, w) -> str:
+        """One checkpoint at every NFE and temperature of its cells, into a folder per cell."""
+        u = self.unit(w)
+        folders = self.unit_dir("samples", u) / "T{temperature}_nfe{nfe}"
+        return (
+            f"{self.unit_checkpoint(u)} --nfe {' '.join(map(str, self.nfes))} "
+            f"--temperature {' '.join(map(str, self.temperatures(u.model)))} --seed {u.seed} "
+            f"{self.job_options('sample')} --out {shlex.quote(str(folders))}"
+        )
+
+    def score_outputs(self, start: bool) -> list[str]:
+        return self.score_files([START_WILDCARDS if start else WILDCARDS], nelbo=False)
+
+    def nelbo_output(self, start: bool) -> str:
+        return str(self.nelbo_file(START_WILDCARDS if start else WILDCARDS))
+
+    def score_inputs(self, w) -> dict:
+        u = self.unit(w)
+        return {
+            "samples": self.sample_files(u),
+            "evaluator": self.evaluator_inputs(),
+            "checkpoint": self.checkpoint_done(u.backbone, u.model, u.seed),
+            "data": self.job_inputs,
+        }
+
+    def score_args(self, w) -> str:
+        """A checkpoint's sample folders under the evaluator, then its held-out NELBO."""
+        u = self.unit(w)
+        return (
+            " ".join(str(self.sample_dir(u, t, n)) for t, n in self.cells(u))
+            + f" --evaluator {shlex.quote(self.evaluator())} {self.job_options('score')} "
+            f"{self.job_options('nelbo', prefix='nelbo_')} --checkpoint {self.unit_checkpoint(u)} "
+            f"--nelbo-seed {u.seed}"
+        )
+
+    def probe_file(self, bb: str, name: str) -> str:
+        return str(self.probe_dir(bb) / name)
+
+    def probe_inputs(self, w) -> list[str]:
+        return [
+            *(self.checkpoint_done(w.backbone, m, self.seeds[0]) for m in self.probe_models(w.backbone)),
+            *self.job_inputs,
+        ]
+
+    def probe_args(self, w) -> str:
+        ckpts = " ".join(f"--checkpoint {m}={p}" for m, p in self.probe_models(w.backbone).items())
+        return f"{ckpts} --out {self.probe_dir(w.backbone)} {self.job_options('probe')}"
+
+    def report_category(self, table: str) -> str:
+        """A table's category in Snakemake's report: "Table 1" for the paper's, its name for one's own."""
+        return f"Table {table[5:]}" if table[5:].isdigit() else table
+
+
+def workflow_grid(config: dict, basedir: str, configfiles) -> Grid:
+    """The grid of a Snakemake run: its config, or the embedded default (workflow/config/default.yaml,
+    with any ``--config key=value`` on top) when no --configfile or profile names one, validated by
+    workflow/schemas/config.schema.yaml."""
+    base = Path(basedir)
+    if not configfiles:
+        config = deep_merge(configlib.load_file(base / "workflow" / "config" / "default.yaml"), config)
+    return Grid(config, base / "workflow" / "schemas" / "config.schema.yaml")
 
 
 def add_grid_args(p) -> None:
@@ -486,9 +693,15 @@ def describe(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("grid", help="validate a workflow config and count the unique jobs of its grid")
     add_grid_args(p)
-    p.add_argument("--cost", metavar="RESULTS.json",
-                   help="also print the GPU-hours of every stage and the total, from `python bench/gpu.py`'s "
-                        "bench/results/gpu.json (tokendrift/cost.py)")
-    p.add_argument("--profile-yaml", default="profiles/slurm/profile.yaml",
-                   help="with --cost: the profile whose set-resources give the GPUs per job")
+    p.add_argument(
+        "--cost",
+        metavar="RESULTS.json",
+        help="also print the GPU-hours of every stage and the total, from `python bench/gpu.py`'s "
+        "bench/results/gpu.json (tokendrift/cost.py)",
+    )
+    p.add_argument(
+        "--profile-yaml",
+        default="profiles/slurm/profile.yaml",
+        help="with --cost: the profile whose set-resources give the GPUs per job",
+    )
     p.set_defaults(func=describe)

@@ -44,8 +44,9 @@ class DiTConfig:
         if self.n_blocks < 2:
             raise TokenDriftError("model.n_blocks: the encoder features need the last two blocks, so >= 2")
         if self.hidden_size % self.n_heads or (self.hidden_size // self.n_heads) % 2:
-            raise TokenDriftError(f"model.hidden_size: {self.hidden_size} must split into n_heads={self.n_heads} "
-                                  "heads of even size")
+            raise TokenDriftError(
+                f"model.hidden_size: {self.hidden_size} must split into n_heads={self.n_heads} heads of even size"
+            )
         if not 0 <= self.dropout < 1:
             raise TokenDriftError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
@@ -141,7 +142,7 @@ def dropout(x, p: float, training: bool, shard: tuple[int, int] = (0, 1)):
         return F.dropout(x, p, training)
     B = x.shape[0]
     mask = torch.empty((B * world, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
-    return x * mask[rank * B:(rank + 1) * B].div_(1 - p)
+    return x * mask[rank * B : (rank + 1) * B].div_(1 - p)
 
 
 class DDiTBlock(nn.Module):
@@ -155,16 +156,21 @@ class DDiTBlock(nn.Module):
         self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
         self.norm2 = LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
-                                 nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * dim, dim)
+        )
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim)
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
     def forward(self, x, cos_sin, c):
         B, L, D = x.shape
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
-        qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa)).view(B, L, 3, self.n_heads, D // self.n_heads)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)[:, None].chunk(
+            6, dim=2
+        )
+        qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa)).view(
+            B, L, 3, self.n_heads, D // self.n_heads
+        )
         q, k, v = qkv.unbind(2)
         cos, sin = cos_sin
         with torch.autocast(x.device.type, enabled=False):
@@ -203,8 +209,9 @@ class DiT(nn.Module):
         self.vocab_embed = EmbeddingLayer(d, config.vocab_size)
         self.sigma_map = TimestepEmbedder(config.cond_dim)
         self.rotary_emb = Rotary(d // config.n_heads)
-        self.blocks = nn.ModuleList(DDiTBlock(d, config.n_heads, config.cond_dim, config.dropout)
-                                    for _ in range(config.n_blocks))
+        self.blocks = nn.ModuleList(
+            DDiTBlock(d, config.n_heads, config.cond_dim, config.dropout) for _ in range(config.n_blocks)
+        )
         self.output_layer = DDitFinalLayer(d, config.vocab_size, config.cond_dim)
 
     def shard_dropout(self, rank: int, world: int) -> None:

@@ -33,53 +33,72 @@ tokendrift/schemas/train.schema.yaml (``objective``). Defaults marked *:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
 from .utils import TokenDriftError
 
-KERNELS = ("sq_l2", "l2_meannorm")
-NORMALIZATIONS = ("joint", "softmax")
-REDUCTIONS = ("mean", "sum")
-SCALES = ("vector_rms", "coord_rms")
-RATIO_READINGS = ("vector", "displacement")
 SELF_MASK = 1e6  # distance added to masked (self) pairs
 # lambertae/drifting drift_loss.py::drift_loss, read as our options. Beyond them the preset also
 # takes that code's arithmetic (see ``drift_field``): distances sqrt(max(d^2, 1e-8)), the mean
 # distance floored at 1e-3, a self mask of 100 mean distances whose pair keeps its floored
 # weight, and the per-temperature eps applied as max(., 1e-8) in its rescaled coordinates.
 PRESETS = {
-    "drifting_official": dict(kernel="l2_meannorm", normalization="joint", reduction="sum", scale="coord_rms",
-                              floor=1e-3, ratio_reading="displacement"),
+    "drifting_official": dict(
+        kernel="l2_meannorm",
+        normalization="joint",
+        reduction="sum",
+        scale="coord_rms",
+        floor=1e-3,
+        ratio_reading="displacement",
+    ),
 }
 OFFICIAL_SELF_MASK = 100.0
 
 
-def check_drift_options(*, temperatures: Sequence[float], ratio: Sequence[float], alpha: float,
-                        kernel: str = "sq_l2", normalization: str = "joint", reduction: str = "mean",
-                        scale: str = "vector_rms", ratio_reading: str = "vector", floor: float = 0.0,
-                        preset: str | None = None) -> None:
-    """Refuse option values the objective cannot use, naming the field."""
-    temps = list(temperatures)
-    if not temps:
-        raise TokenDriftError("objective.temperatures: must not be empty")
-    if any(not (t > 0 and math.isfinite(t)) for t in temps):
-        raise TokenDriftError(f"objective.temperatures: every temperature must be positive, got {temps}")
-    if len(ratio) != 2 or any(r < 0 for r in ratio) or (ratio[0] == 0 and ratio[1] == 0):
-        raise TokenDriftError(f"objective.ratio: expected two non-negative scales, not both 0, got {list(ratio)}")
-    if not alpha > 0:
-        raise TokenDriftError(f"objective.alpha: must be > 0, got {alpha}")
-    if not (floor >= 0 and math.isfinite(floor)):
-        raise TokenDriftError(f"objective.floor: must be >= 0, got {floor}")
-    for name, value, allowed in [("kernel", kernel, KERNELS), ("normalization", normalization, NORMALIZATIONS),
-                                 ("reduction", reduction, REDUCTIONS), ("scale", scale, SCALES),
-                                 ("ratio_reading", ratio_reading, RATIO_READINGS)]:
-        if value not in allowed:
-            raise TokenDriftError(f"objective.{name}: {value!r} is not one of {list(allowed)}")
-    if preset is not None and preset not in PRESETS:
-        raise TokenDriftError(f"objective.preset: {preset!r} is not one of {[None, *PRESETS]}")
+@dataclass(frozen=True)
+class DriftOptions:
+    """The options of the drift field (Sec. 3.2), read once from the ``objective`` section of a
+    train config. tokendrift/schemas/train.schema.yaml documents them and checks their values;
+    this class checks only what the schema cannot express (non-finite numbers, which YAML can
+    write). ``preset`` (``PRESETS``) sets the options it names, whatever was given."""
+
+    temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)  # any sequence, stored as a tuple
+    ratio: tuple[float, float] = (1.0, 1.0)
+    kernel: str = "sq_l2"
+    normalization: str = "joint"
+    reduction: str = "mean"
+    scale: str = "vector_rms"
+    floor: float = 0.0
+    ratio_reading: str = "vector"
+    preset: str | None = None
+
+    def __post_init__(self):
+        resolved = {
+            "temperatures": tuple(self.temperatures),
+            "ratio": tuple(self.ratio),
+            **(PRESETS[self.preset] if self.preset is not None else {}),
+        }
+        for key, value in resolved.items():
+            object.__setattr__(self, key, value)  # frozen: set here, once
+        if not all(math.isfinite(t) for t in self.temperatures):
+            raise TokenDriftError(
+                f"objective.temperatures: every temperature must be positive, got {list(self.temperatures)}"
+            )
+        if not math.isfinite(self.floor):
+            raise TokenDriftError(f"objective.floor: must be >= 0, got {self.floor}")
+
+    @classmethod
+    def from_config(cls, objective: dict) -> DriftOptions:
+        """The drift options of a validated ``objective`` section (``apply_preset`` applied)."""
+        return cls(**{f.name: objective[f.name] for f in fields(cls)})
+
+    @property
+    def official(self) -> bool:
+        """Whether the drifting code's arithmetic is used (``preset: drifting_official``)."""
+        return self.preset == "drifting_official"
 
 
 def apply_preset(objective: dict, given: dict | None = None) -> dict:
@@ -92,8 +111,10 @@ def apply_preset(objective: dict, given: dict | None = None) -> dict:
         raise TokenDriftError(f"objective.preset: {name!r} is not one of {[None, *PRESETS]}")
     for key, value in PRESETS[name].items():
         if given and key in given and given[key] != value:
-            raise TokenDriftError(f"objective.{key}: {given[key]!r} conflicts with objective.preset {name!r}, "
-                                  f"which sets {value!r}; drop one of the two")
+            raise TokenDriftError(
+                f"objective.{key}: {given[key]!r} conflicts with objective.preset {name!r}, "
+                f"which sets {value!r}; drop one of the two"
+            )
     return {**objective, **PRESETS[name]}
 
 
@@ -167,8 +188,19 @@ def joint_weights(logits_neg: torch.Tensor, logits_pos: torch.Tensor, normalizat
     return W_neg, W_pos
 
 
-def reference_weights(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0,
-                      dists=None, official=False):
+def reference_weights(
+    h,
+    pos,
+    neg,
+    tau,
+    exclude_self=False,
+    *,
+    kernel="sq_l2",
+    normalization="joint",
+    floor=0.0,
+    dists=None,
+    official=False,
+):
     """W+ [B,P] and W- [B,N] at one temperature (Sec. 3.2).
 
     ``dists``: the output of ``distances(h, pos, neg, kernel)``, when already computed. With
@@ -189,16 +221,29 @@ def reference_weights(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", n
     return W_pos, W_neg
 
 
-def barycenters(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0,
-                dists=None):
+def barycenters(h, pos, neg, tau, exclude_self=False, *, kernel="sq_l2", normalization="joint", floor=0.0, dists=None):
     """b+_i = sum_j W+_ij u_j and b-_i = sum_k W-_ik v_k at one temperature (Sec. 3.2)."""
-    W_pos, W_neg = reference_weights(h, pos, neg, tau, exclude_self, kernel=kernel, normalization=normalization,
-                                     floor=floor, dists=dists)
+    W_pos, W_neg = reference_weights(
+        h, pos, neg, tau, exclude_self, kernel=kernel, normalization=normalization, floor=floor, dists=dists
+    )
     return W_pos @ pos, W_neg @ neg
 
 
-def drift_at_temperature(h, pos, neg, tau, ratio=(1.0, 1.0), exclude_self=False, *, ratio_reading="vector",
-                         kernel="sq_l2", normalization="joint", floor=0.0, dists=None, official=False):
+def drift_at_temperature(
+    h,
+    pos,
+    neg,
+    tau,
+    ratio=(1.0, 1.0),
+    exclude_self=False,
+    *,
+    ratio_reading="vector",
+    kernel="sq_l2",
+    normalization="joint",
+    floor=0.0,
+    dists=None,
+    official=False,
+):
     """V^tau_i = a b+_i - r b-_i (Sec. 3.2 with Table 6's ratio; ``ratio_reading="vector"``), or
     V^tau_i = a sum_j W+_ij (u_j - h_i) - r sum_k W-_ik (v_k - h_i)   (``"displacement"``)
             = a b+_i - r b-_i - (a S+_i - r S-_i) h_i,   S+-_i = sum W+-_i.
@@ -207,16 +252,27 @@ def drift_at_temperature(h, pos, neg, tau, ratio=(1.0, 1.0), exclude_self=False,
     displacement form is lambertae/drifting ``drift_loss.py::drift_loss``'s force: it subtracts
     the coefficients' sum times the anchor."""
     a, r = float(ratio[0]), float(ratio[1])
-    W_pos, W_neg = reference_weights(h, pos, neg, tau, exclude_self, kernel=kernel, normalization=normalization,
-                                     floor=floor, dists=dists, official=official)
+    W_pos, W_neg = reference_weights(
+        h,
+        pos,
+        neg,
+        tau,
+        exclude_self,
+        kernel=kernel,
+        normalization=normalization,
+        floor=floor,
+        dists=dists,
+        official=official,
+    )
     V_tau = a * (W_pos @ pos) - r * (W_neg @ neg)
     if ratio_reading == "displacement":
         V_tau = V_tau - (a * W_pos.sum(1, keepdim=True) - r * W_neg.sum(1, keepdim=True)) * h
     return V_tau
 
 
-def temperature_scale(V_tau: torch.Tensor, scale: str = "vector_rms", eps: float = 1e-8,
-                      coord_unit: torch.Tensor | None = None) -> torch.Tensor:
+def temperature_scale(
+    V_tau: torch.Tensor, scale: str = "vector_rms", eps: float = 1e-8, coord_unit: torch.Tensor | None = None
+) -> torch.Tensor:
     """s^tau = sqrt(mean_i ||V^tau_i||^2 + eps) (Sec. 3.2, "Multi-temperature drift");
     ``coord_rms``: sqrt(mean_{i,c} (V^tau_ic)^2 + eps). ``coord_unit`` (the drifting code's
     coordinate unit c): sqrt(max(mean_{i,c} (V^tau_ic)^2, eps c^2)), its clip in units of c."""
@@ -226,43 +282,53 @@ def temperature_scale(V_tau: torch.Tensor, scale: str = "vector_rms", eps: float
     return (ms + eps).sqrt()
 
 
-def drift_field(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                temperatures: Sequence[float] = (0.02, 0.05, 0.2), ratio: Sequence[float] = (1.0, 1.0),
-                exclude_self: bool = False, *, kernel: str = "sq_l2", normalization: str = "joint",
-                reduction: str = "mean", scale: str = "vector_rms", floor: float = 0.0,
-                ratio_reading: str = "vector", preset: str | None = None, eps: float = 1e-8,
-                stats: dict | None = None) -> torch.Tensor:
+def drift_field(
+    h: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    opts: DriftOptions = DriftOptions(),
+    exclude_self: bool = False,
+    *,
+    eps: float = 1e-8,
+    stats: dict | None = None,
+) -> torch.Tensor:
     """V_i = (1/|T|) sum_tau V^tau_i / s^tau (Sec. 3.2, multi-temperature drift).
 
     ``h`` [B, m] anchors; ``pos`` [P, m] real references; ``neg`` [N, m] generated references,
     where with ``exclude_self`` ``neg[:B]`` are the anchors' own features and anchor i ignores
     ``neg[i]``. Everything here is stop-gradient: the result is detached. Float32 unless the
-    inputs are float64. ``preset`` (``PRESETS``) sets the options it names, ignoring the
-    arguments, and takes the drifting code's arithmetic: with anchors ``gen`` [1, B, m],
-    ``fixed_neg`` = ``neg[B:]`` and ``fixed_pos`` = ``pos``, the result equals the sum of the
-    normalized per-temperature forces of lambertae/drifting ``drift_loss.py::drift_loss``
-    (``force_across_R``; the same in any coordinate unit).
+    inputs are float64. ``opts.preset`` (``PRESETS``) takes the drifting code's arithmetic: with
+    anchors ``gen`` [1, B, m], ``fixed_neg`` = ``neg[B:]`` and ``fixed_pos`` = ``pos``, the result
+    equals the sum of the normalized per-temperature forces of lambertae/drifting
+    ``drift_loss.py::drift_loss`` (``force_across_R``; the same in any coordinate unit).
     """
-    official = preset == "drifting_official"
-    if preset is not None:
-        o = PRESETS[preset]
-        kernel, normalization, reduction, scale = o["kernel"], o["normalization"], o["reduction"], o["scale"]
-        floor, ratio_reading = o["floor"], o["ratio_reading"]
+    official = opts.official
     dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
     with torch.no_grad():
         h, pos, neg = h.detach().to(dtype), pos.detach().to(dtype), neg.detach().to(dtype)
         total = torch.zeros_like(h)
-        dists = distances(h, pos, neg, kernel, official)
+        dists = distances(h, pos, neg, opts.kernel, official)
         # the drifting code's coordinate unit: mean distance / sqrt(m), floored at 1e-3
         unit = (dists[2] / math.sqrt(h.shape[1])).clamp_min(1e-3) if official else None
-        for tau in temperatures:
-            V_tau = drift_at_temperature(h, pos, neg, tau, ratio, exclude_self, ratio_reading=ratio_reading,
-                                         kernel=kernel, normalization=normalization, floor=floor, dists=dists,
-                                         official=official)
+        for tau in opts.temperatures:
+            V_tau = drift_at_temperature(
+                h,
+                pos,
+                neg,
+                tau,
+                opts.ratio,
+                exclude_self,
+                ratio_reading=opts.ratio_reading,
+                kernel=opts.kernel,
+                normalization=opts.normalization,
+                floor=opts.floor,
+                dists=dists,
+                official=official,
+            )
             if stats is not None:
                 stats[f"drift_norm/tau={tau:g}"] = float(V_tau.norm(dim=-1).mean())
-            total += V_tau / temperature_scale(V_tau, scale, eps, unit)
-        return total / len(temperatures) if reduction == "mean" else total
+            total += V_tau / temperature_scale(V_tau, opts.scale, eps, unit)
+        return total / len(opts.temperatures) if opts.reduction == "mean" else total
 
 
 # --------------------------------------------------------------------------- Sec. 3.3
@@ -330,7 +396,7 @@ class FeatureQueue:
 
     def push(self, x: torch.Tensor) -> None:
         x = x.detach().to(self.buffer.dtype).to(self.buffer.device)
-        self.buffer = torch.cat([self.buffer, x])[-self.size:].clone()
+        self.buffer = torch.cat([self.buffer, x])[-self.size :].clone()
 
     def tensor(self) -> torch.Tensor:
         return self.buffer
@@ -343,8 +409,10 @@ class FeatureQueue:
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["size"]) != self.size or state["buffer"].shape[-1] != self.dim:
-            raise TokenDriftError(f"queue state of size {state['size']} x {state['buffer'].shape[-1]} does not fit "
-                                  f"a queue of {self.size} x {self.dim}")
+            raise TokenDriftError(
+                f"queue state of size {state['size']} x {state['buffer'].shape[-1]} does not fit "
+                f"a queue of {self.size} x {self.dim}"
+            )
         self.buffer = state["buffer"].to(self.buffer.device, self.buffer.dtype).clone()
 
 

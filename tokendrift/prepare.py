@@ -39,15 +39,43 @@ from .utils import TokenDriftError, atomic_dir, config_digest, file_digest, read
 
 # the schema's keys that each kind uses (a source config keeps only these)
 KIND_KEYS = {
-    "synthetic": {"kind", "seed", "length", "vocab_size", "n_states", "tokens_per_state", "n_successors",
-                  "stickiness", "smoothing", "mc_samples"},
-    "openwebtext": {"kind", "seed", "length", "name", "revision", "data_files", "n_docs", "path", "tokenizer",
-                    "n_valid_docs", "cache_dir", "num_proc"},
+    "synthetic": {
+        "kind",
+        "seed",
+        "length",
+        "vocab_size",
+        "n_states",
+        "tokens_per_state",
+        "n_successors",
+        "stickiness",
+        "smoothing",
+        "mc_samples",
+    },
+    "openwebtext": {
+        "kind",
+        "seed",
+        "length",
+        "name",
+        "revision",
+        "data_files",
+        "n_docs",
+        "path",
+        "tokenizer",
+        "n_valid_docs",
+        "cache_dir",
+        "num_proc",
+    },
     "textdir": {"kind", "seed", "length", "path", "tokenizer_vocab_size", "n_valid_docs", "cache_dir", "num_proc"},
 }
 # data file formats that datasets.load_dataset reads without a loading script
-DATA_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".json.gz": "json",
-                ".jsonl.gz": "json"}
+DATA_FORMATS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".json": "json",
+    ".jsonl": "json",
+    ".json.gz": "json",
+    ".jsonl.gz": "json",
+}
 BATCH_DOCS = 1000  # documents tokenized and written at a time
 FETCH_TARGET = "fetch"  # the Snakemake target that downloads what the compute jobs read offline
 
@@ -76,9 +104,11 @@ def prepared_dir(cfg: dict) -> Path:
 
 
 def offline_hint(what: str) -> str:
-    return (f"{what} is not in the local Hugging Face cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}, "
-            f"offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Compute jobs never download: run "
-            f"`snakemake --profile <profile> {FETCH_TARGET}` on a machine with network (the login node) first")
+    return (
+        f"{what} is not in the local Hugging Face cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}, "
+        f"offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Compute jobs never download: run "
+        f"`snakemake --profile <profile> {FETCH_TARGET}` on a machine with network (the login node) first"
+    )
 
 
 # --------------------------------------------------------------------------- finding the corpus
@@ -106,9 +136,11 @@ def check_data_files(names: list[str], where: str, pattern: str | None) -> list[
             f"source: {where} is a script-only dataset ({', '.join(scripts)}; no parquet, json or arrow data files"
             f"{' matching ' + repr(pattern) if pattern else ''}). The datasets library no longer runs loading "
             "scripts and this project never runs downloaded code: name a copy stored as data files (the paper "
-            "config uses Skylion007/openwebtext, data/train-*.parquet), or convert it yourself and set source.path")
-    raise TokenDriftError(f"source.data_files: no parquet, json or arrow files in {where}"
-                          f"{' match ' + repr(pattern) if pattern else ''}")
+            "config uses Skylion007/openwebtext, data/train-*.parquet), or convert it yourself and set source.path"
+        )
+    raise TokenDriftError(
+        f"source.data_files: no parquet, json or arrow files in {where}{' match ' + repr(pattern) if pattern else ''}"
+    )
 
 
 def local_data_files(cfg: dict) -> list[Path]:
@@ -128,19 +160,25 @@ def hub_snapshot(repo_id: str, repo_type: str, revision: str, allow_patterns=Non
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
-                                      local_files_only=offline))
+        return Path(
+            snapshot_download(
+                repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns, local_files_only=offline
+            )
+        )
     except Exception as e:  # missing from the cache, network, auth, missing repo
         if offline:
-            raise TokenDriftError(offline_hint(f"{repo_type} {repo_id}@{revision}") + f" ({type(e).__name__})") from None
+            raise TokenDriftError(
+                offline_hint(f"{repo_type} {repo_id}@{revision}") + f" ({type(e).__name__})"
+            ) from None
         raise TokenDriftError(f"{repo_type} {repo_id}@{revision}: download failed ({type(e).__name__}: {e})") from None
 
 
 def hub_data_files(cfg: dict, offline: bool = True) -> tuple[Path, list[Path]]:
     folder = hub_snapshot(cfg["name"], "dataset", cfg["revision"], cfg["data_files"], offline=offline)
     names = [f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()]
-    return folder, [folder / n for n in check_data_files(names, f"dataset {cfg['name']}@{cfg['revision']}",
-                                                         cfg["data_files"])]
+    return folder, [
+        folder / n for n in check_data_files(names, f"dataset {cfg['name']}@{cfg['revision']}", cfg["data_files"])
+    ]
 
 
 def load_corpus(cfg: dict):
@@ -154,15 +192,17 @@ def load_corpus(cfg: dict):
     else:
         files = local_data_files(cfg) if p is not None else hub_data_files(cfg)[1]
         try:
-            ds = datasets.load_dataset(data_file_format(files[0].name), data_files=[str(f) for f in files],
-                                       split="train")
+            ds = datasets.load_dataset(
+                data_file_format(files[0].name), data_files=[str(f) for f in files], split="train"
+            )
         except Exception as e:
             raise TokenDriftError(f"source: cannot load {files[0].parent} ({type(e).__name__}: {e})") from None
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"]
     if "text" not in ds.column_names:
-        raise TokenDriftError(f"source: dataset {cfg['path'] or cfg['name']!r} has no 'text' column "
-                              f"(columns: {ds.column_names})")
+        raise TokenDriftError(
+            f"source: dataset {cfg['path'] or cfg['name']!r} has no 'text' column (columns: {ds.column_names})"
+        )
     return ds.select_columns(["text"]), files
 
 
@@ -193,15 +233,19 @@ def load_tokenizer(cfg: dict, texts=None):
             return AutoTokenizer.from_pretrained(cfg["tokenizer"])
         except Exception as e:
             local = Path(cfg["tokenizer"]).exists()
-            why = f"cannot load {cfg['tokenizer']!r} ({type(e).__name__}: {e})" if local else offline_hint(
-                f"tokenizer {cfg['tokenizer']!r}")
+            why = (
+                f"cannot load {cfg['tokenizer']!r} ({type(e).__name__}: {e})"
+                if local
+                else offline_hint(f"tokenizer {cfg['tokenizer']!r}")
+            )
             raise TokenDriftError(f"source.tokenizer: {why}") from None
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=cfg["tokenizer_vocab_size"], special_tokens=["<|endoftext|>"])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 # --------------------------------------------------------------------------- streaming tokenization
@@ -249,8 +293,9 @@ def _tokenize_range(args) -> np.ndarray:
     return _tokenize(_worker["tok"], _worker["docs"].range(start, stop), dtype)
 
 
-def _stream(tok, tok_dir: Path, cfg: dict, docs: _Docs, ranges: list[tuple[int, int]], dtype, out: Path,
-            progress) -> int:
+def _stream(
+    tok, tok_dir: Path, cfg: dict, docs: _Docs, ranges: list[tuple[int, int]], dtype, out: Path, progress
+) -> int:
     """Tokenize the document ranges in order and append them to ``out``; returns the token count."""
     n = 0
     with open(out, "wb") as f:
@@ -290,34 +335,45 @@ def prepare(cfg: dict, *, manifest: str | None = None, progress: bool | None = N
     docs = _Docs(cfg)
     n_docs, n_valid = len(docs), cfg["n_valid_docs"]
     if cfg["kind"] == "openwebtext" and cfg["n_docs"] is not None and n_docs != cfg["n_docs"]:
-        raise TokenDriftError(f"source.n_docs: the config expects {cfg['n_docs']} documents, "
-                              f"{cfg['path'] or cfg['name']} has {n_docs} (another copy or revision?)")
+        raise TokenDriftError(
+            f"source.n_docs: the config expects {cfg['n_docs']} documents, "
+            f"{cfg['path'] or cfg['name']} has {n_docs} (another copy or revision?)"
+        )
     if n_docs <= n_valid:
         raise TokenDriftError(f"source.n_valid_docs: {n_valid} leaves no training documents (the corpus has {n_docs})")
     with atomic_dir(out) as tmp:
         tok = load_tokenizer(cfg, docs.texts)
         tok.save_pretrained(tmp / "tokenizer")
         dtype = np.uint16 if len(tok) <= 2**16 else np.uint32
-        bar = tqdm(total=None, unit="tok", unit_scale=True, desc="prepare", disable=progress is False,
-                   mininterval=5.0)
-        n_train = _stream(tok, tmp / "tokenizer", cfg, docs, _ranges(0, n_docs - n_valid), dtype, tmp / "train.bin",
-                          bar.update)
-        n_valid_tok = _stream(tok, tmp / "tokenizer", cfg, docs, _ranges(n_docs - n_valid, n_docs), dtype,
-                              tmp / "valid.bin", bar.update)
+        bar = tqdm(total=None, unit="tok", unit_scale=True, desc="prepare", disable=progress is False, mininterval=5.0)
+        n_train = _stream(
+            tok, tmp / "tokenizer", cfg, docs, _ranges(0, n_docs - n_valid), dtype, tmp / "train.bin", bar.update
+        )
+        n_valid_tok = _stream(
+            tok, tmp / "tokenizer", cfg, docs, _ranges(n_docs - n_valid, n_docs), dtype, tmp / "valid.bin", bar.update
+        )
         bar.close()
         L = cfg["length"]
         meta = {
-            "source": cfg, "digest": config_digest(cfg), "dtype": np.dtype(dtype).name, "length": L,
-            "vocab_size": len(tok), "eos_id": tok.eos_token_id, "bos_id": tok.eos_token_id,
+            "source": cfg,
+            "digest": config_digest(cfg),
+            "dtype": np.dtype(dtype).name,
+            "length": L,
+            "vocab_size": len(tok),
+            "eos_id": tok.eos_token_id,
+            "bos_id": tok.eos_token_id,
             "docs": {"train": n_docs - n_valid, "valid": n_valid},
             "tokens": {"train": n_train, "valid": n_valid_tok},
             "blocks": {"train": n_train // (L - 2), "valid": n_valid_tok // (L - 2)},
-            "manifest": manifest_record(manifest), "seconds": round(time.perf_counter() - t0, 3),
+            "manifest": manifest_record(manifest),
+            "seconds": round(time.perf_counter() - t0, 3),
         }
         for split, n in meta["blocks"].items():
             if n == 0:
-                raise TokenDriftError(f"source: the {split} split has no complete block of {L} tokens "
-                                      f"(corpus too small, or n_valid_docs={n_valid} too large/small)")
+                raise TokenDriftError(
+                    f"source: the {split} split has no complete block of {L} tokens "
+                    f"(corpus too small, or n_valid_docs={n_valid} too large/small)"
+                )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 
@@ -335,18 +391,24 @@ def manifest_record(path: str | os.PathLike | None) -> dict | None:
 # --------------------------------------------------------------------------- command line
 
 
-def _run(args) -> int:
+def source_json(text: str) -> dict:
+    """The ``--source-json`` of the data-stage commands."""
     try:
-        cfg = json.loads(args.source_json)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise TokenDriftError(f"--source-json is not valid JSON: {e}") from None
-    meta = prepare(cfg, manifest=args.manifest or os.environ.get("TOKENDRIFT_MANIFEST"))
+
+
+def _run(args) -> int:
+    meta = prepare(source_json(args.source_json), manifest=args.manifest or os.environ.get("TOKENDRIFT_MANIFEST"))
     print(json.dumps({k: meta[k] for k in ("docs", "tokens", "blocks", "seconds")}))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize a text source once into flat token files (the data stage)")
-    p.add_argument("--source-json", required=True, help="the source config (tokendrift/schemas/source.schema.yaml) as JSON")
+    p.add_argument(
+        "--source-json", required=True, help="the source config (tokendrift/schemas/source.schema.yaml) as JSON"
+    )
     p.add_argument("--manifest", help="the fetch manifest to record (default: $TOKENDRIFT_MANIFEST)")
     p.set_defaults(func=_run)

@@ -39,8 +39,11 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain the embedded default's MDLM, DUO or evaluator from scratch",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain the embedded default's MDLM, DUO or evaluator from scratch",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("what", choices=["mdlm", "duo", "evaluator"])
     add_config_args(p)
     p.set_defaults(func=run)

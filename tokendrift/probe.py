@@ -34,15 +34,20 @@ import math
 
 import torch
 
-from .checkpoint import load_model_dir
-from .data import make_source
-from .diffusion import make_diffusion
-from .utils import TokenDriftError, atomic_dir
+from . import config as configlib
+from .checkpoint import open_checkpoint
+from .utils import TokenDriftError, atomic_dir, resolve_device
 
-DUO_NOTE = ("DUO: corrupted positions = uniform noise ids (no mask state), one time t for the whole input; "
-            "its forward process never makes a clean prefix before pure noise, so this panel is weaker evidence "
-            "than MDLM's")
-DUO_T1_NOTE = "; at t = 1 the model is told the prompt is noise too (alpha_1 = 0): the panel shows its unconditional marginals"
+OPTIONS = configlib.defaults("probe")  # tokendrift/schemas/probe.schema.yaml
+
+DUO_NOTE = (
+    "DUO: corrupted positions = uniform noise ids (no mask state), one time t for the whole input; "
+    "its forward process never makes a clean prefix before pure noise, so this panel is weaker evidence "
+    "than MDLM's"
+)
+DUO_T1_NOTE = (
+    "; at t = 1 the model is told the prompt is noise too (alpha_1 = 0): the panel shows its unconditional marginals"
+)
 
 
 def probe_time(diffusion, prompt_len: int, input_len: int, duo_time="matched") -> float:
@@ -89,20 +94,31 @@ def position_stats(p: torch.Tensor, frequent: list[int], eos: int | None) -> dic
 
 
 @torch.no_grad()
-def probe_checkpoint(checkpoint: str, *, n_prompts: int = 128, prompt_len: int = 32, span: int = 32,
-                     batch_size: int = 64, seed: int = 0, top_frequent: int = 10, device: str = "cpu",
-                     input_length: str = "block", duo_time="matched") -> dict:
+def probe_checkpoint(
+    checkpoint: str,
+    *,
+    n_prompts: int = OPTIONS["n_prompts"],
+    prompt_len: int = OPTIONS["prompt_len"],
+    span: int = OPTIONS["span"],
+    batch_size: int = 64,
+    seed: int = 0,
+    top_frequent: int = 10,
+    device: str = OPTIONS["device"],
+    input_length: str = "block",
+    duo_time="matched",
+) -> dict:
     for name, v in (("n_prompts", n_prompts), ("prompt_len", prompt_len), ("span", span)):
         if v < 1:
             raise TokenDriftError(f"{name}: must be >= 1, got {v}")
     if input_length not in ("block", "span"):
         raise TokenDriftError(f"input_length: 'block' or 'span', got {input_length!r}")
-    model, meta = load_model_dir(checkpoint, device=device)
-    diffusion = make_diffusion(meta["diffusion"], model.config.vocab_size)
-    source = make_source(meta["source"])
+    device = resolve_device(device)
+    model, meta, diffusion, source = open_checkpoint(checkpoint, device=device)
     if prompt_len + span > source.length:
-        raise TokenDriftError(f"prompt_len + span = {prompt_len + span} exceeds the source's sequence length "
-                              f"{source.length} ({checkpoint})")
+        raise TokenDriftError(
+            f"prompt_len + span = {prompt_len + span} exceeds the source's sequence length "
+            f"{source.length} ({checkpoint})"
+        )
     L = source.length if input_length == "block" else prompt_len + span
     t = probe_time(diffusion, prompt_len, L, duo_time)
     gen = torch.Generator().manual_seed(seed)
@@ -115,29 +131,41 @@ def probe_checkpoint(checkpoint: str, *, n_prompts: int = 128, prompt_len: int =
     sigma = diffusion.sigma(torch.full((n_prompts,), t, dtype=torch.float64)).float()
     probs = []
     for a in range(0, n_prompts, batch_size):
-        logits = model(x[a:a + batch_size].to(device), sigma[a:a + batch_size].to(device)).float()
-        probs.append(diffusion.p_x0(logits[:, prompt_len:prompt_len + span], torch.float64, 1.0, 1.0).cpu())
+        logits = model(x[a : a + batch_size].to(device), sigma[a : a + batch_size].to(device)).float()
+        probs.append(diffusion.p_x0(logits[:, prompt_len : prompt_len + span], torch.float64, 1.0, 1.0).cpu())
     p = torch.cat(probs)
     frequent = frequent_ids(source, top_frequent)
     eos = getattr(source, "eos_id", None)
     stats = position_stats(p, frequent, eos)
-    return {"checkpoint": str(checkpoint), "diffusion": meta["diffusion"], "step": meta.get("step"),
-            "vocab_size": model.config.vocab_size,
-            "n_prompts": n_prompts, "prompt_len": prompt_len, "span": span, "input_length": L,
-            "time": None if meta["diffusion"] == "mdlm" else t,
-            "alpha_t": None if meta["diffusion"] == "mdlm" else float(diffusion.alpha(t)),
-            "corruption": "mask (no time input)" if meta["diffusion"] == "mdlm" else
-            DUO_NOTE + (DUO_T1_NOTE if t >= 1 else ""), "frequent_ids": frequent,
-            "frequent_tokens": source.decode(torch.tensor([frequent]))[0].split() if frequent else [],
-            "eos_id": eos, "example_prompt": source.decode(prompts[:1])[0],
-            "example_top3": [[(source.decode(torch.tensor([[i]]))[0], pr) for i, pr in zip(ids, prs)]
-                             for ids, prs in zip(stats.pop("top3_ids")[0], stats.pop("top3_probs")[0])],
-            **stats}
+    return {
+        "checkpoint": str(checkpoint),
+        "diffusion": meta["diffusion"],
+        "step": meta.get("step"),
+        "vocab_size": model.config.vocab_size,
+        "n_prompts": n_prompts,
+        "prompt_len": prompt_len,
+        "span": span,
+        "input_length": L,
+        "time": None if meta["diffusion"] == "mdlm" else t,
+        "alpha_t": None if meta["diffusion"] == "mdlm" else float(diffusion.alpha(t)),
+        "corruption": "mask (no time input)"
+        if meta["diffusion"] == "mdlm"
+        else DUO_NOTE + (DUO_T1_NOTE if t >= 1 else ""),
+        "frequent_ids": frequent,
+        "frequent_tokens": source.decode(torch.tensor([frequent]))[0].split() if frequent else [],
+        "eos_id": eos,
+        "example_prompt": source.decode(prompts[:1])[0],
+        "example_top3": [
+            [(source.decode(torch.tensor([[i]]))[0], pr) for i, pr in zip(ids, prs)]
+            for ids, prs in zip(stats.pop("top3_ids")[0], stats.pop("top3_probs")[0])
+        ],
+        **stats,
+    }
 
 
 def distances(span: int) -> list[int]:
     """1, 2, 4, 8, ... up to the span (and the span itself)."""
-    d = [2 ** k for k in range(int(math.log2(span)) + 1)]
+    d = [2**k for k in range(int(math.log2(span)) + 1)]
     return d + ([span] if d[-1] != span else [])
 
 
@@ -147,8 +175,11 @@ def plot(results: dict[str, dict]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("top1", "top-1 probability"), ("entropy", "predictive entropy (nats)"),
-              ("frequent_share", "mass on the most frequent tokens")]
+    panels = [
+        ("top1", "top-1 probability"),
+        ("entropy", "predictive entropy (nats)"),
+        ("frequent_share", "mass on the most frequent tokens"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for label, r in results.items():
         d = list(range(1, r["span"] + 1))
@@ -159,11 +190,15 @@ def plot(results: dict[str, dict]):
             ax.set_ylabel(name)
     axes[0].legend()
     first = next(iter(results.values()))
-    title = f"Information decay over a {first['span']}-position span after a {first['prompt_len']}-token prompt " \
-            f"({first['n_prompts']} prompts; mean, 10-90% band)"
+    title = (
+        f"Information decay over a {first['span']}-position span after a {first['prompt_len']}-token prompt "
+        f"({first['n_prompts']} prompts; mean, 10-90% band)"
+    )
     if first["diffusion"] == "duo":
-        title += (f"\nDUO: uniform-noise positions, t = {first['time']:.3f} for the whole input (alpha_t = "
-                  f"{first['alpha_t']:.3f}); weaker evidence than MDLM's panel (probe.json, top3.md)")
+        title += (
+            f"\nDUO: uniform-noise positions, t = {first['time']:.3f} for the whole input (alpha_t = "
+            f"{first['alpha_t']:.3f}); weaker evidence than MDLM's panel (probe.json, top3.md)"
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -172,11 +207,17 @@ def plot(results: dict[str, dict]):
 def top3_table(results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
     when = "" if first.get("time") is None else f" at t = {first['time']:.4f} (alpha_t = {first['alpha_t']:.4f})"
-    lines = [f"Example prompt (end): `... {' '.join(first['example_prompt'].split()[-12:])}`", "",
-             f"Input: a {first['prompt_len']}-token prompt, then corrupted positions up to {first['input_length']} "
-             f"tokens; the table reads the first {first['span']} of them.", "",
-             f"Corruption: {first['corruption']}{when}", "",
-             "| distance | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    lines = [
+        f"Example prompt (end): `... {' '.join(first['example_prompt'].split()[-12:])}`",
+        "",
+        f"Input: a {first['prompt_len']}-token prompt, then corrupted positions up to {first['input_length']} "
+        f"tokens; the table reads the first {first['span']} of them.",
+        "",
+        f"Corruption: {first['corruption']}{when}",
+        "",
+        "| distance | " + " | ".join(results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
     for dist in distances(first["span"]):
         cells = [", ".join(f"{tok} {pr:.2f}" for tok, pr in r["example_top3"][dist - 1]) for r in results.values()]
         lines.append(f"| {dist} | " + " | ".join(cells) + " |")
@@ -189,8 +230,10 @@ def write_probe(checkpoints: dict[str, str], out: str, **kw) -> dict:
     results = {label: probe_checkpoint(path, **kw) for label, path in checkpoints.items()}
     kinds = {(r["diffusion"], r["vocab_size"]) for r in results.values()}
     if len(kinds) > 1:
-        raise TokenDriftError(f"--checkpoint: the checkpoints differ in backbone or vocabulary {sorted(kinds)}; "
-                              "probe one backbone at a time")
+        raise TokenDriftError(
+            f"--checkpoint: the checkpoints differ in backbone or vocabulary {sorted(kinds)}; "
+            "probe one backbone at a time"
+        )
     fig = plot(results)
     import matplotlib.pyplot as plt
 
@@ -212,8 +255,17 @@ def run(args) -> int:
         if not sep or not label or not path:
             raise TokenDriftError(f"--checkpoint {item!r}: expected LABEL=PATH")
         ckpts[label] = path
-    write_probe(ckpts, args.out, n_prompts=args.n_prompts, prompt_len=args.prompt_len, span=args.span,
-                seed=args.seed, device=args.device, input_length=args.input_length, duo_time=args.duo_time)
+    write_probe(
+        ckpts,
+        args.out,
+        n_prompts=args.n_prompts,
+        prompt_len=args.prompt_len,
+        span=args.span,
+        seed=args.seed,
+        device=args.device,
+        input_length=args.input_length,
+        duo_time=args.duo_time,
+    )
     return 0
 
 
@@ -221,13 +273,17 @@ def register(sub) -> None:
     p = sub.add_parser("probe", help="position-wise information-decay probe of checkpoints (one forward pass)")
     p.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH")
     p.add_argument("--out", required=True, help="folder to write (probe.json, probe.png, probe.pdf, top3.md)")
-    p.add_argument("--n-prompts", type=int, default=128)
-    p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--span", type=int, default=32)
+    configlib.add_options(p, "probe")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-length", choices=["block", "span"], default="block",
-                   help="block: prompt + corrupted positions up to the training length (default); span: prompt + span")
-    p.add_argument("--duo-time", default="matched",
-                   help="DUO's time input: 'matched' (alpha_t = prompt share of the input; default) or a time in (0, 1]")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--input-length",
+        choices=["block", "span"],
+        default="block",
+        help="block: prompt + corrupted positions up to the training length (default); span: prompt + span",
+    )
+    p.add_argument(
+        "--duo-time",
+        default="matched",
+        help="DUO's time input: 'matched' (alpha_t = prompt share of the input; default) or a time in (0, 1]",
+    )
     p.set_defaults(func=run)

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import load_model_dir
-from .data import make_source
+from . import config as configlib
+from .checkpoint import OpenCheckpoint, open_checkpoint
 from .fetch import provenance
-from .diffusion import make_diffusion
-from .utils import TokenDriftError, atomic_dir, file_digest, temp_str
+from .utils import TokenDriftError, atomic_dir, file_digest, resolve_device, temp_str
+
+OPTIONS = configlib.defaults("sample")  # tokendrift/schemas/sample.schema.yaml
 
 
 def checkpoint_digest(path: str | Path) -> str:
@@ -28,9 +29,20 @@ def checkpoint_digest(path: str | Path) -> str:
     return file_digest(f if f.exists() else path / "model.safetensors")[:16]
 
 
-def sample_checkpoint(checkpoint: str, out: str, *, nfe: int | list[int], n_samples: int, seed: int = 0,
-                      temperature: float | list[float] = 1.0, precision: str = "float64", batch_size: int = 64,
-                      device: str = "cpu", weights: str = "ema", progress: bool = False) -> list[dict]:
+def sample_checkpoint(
+    checkpoint: str,
+    out: str,
+    *,
+    nfe: int | list[int],
+    n_samples: int = OPTIONS["n_samples"],
+    seed: int = 0,
+    temperature: float | list[float] = 1.0,
+    precision: str = OPTIONS["precision"],
+    batch_size: int = OPTIONS["batch_size"],
+    device: str = OPTIONS["device"],
+    weights: str = "ema",
+    progress: bool = False,
+) -> list[dict]:
     """Sample a checkpoint at each NFE and temperature given, loading it once.
 
     ``out`` is a template holding ``{nfe}`` and ``{temperature}`` (formatted like ``1.0``,
@@ -48,36 +60,78 @@ def sample_checkpoint(checkpoint: str, out: str, *, nfe: int | list[int], n_samp
     if n_samples < 1:
         raise TokenDriftError(f"n_samples: must be >= 1, got {n_samples}")
     if len(nfes) * len(temps) > 1 and not ("{nfe}" in out and "{temperature}" in out):
-        raise TokenDriftError(f"--out {out!r}: several NFEs/temperatures need a template with {{nfe}} and {{temperature}}")
-    model, meta = load_model_dir(checkpoint, weights=weights, device=device)
-    diffusion = make_diffusion(meta["diffusion"], model.config.vocab_size)
-    source = make_source(meta["source"])
+        raise TokenDriftError(
+            f"--out {out!r}: several NFEs/temperatures need a template with {{nfe}} and {{temperature}}"
+        )
+    device = resolve_device(device)
+    ck = open_checkpoint(checkpoint, weights=weights, device=device)
     digest = checkpoint_digest(checkpoint)
     results = []
     for t in temps:
         for n in nfes:
             templated = "{nfe}" in out or "{temperature}" in out
             folder = out.format(nfe=n, temperature=temp_str(t)) if templated else out
-            results.append(_sample_one(model, meta, diffusion, source, folder, checkpoint=checkpoint, digest=digest,
-                                       nfe=n, n_samples=n_samples, seed=seed, temperature=t, precision=precision,
-                                       batch_size=batch_size, device=device, weights=weights, progress=progress))
+            results.append(
+                _sample_one(
+                    ck,
+                    folder,
+                    checkpoint=checkpoint,
+                    digest=digest,
+                    nfe=n,
+                    n_samples=n_samples,
+                    seed=seed,
+                    temperature=t,
+                    precision=precision,
+                    batch_size=batch_size,
+                    device=device,
+                    weights=weights,
+                    progress=progress,
+                )
+            )
     return results
 
 
-def _sample_one(model, meta, diffusion, source, out, *, checkpoint, digest, nfe, n_samples, seed, temperature,
-                precision, batch_size, device, weights, progress) -> dict:
+def _sample_one(
+    ck: OpenCheckpoint,
+    out,
+    *,
+    checkpoint,
+    digest,
+    nfe,
+    n_samples,
+    seed,
+    temperature,
+    precision,
+    batch_size,
+    device,
+    weights,
+    progress,
+) -> dict:
+    model, meta, diffusion, source = ck
     length = source.length
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else None
     info: dict = {}
-    with torch.no_grad(), (autocast or torch.autocast("cpu", enabled=False)):
-        ids = diffusion.sample(model, n_samples, length, nfe, temperature=temperature, precision=precision,
-                               generator=gen, batch_size=batch_size, progress=progress, info=info)
+    with torch.no_grad(), autocast or torch.autocast("cpu", enabled=False):
+        ids = diffusion.sample(
+            model,
+            n_samples,
+            length,
+            nfe,
+            temperature=temperature,
+            precision=precision,
+            generator=gen,
+            batch_size=batch_size,
+            progress=progress,
+            info=info,
+        )
     ids = ids.cpu().long()
     if int(ids.max()) >= source.vocab_size or int(ids.min()) < 0:
-        raise TokenDriftError(f"{checkpoint}: the sampler produced ids outside the data vocabulary "
-                              f"[0, {source.vocab_size}) (special id {diffusion.special_id} leaked)")
+        raise TokenDriftError(
+            f"{checkpoint}: the sampler produced ids outside the data vocabulary "
+            f"[0, {source.vocab_size}) (special id {diffusion.special_id} leaked)"
+        )
     texts = source.decode(ids)
     sample_meta = {
         "checkpoint": str(checkpoint),
@@ -106,25 +160,35 @@ def _sample_one(model, meta, diffusion, source, out, *, checkpoint, digest, nfe,
 
 
 def run(args) -> int:
-    sample_checkpoint(args.checkpoint, args.out, nfe=args.nfe, n_samples=args.n_samples, seed=args.seed,
-                      temperature=args.temperature, precision=args.precision, batch_size=args.batch_size,
-                      device=args.device, weights=args.weights, progress=True)
+    sample_checkpoint(
+        args.checkpoint,
+        args.out,
+        nfe=args.nfe,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        temperature=args.temperature,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        device=args.device,
+        weights=args.weights,
+        progress=True,
+    )
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample a checkpoint with its own ancestral sampler at a given NFE")
     p.add_argument("checkpoint", help="model folder (train/pretrain output or an imported released checkpoint)")
-    p.add_argument("--out", required=True,
-                   help="sample folder to write; with several NFEs/temperatures a template with {nfe} and {temperature}")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="sample folder to write; with several NFEs/temperatures a template with {nfe} and {temperature}",
+    )
     p.add_argument("--nfe", type=int, nargs="+", required=True, help="network function evaluations (denoising steps)")
-    p.add_argument("--n-samples", type=int, default=256)
+    configlib.add_options(p, "sample")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, nargs="+", default=[1.0],
-                   help="sampling temperature(s) of p_x0 (default 1.0)")
-    p.add_argument("--precision", choices=["float64", "float32"], default="float64",
-                   help="precision of the categorical draws (float32 lowers entropy; docs/choices.md, Float64 draws)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--temperature", type=float, nargs="+", default=[1.0], help="sampling temperature(s) of p_x0 (default 1.0)"
+    )
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.set_defaults(func=run)

@@ -27,8 +27,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from . import config as configlib
 from .fetch import provenance
-from .utils import TokenDriftError, atomic_write_json, read_json
+from .utils import TokenDriftError, atomic_write_json, read_json, resolve_device
+
+OPTIONS = configlib.defaults("score")  # tokendrift/schemas/score.schema.yaml
+NELBO = configlib.defaults("nelbo")  # tokendrift/schemas/nelbo.schema.yaml
 
 
 def load_evaluator(evaluator: str, device: str = "cpu"):
@@ -43,7 +47,9 @@ def load_evaluator(evaluator: str, device: str = "cpu"):
             from .prepare import offline_hint
 
             raise TokenDriftError("evaluator: " + offline_hint(f"{evaluator!r}")) from None
-        raise TokenDriftError(f"evaluator: cannot load {evaluator!r} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise TokenDriftError(
+            f"evaluator: cannot load {evaluator!r} ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model.to(device).eval(), tok
@@ -58,15 +64,29 @@ def load_evaluator(evaluator: str, device: str = "cpu"):
 # clean-up, and none at all for BPE tokenizers) does not change Gen.-PPL.
 
 DECODE_OPTIONS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": True}
-RETOKENIZE_OPTIONS = {"add_special_tokens": True, "split_special_tokens": False, "padding": "longest of each "
-                      "evaluation batch, on the right, with EOS", "truncation": "right, at max_length"}
+RETOKENIZE_OPTIONS = {
+    "add_special_tokens": True,
+    "split_special_tokens": False,
+    "padding": "longest of each evaluation batch, on the right, with EOS",
+    "truncation": "right, at max_length",
+}
 
 
 def clean_up_tokenization(text: str) -> str:
     """transformers 4.38.2 ``PreTrainedTokenizerBase.clean_up_tokenization`` (what
     ``clean_up_tokenization_spaces=True`` applied): no space before . ? ! , and English clitics."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for a, b in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -74,8 +94,9 @@ def clean_up_tokenization(text: str) -> str:
 def decode_samples(ids, tokenizer) -> list[str]:
     """The samples as the reference evaluation's text: ``batch_decode`` keeping special tokens
     (an EOS stays "<|endoftext|>" and retokenizes to EOS), then the 4.38 clean-up, applied by us."""
-    texts = tokenizer.batch_decode(torch.as_tensor(ids).tolist(), skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
+    texts = tokenizer.batch_decode(
+        torch.as_tensor(ids).tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
     return [clean_up_tokenization(t) for t in texts]
 
 
@@ -84,14 +105,29 @@ def retokenize(texts: list[str], tok, max_length: int) -> dict:
     post-processing (GPT-2 adds none), special-token text parsed as special tokens, right
     truncation at ``max_length``, right padding with pad = EOS to the longest text given."""
     tok.padding_side, tok.truncation_side = "right", "right"
-    return tok(list(texts), return_tensors="pt", return_token_type_ids=False, return_attention_mask=True,
-               add_special_tokens=True, split_special_tokens=False, truncation=True, padding=True,
-               max_length=max_length)
+    return tok(
+        list(texts),
+        return_tensors="pt",
+        return_token_type_ids=False,
+        return_attention_mask=True,
+        add_special_tokens=True,
+        split_special_tokens=False,
+        truncation=True,
+        padding=True,
+        max_length=max_length,
+    )
 
 
 @torch.no_grad()
-def gen_ppl(texts: list[str], evaluator, *, batch_size: int = 8, max_length: int = 1024, device: str = "cpu",
-            progress: bool = False) -> dict:
+def gen_ppl(
+    texts: list[str],
+    evaluator,
+    *,
+    batch_size: int = OPTIONS["batch_size"],
+    max_length: int = OPTIONS["max_length"],
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
     """Token-weighted Gen.-PPL of ``texts`` under a causal LM (name, folder, or (model, tokenizer)).
 
     Texts are retokenized and padded one evaluation batch at a time, as the reference pads each
@@ -102,7 +138,7 @@ def gen_ppl(texts: list[str], evaluator, *, batch_size: int = 8, max_length: int
     eos = tok.eos_token_id
     nll_sum, n_tokens = 0.0, 0
     for i in tqdm(range(0, len(texts), batch_size), desc="score", disable=not progress, mininterval=2.0):
-        enc = retokenize(texts[i:i + batch_size], tok, max_length)
+        enc = retokenize(texts[i : i + batch_size], tok, max_length)
         x = enc["input_ids"].to(device)
         logits = model(x, attention_mask=enc["attention_mask"].to(device), use_cache=False).logits.float()
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none").view_as(x[:, 1:])
@@ -150,18 +186,30 @@ def read_samples(folder) -> tuple[torch.Tensor, list[str], dict]:
         raise TokenDriftError(f"{folder / 'text.jsonl'}: corrupt ({e})") from None
     n_data = int(meta.get("vocab_size", 0)) - 1
     if ids.ndim != 2 or ids.shape[0] != meta.get("n_samples") or ids.shape[1] != meta.get("length"):
-        raise TokenDriftError(f"{folder / 'ids.safetensors'}: shape {list(ids.shape)} does not match meta.json "
-                              f"(n_samples={meta.get('n_samples')}, length={meta.get('length')})")
+        raise TokenDriftError(
+            f"{folder / 'ids.safetensors'}: shape {list(ids.shape)} does not match meta.json "
+            f"(n_samples={meta.get('n_samples')}, length={meta.get('length')})"
+        )
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_data):
-        raise TokenDriftError(f"{folder / 'ids.safetensors'}: token ids outside the checkpoint's data vocabulary "
-                              f"[0, {n_data}) recorded in meta.json")
+        raise TokenDriftError(
+            f"{folder / 'ids.safetensors'}: token ids outside the checkpoint's data vocabulary "
+            f"[0, {n_data}) recorded in meta.json"
+        )
     if len(texts) != ids.shape[0]:
         raise TokenDriftError(f"{folder / 'text.jsonl'}: {len(texts)} lines for {ids.shape[0]} samples")
     return ids, texts, meta
 
 
-def score_samples(samples: str, evaluator, out: str, *, batch_size: int = 8, device: str = "cpu",
-                  max_length: int = 1024, evaluator_name: str | None = None) -> dict:
+def score_samples(
+    samples: str,
+    evaluator,
+    out: str,
+    *,
+    batch_size: int = OPTIONS["batch_size"],
+    device: str = "cpu",
+    max_length: int = OPTIONS["max_length"],
+    evaluator_name: str | None = None,
+) -> dict:
     """Score one sample folder; ``evaluator`` is a name/folder or a loaded (model, tokenizer)."""
     ids, texts, meta = read_samples(samples)
     oracle, source = None, None
@@ -177,36 +225,75 @@ def score_samples(samples: str, evaluator, out: str, *, batch_size: int = 8, dev
         except NotImplementedError:
             oracle = None
     result = {
-        "gen_ppl": ppl["gen_ppl"], "n_tokens": ppl["n_tokens"], "n_samples": ppl["n_samples"],
-        "entropy": sample_entropy(ids), "oracle_gen_ppl": oracle, "evaluator": evaluator_name or str(evaluator), "samples": str(samples),
-        **{k: meta.get(k) for k in ("nfe", "nfe_rule", "forward_passes", "temperature", "precision", "seed",
-                                    "diffusion", "checkpoint", "checkpoint_digest", "step", "variant")},
-        "text_round_trip": {"decode": DECODE_OPTIONS if source is not None else "text.jsonl as written",
-                            "retokenize": RETOKENIZE_OPTIONS, "batch_size": batch_size, "max_length": max_length},
+        "gen_ppl": ppl["gen_ppl"],
+        "n_tokens": ppl["n_tokens"],
+        "n_samples": ppl["n_samples"],
+        "entropy": sample_entropy(ids),
+        "oracle_gen_ppl": oracle,
+        "evaluator": evaluator_name or str(evaluator),
+        "samples": str(samples),
+        **{
+            k: meta.get(k)
+            for k in (
+                "nfe",
+                "nfe_rule",
+                "forward_passes",
+                "temperature",
+                "precision",
+                "seed",
+                "diffusion",
+                "checkpoint",
+                "checkpoint_digest",
+                "step",
+                "variant",
+            )
+        },
+        "text_round_trip": {
+            "decode": DECODE_OPTIONS if source is not None else "text.jsonl as written",
+            "retokenize": RETOKENIZE_OPTIONS,
+            "batch_size": batch_size,
+            "max_length": max_length,
+        },
         "provenance": provenance(),
     }
     atomic_write_json(out, result)
     return result
 
 
-def checkpoint_nelbo(checkpoint: str, out: str | None = None, *, n_batches: int = 8, batch_size: int = 32,
-                     n_t: int = 4, seed: int = 0, device: str = "cpu", weights: str = "ema") -> dict:
+def checkpoint_nelbo(
+    checkpoint: str,
+    out: str | None = None,
+    *,
+    n_batches: int = NELBO["n_batches"],
+    batch_size: int = NELBO["batch_size"],
+    n_t: int = NELBO["n_t"],
+    seed: int = 0,
+    device: str = NELBO["device"],
+    weights: str = "ema",
+) -> dict:
     """Held-out NELBO per token of a checkpoint on the validation split of its source."""
-    from .checkpoint import load_model_dir
-    from .data import make_source
-    from .diffusion import make_diffusion
+    from .checkpoint import open_checkpoint
 
-    model, meta = load_model_dir(checkpoint, weights=weights, device=device)
-    diffusion = make_diffusion(meta["diffusion"], model.config.vocab_size)
-    source = make_source(meta["source"])
+    device = resolve_device(device)
+    model, meta, diffusion, source = open_checkpoint(checkpoint, weights=weights, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    vals = [diffusion.nelbo(model, source.batch("valid", i, batch_size).to(device), generator=gen, n_t=n_t)
-            for i in range(n_batches)]
+    vals = [
+        diffusion.nelbo(model, source.batch("valid", i, batch_size).to(device), generator=gen, n_t=n_t)
+        for i in range(n_batches)
+    ]
     mean = sum(vals) / len(vals)
     sd = (sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1)) ** 0.5
-    result = {"nelbo": mean, "nelbo_se": sd / len(vals) ** 0.5, "n_sequences": n_batches * batch_size, "n_t": n_t,
-              "checkpoint": str(checkpoint), "diffusion": meta["diffusion"], "step": meta.get("step"),
-              "variant": meta.get("variant"), "provenance": provenance()}
+    result = {
+        "nelbo": mean,
+        "nelbo_se": sd / len(vals) ** 0.5,
+        "n_sequences": n_batches * batch_size,
+        "n_t": n_t,
+        "checkpoint": str(checkpoint),
+        "diffusion": meta["diffusion"],
+        "step": meta.get("step"),
+        "variant": meta.get("variant"),
+        "provenance": provenance(),
+    }
     if out:
         atomic_write_json(out, result)
     return result
@@ -220,40 +307,60 @@ def run_score(a) -> int:
         raise TokenDriftError("--checkpoint and --nelbo-out go together")
     for samples in a.samples:  # every input is checked before anything is written
         read_samples(samples)
-    evaluator = load_evaluator(a.evaluator, device=a.device)
+    device = resolve_device(a.device)
+    evaluator = load_evaluator(a.evaluator, device=device)
     for samples, out in zip(a.samples, a.out):
-        score_samples(samples, evaluator, out, batch_size=a.batch_size, device=a.device, max_length=a.max_length,
-                      evaluator_name=a.evaluator)
+        score_samples(
+            samples,
+            evaluator,
+            out,
+            batch_size=a.batch_size,
+            device=device,
+            max_length=a.max_length,
+            evaluator_name=a.evaluator,
+        )
     if a.checkpoint:
-        checkpoint_nelbo(a.checkpoint, a.nelbo_out, n_batches=a.nelbo_batches, batch_size=a.nelbo_batch_size,
-                         n_t=a.nelbo_n_t, seed=a.nelbo_seed, device=a.device)
+        checkpoint_nelbo(
+            a.checkpoint,
+            a.nelbo_out,
+            n_batches=a.nelbo_n_batches,
+            batch_size=a.nelbo_batch_size,
+            n_t=a.nelbo_n_t,
+            seed=a.nelbo_seed,
+            device=a.nelbo_device,
+        )
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("score", help="Gen.-PPL, entropy and oracle Gen.-PPL of sample folders (and a checkpoint's NELBO)")
+    p = sub.add_parser(
+        "score", help="Gen.-PPL, entropy and oracle Gen.-PPL of sample folders (and a checkpoint's NELBO)"
+    )
     p.add_argument("samples", nargs="+", help="sample folder(s) written by `tokendrift sample`")
     p.add_argument("--evaluator", required=True, help="causal LM name or local folder (paper: gpt2-large)")
     p.add_argument("--out", required=True, nargs="+", help="score JSON to write, one per sample folder")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="samples per evaluator batch, also the padding unit (the reference pads each sampling "
-                        "batch; its Gen.-PPL scripts use 8)")
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    configlib.add_options(p, "score")
     p.add_argument("--checkpoint", help="also write this checkpoint's held-out NELBO (to --nelbo-out)")
     p.add_argument("--nelbo-out")
-    p.add_argument("--nelbo-batches", type=int, default=8)
-    p.add_argument("--nelbo-batch-size", type=int, default=32)
-    p.add_argument("--nelbo-n-t", type=int, default=4)
+    configlib.add_options(p, "nelbo", prefix="nelbo_")
     p.add_argument("--nelbo-seed", type=int, default=0)
     p.set_defaults(func=run_score)
     q = sub.add_parser("nelbo", help="held-out NELBO per token of a checkpoint (the likelihood side)")
     q.add_argument("checkpoint")
     q.add_argument("--out", required=True)
-    q.add_argument("--n-batches", type=int, default=8)
-    q.add_argument("--batch-size", type=int, default=32)
-    q.add_argument("--n-t", type=int, default=4)
+    configlib.add_options(q, "nelbo")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    q.set_defaults(func=lambda a: checkpoint_nelbo(a.checkpoint, a.out, n_batches=a.n_batches, batch_size=a.batch_size,
-                                                   n_t=a.n_t, seed=a.seed, device=a.device) and 0)
+    q.set_defaults(
+        func=lambda a: (
+            checkpoint_nelbo(
+                a.checkpoint,
+                a.out,
+                n_batches=a.n_batches,
+                batch_size=a.batch_size,
+                n_t=a.n_t,
+                seed=a.seed,
+                device=a.device,
+            )
+            and 0
+        )
+    )

@@ -100,8 +100,10 @@ class Snapshot:
 
 def shared_jobs(g: Grid, bb: str) -> list[Job]:
     """The jobs every checkpoint of backbone bb waits for, in order."""
-    jobs = [Job(f"fetch {item}", (Path(g.fetch_file(item)),), g.log_file("fetch", item=item))
-            for item in getattr(g, "fetch_items", {})]
+    jobs = [
+        Job(f"fetch {item}", (Path(g.fetch_file(item)),), g.log_file("fetch", item=item))
+        for item in getattr(g, "fetch_items", {})
+    ]
     if getattr(g, "prepared", []):
         jobs.append(Job("prepare_data", tuple(map(Path, g.prepared)), g.log_file("prepare_data")))
     jobs.append(Job(f"start {bb}", (g.start_done(bb),), g.log_file("start", bb=bb)))
@@ -113,12 +115,14 @@ def chain(g: Grid, u: Unit, shared: list[Job] | None = None) -> list[Job]:
     jobs = list(shared if shared is not None else shared_jobs(g, u.backbone))
     if u.model != "start":
         jobs.append(Job("train", (Path(g.checkpoint_done(u.backbone, u.model, u.seed)),), g.log_file("train", u=u)))
-    jobs.append(Job("sample", tuple(g.sample_dir(u, t, n) / "meta.json" for t, n in g.cells(u)),
-                    g.log_file("sample", u=u)))
+    jobs.append(
+        Job("sample", tuple(g.sample_dir(u, t, n) / "meta.json" for t, n in g.cells(u)), g.log_file("sample", u=u))
+    )
     if g.evaluator_inputs():
         jobs.append(Job("evaluator", tuple(map(Path, g.evaluator_inputs())), g.log_file("evaluator")))
-    jobs.append(Job("score", tuple(g.score_file(u, t, n) for t, n in g.cells(u)) + (g.nelbo_file(u),),
-                    g.log_file("score", u=u)))
+    jobs.append(
+        Job("score", tuple(g.score_file(u, t, n) for t, n in g.cells(u)) + (g.nelbo_file(u),), g.log_file("score", u=u))
+    )
     return jobs
 
 
@@ -144,8 +148,9 @@ def sections(g: Grid) -> list[tuple[str, list[tuple[str, list[Unit]]]]]:
         rows, step = [], g.table_step(name)
         for r in t["rows"]:
             if "model" in r:
-                rows.append((r["model"], [Unit(t["backbone"], r["model"], s, g.row_step(name, r["model"]))
-                                          for s in g.seeds]))
+                rows.append(
+                    (r["model"], [Unit(t["backbone"], r["model"], s, g.row_step(name, r["model"])) for s in g.seeds])
+                )
         out.append((f"{name} ({t['backbone']}, step {step})", rows))
     curves = {}
     for u in g.figure2_units():
@@ -158,15 +163,26 @@ def study_status(g: Grid, workdir: str | Path = ".", recent: float = 600.0, now:
     snap = Snapshot(workdir, recent, now)
     shared = {bb: shared_jobs(g, bb) for bb in g.backbones}
     units = {u: unit_status(g, snap, u, shared[u.backbone]) for u in g.units}
-    outputs = [Path(f) for f in g.all_outputs()] + [g.root / "tracking" / "imported.json"]
-    return {"units": units, "counts": Counter(s["state"] for s in units.values()), "locked": snap.locked,
-            "outputs_missing": [str(f) for f in outputs if not snap.path(f).exists()],
-            "sections": sections(g)}
+    outputs = [Path(f) for f in g.all_outputs()] + [Path(g.tracking_file)]
+    return {
+        "units": units,
+        "counts": Counter(s["state"] for s in units.values()),
+        "locked": snap.locked,
+        "outputs_missing": [str(f) for f in outputs if not snap.path(f).exists()],
+        "sections": sections(g),
+    }
 
 
 def rerun_command(config: str, directory: str | None, profile: str | None) -> str:
-    cmd = ["snakemake", *(["--profile", profile] if profile else []), "all_tables", "--configfile", config,
-           "--rerun-triggers", "mtime"]
+    cmd = [
+        "snakemake",
+        *(["--profile", profile] if profile else []),
+        "all_tables",
+        "--configfile",
+        config,
+        "--rerun-triggers",
+        "mtime",
+    ]
     if directory not in (None, "."):
         cmd += ["--directory", directory]
     return shlex.join(cmd)
@@ -194,16 +210,21 @@ def render(st: dict, config: str, directory: str | None = None, profile: str | N
             lines.append(f"  {label:<{width}}  seeds " + "; ".join(parts))
     c = st["counts"]
     lines.append("")
-    lines.append(f"{len(st['units'])} checkpoints: " + ", ".join(f"{c.get(s, 0)} {s}" for s in STATES)
-                 + f"; {len(st['outputs_missing'])} table/figure/probe/MLflow outputs missing")
+    lines.append(
+        f"{len(st['units'])} checkpoints: "
+        + ", ".join(f"{c.get(s, 0)} {s}" for s in STATES)
+        + f"; {len(st['outputs_missing'])} table/figure/probe/MLflow outputs missing"
+    )
     todo = c.get("failed", 0) + c.get("missing", 0) + c.get("running", 0)
     if not todo and not st["outputs_missing"]:
         lines.append("nothing to rerun")
         return "\n".join(lines)
     cmd = rerun_command(config, directory, profile)
     if c.get("running", 0) or st["locked"]:
-        lines.append("Snakemake is still running here: when it ends (or after `snakemake --unlock` if it was "
-                     "killed), rerun what is missing with")
+        lines.append(
+            "Snakemake is still running here: when it ends (or after `snakemake --unlock` if it was "
+            "killed), rerun what is missing with"
+        )
     else:
         lines.append("rerun what is missing, failed or interrupted (and what depends on it) with")
     lines.append(f"  {cmd}")
@@ -219,12 +240,19 @@ def run_status(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("status", help="which seeds of each table row are done, failed, running or missing "
-                                      "(reads result files and .snakemake/ only)")
+    p = sub.add_parser(
+        "status",
+        help="which seeds of each table row are done, failed, running or missing "
+        "(reads result files and .snakemake/ only)",
+    )
     add_grid_args(p)
     p.add_argument("--directory", default=".", help="the folder Snakemake runs in (its --directory)")
     p.add_argument("--profile", help="the profile to name in the rerun command (as given to snakemake --profile)")
-    p.add_argument("--recent", type=float, default=600.0,
-                   help="seconds: a job marked incomplete counts as running while its log changed this recently, "
-                        "even when no Snakemake holds the folder")
+    p.add_argument(
+        "--recent",
+        type=float,
+        default=600.0,
+        help="seconds: a job marked incomplete counts as running while its log changed this recently, "
+        "even when no Snakemake holds the folder",
+    )
     p.set_defaults(func=run_status)

@@ -46,7 +46,7 @@ def _client(g: Grid):
 
     uri = tracking_uri(g)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     name = g.config["mlflow"]["experiment"] or f"tokendrift-{g.config['name']}"
     try:
@@ -54,8 +54,10 @@ def _client(g: Grid):
         artifacts = (Path(g.root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
         exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifacts)
     except Exception as e:  # unreachable server, unwritable SQLite file, bad URI
-        raise TokenDriftError(f"MLflow store {uri}: unreachable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "the result files are intact, rerun `tokendrift track` when it is back") from None
+        raise TokenDriftError(
+            f"MLflow store {uri}: unreachable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "the result files are intact, rerun `tokendrift track` when it is back"
+        ) from None
     mlflow.set_tracking_uri(uri)
     return client, exp_id
 
@@ -77,8 +79,10 @@ def provenance_tags(files) -> dict:
             prov = read_json(f, "result file").get("provenance")
             if prov:
                 v = prov.get("versions") or {}
-                return {"fetch_manifest_sha256": (prov.get("manifest") or {}).get("sha256", "none"),
-                        **{f"version.{k}": v.get(k) for k in ("torch", "transformers", "datasets")}}
+                return {
+                    "fetch_manifest_sha256": (prov.get("manifest") or {}).get("sha256", "none"),
+                    **{f"version.{k}": v.get(k) for k in ("torch", "transformers", "datasets")},
+                }
     return {}
 
 
@@ -128,17 +132,23 @@ class Importer:
         from mlflow.entities import Metric, Param
 
         for i in range(0, len(params), 100):  # MLflow's batch limits: 100 params, 1000 metrics
-            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in list(params.items())[i:i + 100]])
+            self.client.log_batch(
+                run_id, params=[Param(k, str(v)[:6000]) for k, v in list(params.items())[i : i + 100]]
+            )
         ms = [Metric(k, float(v), 0, step) for k, v, step in metrics if v is not None]
         for i in range(0, len(ms), 1000):
-            self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+            self.client.log_batch(run_id, metrics=ms[i : i + 1000])
         self.client.set_terminated(run_id)
 
     def parent(self, table: str) -> str:
         key = f"table/{table}"
         if key not in self.existing:
-            run_id = self.run(key, "parent", name=table, tags={"table": table, "kind": "table",
-                                                              "backbone": self.g.tables[table]["backbone"]})
+            run_id = self.run(
+                key,
+                "parent",
+                name=table,
+                tags={"table": table, "kind": "table", "backbone": self.g.tables[table]["backbone"]},
+            )
             self.client.set_terminated(run_id)
         return self.existing[key][0]
 
@@ -175,9 +185,21 @@ class Importer:
         if not any(f.exists() for f in files):
             return
         key = f"cell/{table}/{u.backbone}/{u.model}/seed{u.seed}/step{u.step}"
-        run_id = self.run(key, _digest(files), name=f"{u.model} seed{u.seed}", parent=self.parent(table),
-                          tags={"table": table, "backbone": u.backbone, "variant": u.model, "seed": u.seed,
-                                "step": u.step, "kind": "cell", **provenance_tags(files)})
+        run_id = self.run(
+            key,
+            _digest(files),
+            name=f"{u.model} seed{u.seed}",
+            parent=self.parent(table),
+            tags={
+                "table": table,
+                "backbone": u.backbone,
+                "variant": u.model,
+                "seed": u.seed,
+                "step": u.step,
+                "kind": "cell",
+                **provenance_tags(files),
+            },
+        )
         if run_id is None:
             return
         params = {"backbone": u.backbone, "model": u.model, "seed": u.seed, "step": u.step, "nfe": g.nfes}
@@ -204,10 +226,19 @@ class Importer:
         metrics_file = d / "metrics.jsonl"
         if not metrics_file.exists():
             return
-        run_id = self.run(f"train/{bb}/{rid}/seed{seed}", _digest([metrics_file, d / "done.json"]),
-                          name=f"train {bb}/{rid} seed{seed}",
-                          tags={"kind": "train", "backbone": bb, "variant": rid, "seed": seed,
-                                "finished": (d / "done.json").exists(), **provenance_tags([d / "done.json"])})
+        run_id = self.run(
+            f"train/{bb}/{rid}/seed{seed}",
+            _digest([metrics_file, d / "done.json"]),
+            name=f"train {bb}/{rid} seed{seed}",
+            tags={
+                "kind": "train",
+                "backbone": bb,
+                "variant": rid,
+                "seed": seed,
+                "finished": (d / "done.json").exists(),
+                **provenance_tags([d / "done.json"]),
+            },
+        )
         if run_id is None:
             return
         metrics = []
@@ -216,8 +247,11 @@ class Importer:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 break  # a line cut by a kill
-            metrics += [(k.replace("=", "_"), v, rec["step"]) for k, v in rec.items()
-                        if k != "step" and isinstance(v, (int, float))]
+            metrics += [
+                (k.replace("=", "_"), v, rec["step"])
+                for k, v in rec.items()
+                if k != "step" and isinstance(v, (int, float))
+            ]
         self.log(run_id, _flatten(train_options(self.g, bb, rid, seed)), metrics)
 
     def artifacts(self, table: str):
@@ -239,7 +273,6 @@ class Importer:
             self.client.log_artifact(parent, f, "figures")
         self.client.set_tag(parent, ARTIFACTS, digest)  # a tag, not a marker run: the children are the rows' seeds
 
-
     def probe(self, bb: str):
         files = [Path(f) for f in self.g.probe_outputs(bb)]
         if not files[0].exists():
@@ -248,8 +281,12 @@ class Importer:
         if run_id is None:
             return
         data = read_json(files[0], "probe file")
-        metrics = [(f"{label}/{key}", r[key]["mean"][d - 1], d) for label, r in data.items()
-                   for key in ("top1", "entropy", "frequent_share") for d in range(1, r["span"] + 1)]
+        metrics = [
+            (f"{label}/{key}", r[key]["mean"][d - 1], d)
+            for label, r in data.items()
+            for key in ("top1", "entropy", "frequent_share")
+            for d in range(1, r["span"] + 1)
+        ]
         self.log(run_id, {"checkpoints": {k: v["checkpoint"] for k, v in data.items()}}, metrics)
         for f in files:
             if f.exists():
@@ -265,12 +302,16 @@ def import_results(g: Grid) -> dict:
             imp.cell(table, u)
         imp.summary(table)
         imp.artifacts(table)
-    for (bb, rid) in g.runs:
+    for bb, rid in g.runs:
         for seed in g.seeds:
             imp.training(bb, rid, seed)
-    summary = {"tracking_uri": tracking_uri(g), "imported": imp.imported, "skipped": imp.skipped,
-               "runs": len(imp.existing)}
-    atomic_write_json(g.root / "tracking" / "imported.json", summary)
+    summary = {
+        "tracking_uri": tracking_uri(g),
+        "imported": imp.imported,
+        "skipped": imp.skipped,
+        "runs": len(imp.existing),
+    }
+    atomic_write_json(g.tracking_file, summary)
     return summary
 
 
@@ -281,15 +322,15 @@ def compare(g: Grid, table: str):
     if table not in g.tables:
         raise TokenDriftError(f"table {table!r}: not one of {list(g.tables)}")
     client, exp = _client(g)
-    runs = client.search_runs([exp], filter_string=f"tags.table = '{table}' and tags.kind = 'cell'",
-                              max_results=50000)
+    runs = client.search_runs([exp], filter_string=f"tags.table = '{table}' and tags.kind = 'cell'", max_results=50000)
     if not runs:
         raise TokenDriftError(f"no results of {table} in MLflow ({tracking_uri(g)}): run `tokendrift track` first")
     rows = [{"variant": r.data.tags["variant"], "seed": int(r.data.tags["seed"]), **r.data.metrics} for r in runs]
     df = pd.DataFrame(rows)
     order = [r["model"] for r in g.tables[table]["rows"] if r.get("model")]
-    cols = [c for n in g.nfes for c in (f"gen_ppl/nfe{n}", f"entropy/nfe{n}", f"oracle_gen_ppl/nfe{n}")
-            if c in df.columns] + (["nelbo"] if "nelbo" in df.columns else [])
+    cols = [
+        c for n in g.nfes for c in (f"gen_ppl/nfe{n}", f"entropy/nfe{n}", f"oracle_gen_ppl/nfe{n}") if c in df.columns
+    ] + (["nelbo"] if "nelbo" in df.columns else [])
     mean = df.groupby("variant")[cols].mean()
     sd = df.groupby("variant")[cols].std()
     n = df.groupby("variant")["seed"].count().rename("n")

@@ -3,7 +3,8 @@
 Read ``micro_step`` for the training step (Algorithm 1 of the paper, one micro-batch) and
 ``train`` for the loop around it: gradient accumulation to the global batch, AdamW with
 warm-up, clipping, EMA, rolling and permanent checkpoints, exact resume, and data parallel
-training with torch.distributed (the features are all-gathered before the drift).
+training with torch.distributed (the features are all-gathered before the drift). What a step
+changes is one ``TrainState``, which a checkpoint saves and a resume loads as a whole.
 
 Output folder layout (``--out DIR``)::
 
@@ -40,9 +41,9 @@ from .diffusion import make_diffusion
 from .fetch import provenance
 from .model import DiT, DiTConfig
 from .objective import (
+    DriftOptions,
     FeatureQueue,
     apply_preset,
-    check_drift_options,
     drift_field,
     fixed_point_loss,
     hard_lift,
@@ -52,32 +53,38 @@ from .objective import (
     pooled_features,
     soft_lift,
 )
-from .utils import (TokenDriftError, atomic_dir, atomic_write_json, atomic_write_text, code_digest, config_digest,
-                    read_json)
-
+from .utils import (
+    TokenDriftError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    code_digest,
+    config_digest,
+    read_json,
+)
 
 # --------------------------------------------------------------------------- configuration
 
 
 def resolve_config(raw: dict) -> dict:
-    """Validate a train config (schema ``train``) and check what the schema cannot express."""
+    """Validate a train config (schema ``train``) and check what the schema cannot express
+    (the drift options: ``DriftOptions``, in ``build``)."""
     cfg = configlib.validate("train", raw)
-    cfg["objective"] = obj = apply_preset(cfg["objective"], (raw or {}).get("objective"))
+    cfg["objective"] = apply_preset(cfg["objective"], (raw or {}).get("objective"))
     if cfg["variant"] == "tokendrift":
-        check_drift_options(temperatures=obj["temperatures"], ratio=obj["ratio"], alpha=obj["alpha"],
-                            kernel=obj["kernel"], normalization=obj["normalization"],
-                            reduction=obj["reduction"], scale=obj["scale"], ratio_reading=obj["ratio_reading"],
-                            floor=obj["floor"], preset=obj["preset"])
         if cfg["init"] is None and cfg["encoder"] is None:
-            raise TokenDriftError("train config: init: TokenDrift refines a starting checkpoint; "
-                                  "give `init` (or an `encoder`)")
+            raise TokenDriftError(
+                "train config: init: TokenDrift refines a starting checkpoint; give `init` (or an `encoder`)"
+            )
     if cfg["init"] is None:
         for key in ("diffusion", "model", "source"):
             if cfg[key] is None:
                 raise TokenDriftError(f"train config: {key}: required when init is null (training from scratch)")
     if cfg["optim"]["ema_start"] == "continue" and cfg["init"] is None:
-        raise TokenDriftError("train config: optim.ema_start: continue needs an `init` whose EMA it continues "
-                              "(use restart when training from scratch)")
+        raise TokenDriftError(
+            "train config: optim.ema_start: continue needs an `init` whose EMA it continues "
+            "(use restart when training from scratch)"
+        )
     bad = [s for s in cfg["checkpoint_steps"] if s > cfg["steps"]]
     if bad:
         raise TokenDriftError(f"train config: checkpoint_steps: {bad} beyond steps={cfg['steps']}")
@@ -87,6 +94,7 @@ def resolve_config(raw: dict) -> dict:
 @dataclass
 class Setup:
     """Everything a training job needs, resolved from its config before anything is written."""
+
     cfg: dict
     model: DiT
     encoder: DiT | None
@@ -98,7 +106,8 @@ class Setup:
     world: int = 1
     accum: int = 1
     amp_dtype: torch.dtype | None = None
-    queues: dict = field(default_factory=dict)
+    drift: DriftOptions | None = None  # the drift field's options (TokenDrift only)
+    queues: dict = field(default_factory=dict)  # the FIFO feature queues, "real" and "gen" (TokenDrift only)
     ema_init: tuple | None = None  # (EMA weights, update count) of init, for optim.ema_start = continue
 
 
@@ -113,12 +122,15 @@ def _device(cfg: dict) -> torch.device:
 
 def build(cfg: dict) -> Setup:
     """Load or create the generator, the frozen encoder phi, the process and the data source."""
+    drift = DriftOptions.from_config(cfg["objective"]) if cfg["variant"] == "tokendrift" else None
     device = _device(cfg)
     if cfg["init"] is not None:
         model, init_meta = load_model_dir(cfg["init"], weights=cfg["init_weights"])
         diffusion_name = init_meta["diffusion"]
         if cfg["diffusion"] not in (None, diffusion_name):
-            raise TokenDriftError(f"train config: diffusion: {cfg['diffusion']} but init {cfg['init']} is {diffusion_name}")
+            raise TokenDriftError(
+                f"train config: diffusion: {cfg['diffusion']} but init {cfg['init']} is {diffusion_name}"
+            )
         source_cfg = cfg["source"] or init_meta.get("source")
         if source_cfg is None:
             raise TokenDriftError(f"train config: source: not given and {cfg['init']}/meta.json names none")
@@ -136,8 +148,10 @@ def build(cfg: dict) -> Setup:
         model = DiT(DiTConfig.preset(preset, **mcfg))
     vocab = model.config.vocab_size
     if vocab != source.vocab_size + 1:
-        raise TokenDriftError(f"source: {source.name} has {source.vocab_size} token ids but the model's vocabulary "
-                              f"is {vocab} (expected data ids + 1 special id)")
+        raise TokenDriftError(
+            f"source: {source.name} has {source.vocab_size} token ids but the model's vocabulary "
+            f"is {vocab} (expected data ids + 1 special id)"
+        )
     if source.length > model.config.length:
         raise TokenDriftError(f"source: length {source.length} exceeds the model's length {model.config.length}")
 
@@ -146,15 +160,17 @@ def build(cfg: dict) -> Setup:
         enc_path = cfg["encoder"] or cfg["init"]
         encoder, _ = load_model_dir(enc_path, weights=cfg["init_weights"])
         if encoder.config.vocab_size != vocab:
-            raise TokenDriftError(f"encoder: {enc_path} has vocabulary {encoder.config.vocab_size}, "
-                                  f"the generator has {vocab}")
+            raise TokenDriftError(
+                f"encoder: {enc_path} has vocabulary {encoder.config.vocab_size}, the generator has {vocab}"
+            )
         encoder.requires_grad_(False).eval().to(device)
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     per_step = cfg["micro_batch"] * world
     if cfg["global_batch"] % per_step:
-        raise TokenDriftError(f"train config: global_batch: {cfg['global_batch']} is not a multiple of "
-                              f"micro_batch x ranks = {per_step}")
+        raise TokenDriftError(
+            f"train config: global_batch: {cfg['global_batch']} is not a multiple of micro_batch x ranks = {per_step}"
+        )
     amp = None
     if device.type == "cuda" and cfg["precision"] in ("auto", "bf16"):
         amp = torch.bfloat16
@@ -171,9 +187,20 @@ def build(cfg: dict) -> Setup:
         "provenance": provenance(),
     }
     model.shard_dropout(rank, world)
-    s = Setup(cfg=cfg, model=model.to(device), encoder=encoder, diffusion=make_diffusion(diffusion_name, vocab),
-              source=source, meta=meta, device=device, rank=rank, world=world,
-              accum=cfg["global_batch"] // per_step, amp_dtype=amp)
+    s = Setup(
+        cfg=cfg,
+        model=model.to(device),
+        encoder=encoder,
+        diffusion=make_diffusion(diffusion_name, vocab),
+        source=source,
+        meta=meta,
+        device=device,
+        rank=rank,
+        world=world,
+        accum=cfg["global_batch"] // per_step,
+        amp_dtype=amp,
+        drift=drift,
+    )
     if cfg["optim"]["ema_start"] == "continue":
         s.ema_init = released_ema(cfg["init"], init_meta, device)
     if cfg["compile"]:  # in place: state_dict keys (checkpoints, EMA) stay those of the DiT
@@ -245,8 +272,9 @@ def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, st
     return loss + obj["drift_weight"] * drift
 
 
-def drift_loss(s: Setup, h: torch.Tensor, u: torch.Tensor, log_p: torch.Tensor, predicted: torch.Tensor,
-               stats: dict) -> torch.Tensor:
+def drift_loss(
+    s: Setup, h: torch.Tensor, u: torch.Tensor, log_p: torch.Tensor, predicted: torch.Tensor, stats: dict
+) -> torch.Tensor:
     """Steps 5-11 of Algorithm 1 for this rank's anchors ``h`` (with graph) and real features ``u``."""
     obj = s.cfg["objective"]
     # 5-6: current features of all ranks, plus the FIFO queues
@@ -255,12 +283,9 @@ def drift_loss(s: Setup, h: torch.Tensor, u: torch.Tensor, log_p: torch.Tensor, 
     neg = torch.cat([h_all, s.queues["gen"].tensor()])
     # 7: the drift for every gathered anchor (identical on all ranks), then this rank's rows
     drift_stats: dict = {}
-    V_all = drift_field(h_all, pos, neg, obj["temperatures"], obj["ratio"], exclude_self=True,
-                        kernel=obj["kernel"], normalization=obj["normalization"], reduction=obj["reduction"],
-                        scale=obj["scale"], floor=obj["floor"], ratio_reading=obj["ratio_reading"],
-                        preset=obj["preset"], stats=drift_stats)
+    V_all = drift_field(h_all, pos, neg, s.drift, exclude_self=True, stats=drift_stats)
     B = h.shape[0]
-    V = V_all[s.rank * B:(s.rank + 1) * B]
+    V = V_all[s.rank * B : (s.rank + 1) * B]
     # 8-9: the fixed-point loss (or a mirror-teacher loss)
     if obj["loss"] == "feature_l2":
         drift = fixed_point_loss(h, V, obj["alpha"])
@@ -311,7 +336,8 @@ def released_ema(init: str, init_meta: dict, device) -> tuple[dict, int]:
         raise TokenDriftError(
             f"train config: optim.ema_start: continue needs the EMA update count of init, but {init}/meta.json has "
             f"no ema_num_updates (HF safetensors releases carry no EMA state: import the Lightning .ckpt, or use "
-            f"ema_start: restart)")
+            f"ema_start: restart)"
+        )
     f = Path(init) / "ema.safetensors"
     if not f.exists():
         raise TokenDriftError(f"train config: optim.ema_start: continue needs init's EMA weights; {f} is missing")
@@ -328,24 +354,6 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def save_checkpoint(path: Path, s: Setup, model, optimizer, ema: EMA, noise: torch.Generator, step: int) -> None:
-    """Write one checkpoint folder atomically: model folder + train_state.pt."""
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "ema_num_updates": ema.num_updates,
-        "rng_cpu": torch.get_rng_state(),
-        "rng_noise": noise.get_state(),
-        "queues": {k: q.state_dict() for k, q in s.queues.items()},
-    }
-    if s.device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state(s.device)
-    meta = dict(s.meta, step=step, model=_unwrap(model).config.to_dict(), ema_num_updates=ema.num_updates)
-    with atomic_dir(path) as tmp:
-        write_model_files(tmp, _unwrap(model).state_dict(), ema.shadow, meta)
-        torch.save(state, tmp / "train_state.pt")
-
-
 def latest_checkpoint(out: Path) -> Path | None:
     """The complete checkpoint folder with the highest step under ``out/checkpoints``."""
     best, best_step = None, -1
@@ -357,28 +365,6 @@ def latest_checkpoint(out: Path) -> Path | None:
         if step > best_step:
             best, best_step = d, step
     return best
-
-
-def load_train_state(path: Path, s: Setup, model, optimizer, ema: EMA, noise: torch.Generator) -> int:
-    """Restore everything ``save_checkpoint`` wrote; returns the step to continue from."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((path / "meta.json").read_text())
-    if meta.get("config_digest") != s.meta["config_digest"]:
-        raise TokenDriftError(f"{path}: written by a run with another config (digest {meta.get('config_digest')} != "
-                              f"{s.meta['config_digest']}); use a new --out folder or delete the old one")
-    _unwrap(model).load_state_dict(load_file(path / "model.safetensors", device=str(s.device)))
-    ema.shadow = load_file(path / "ema.safetensors", device=str(s.device))
-    state = torch.load(path / "train_state.pt", weights_only=True, map_location=s.device)
-    optimizer.load_state_dict(state["optimizer"])
-    ema.num_updates = state["ema_num_updates"]
-    torch.set_rng_state(state["rng_cpu"].cpu())
-    noise.set_state(state["rng_noise"].cpu() if noise.device.type == "cpu" else state["rng_noise"])
-    if "rng_cuda" in state and s.device.type == "cuda":
-        torch.cuda.set_rng_state(state["rng_cuda"].cpu(), s.device)
-    for k, q in s.queues.items():
-        q.load_state_dict(state["queues"][k])
-    return int(state["step"])
 
 
 def _trim_metrics(path: Path, upto: int) -> None:
@@ -395,7 +381,99 @@ def _trim_metrics(path: Path, upto: int) -> None:
     atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the training state
+
+
+@dataclass
+class TrainState:
+    """Everything a step changes, saved and restored together: the generator (DDP-wrapped when
+    data parallel), AdamW, the EMA, the corruption-noise generator, the feature queues (the
+    Setup's own: ``micro_step`` pushes into them) and the number of steps taken. A checkpoint
+    also holds the global CPU (and CUDA) RNG state, which draws the dropout masks."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    noise: torch.Generator
+    queues: dict
+    step: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.noise.device  # created on the training device
+
+    def save(self, path: Path, meta: dict) -> None:
+        """Write one checkpoint folder atomically: a model folder (``meta`` plus the step, the model
+        config and the EMA count in its meta.json) and train_state.pt."""
+        model = _unwrap(self.model)
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "ema_num_updates": self.ema.num_updates,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_noise": self.noise.get_state(),
+            "queues": {k: q.state_dict() for k, q in self.queues.items()},
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = dict(meta, step=self.step, model=model.config.to_dict(), ema_num_updates=self.ema.num_updates)
+        with atomic_dir(path) as tmp:
+            write_model_files(tmp, model.state_dict(), self.ema.shadow, meta)
+            torch.save(state, tmp / "train_state.pt")
+
+    def load(self, path: Path, meta: dict) -> None:
+        """Restore everything ``save`` wrote to ``path``; refuses a checkpoint of another config
+        than the one ``meta`` (this job's) records."""
+        from safetensors.torch import load_file
+
+        saved = json.loads((path / "meta.json").read_text())
+        if saved.get("config_digest") != meta["config_digest"]:
+            raise TokenDriftError(
+                f"{path}: written by a run with another config (digest {saved.get('config_digest')} "
+                f"!= {meta['config_digest']}); use a new --out folder or delete the old one"
+            )
+        device = self.device
+        _unwrap(self.model).load_state_dict(load_file(path / "model.safetensors", device=str(device)))
+        self.ema.shadow = load_file(path / "ema.safetensors", device=str(device))
+        state = torch.load(path / "train_state.pt", weights_only=True, map_location=device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.num_updates = state["ema_num_updates"]
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        self.noise.set_state(state["rng_noise"].cpu() if device.type == "cpu" else state["rng_noise"])
+        if "rng_cuda" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
+        for k, q in self.queues.items():
+            q.load_state_dict(state["queues"][k])
+        self.step = int(state["step"])
+
+
+def make_state(s: Setup) -> TrainState:
+    """The state at step 0: the generator in training mode (DDP-wrapped on several ranks), AdamW,
+    the EMA (restarted, or init's for optim.ema_start: continue), the corruption-noise generator,
+    and the global RNG seeded for dropout. Seeded alike on every rank."""
+    cfg, opt = s.cfg, s.cfg["optim"]
+    model = s.model
+    if s.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[s.device.index] if s.device.type == "cuda" else None
+        )
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"], weight_decay=opt["weight_decay"]
+    )
+    ema = EMA(_unwrap(model), opt["ema"])
+    if s.ema_init is not None:  # optim.ema_start: continue (a resume overrides both)
+        shadow, ema.num_updates = s.ema_init
+        if shadow.keys() != ema.shadow.keys():
+            raise TokenDriftError(
+                f"train config: optim.ema_start: continue: {cfg['init']}/ema.safetensors does not "
+                f"hold the model's tensors"
+            )
+        ema.shadow = {k: v.to(ema.shadow[k].dtype) for k, v in shadow.items()}
+    noise = torch.Generator(device=s.device)
+    noise.manual_seed(cfg["seed"] * 1_000_003 + 17)
+    torch.manual_seed(cfg["seed"] + 1)
+    return TrainState(model=model, optimizer=optimizer, ema=ema, noise=noise, queues=s.queues)
 
 
 def _same_run(record: dict, s: Setup) -> bool:
@@ -403,8 +481,75 @@ def _same_run(record: dict, s: Setup) -> bool:
     return (record.get("config_digest"), record.get("code_digest")) == (s.meta["config_digest"], s.meta["code_digest"])
 
 
-def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None,
-          discard_stale: bool = False) -> dict:
+def resume(out: Path, s: Setup, state: TrainState, discard_stale: bool) -> None:
+    """Load the latest checkpoint under ``out`` into ``state``, if there is one. ``discard_stale``:
+    first delete the checkpoints (and metrics, done.json) of another config or code version."""
+    ckpt = latest_checkpoint(out) if out.exists() else None
+    if ckpt is not None and discard_stale and s.rank == 0:
+        if not _same_run(json.loads((ckpt / "meta.json").read_text()), s):
+            print(f"discarding stale checkpoints in {out} (config or code changed)", flush=True)
+            for stale in ("checkpoints", "metrics.jsonl", "done.json"):
+                p = out / stale
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            ckpt = None
+    if s.world > 1:
+        dist.barrier()
+        ckpt = latest_checkpoint(out) if out.exists() else None
+    if ckpt is not None:
+        state.load(ckpt, s.meta)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def accumulate(s: Setup, state: TrainState, out: Path) -> tuple[float, dict[str, float]]:
+    """Forward and backward of one global batch, ``s.accum`` micro-batches (DDP synchronizes the
+    gradients on the last); returns the mean loss and the mean of each logged term."""
+    cfg = s.cfg
+    total, terms = 0.0, {}
+    for a in range(s.accum):
+        k = state.step * s.accum + a  # global micro-batch index: the data position
+        x0_all = s.source.batch("train", k, cfg["micro_batch"] * s.world, seed=cfg["seed"]).to(s.device)
+        stats: dict[str, float] = {}
+        sync = state.model.no_sync() if (s.world > 1 and a < s.accum - 1) else contextlib.nullcontext()
+        with sync:
+            loss = micro_step(s, state.model, x0_all, state.noise, stats)
+            if not torch.isfinite(loss):
+                last_ckpt = latest_checkpoint(out)
+                raise TokenDriftError(
+                    f"non-finite loss ({float(loss.detach())}) at step {state.step + 1}, micro-batch {a}: stopping. "
+                    f"Terms: {stats}. The last good checkpoint is {last_ckpt or 'none (nothing was saved yet)'}"
+                )
+            (loss / s.accum).backward()
+        total += float(loss.detach()) / s.accum
+        for key, v in stats.items():
+            terms[key] = terms.get(key, 0.0) + v / s.accum
+    return total, terms
+
+
+def log_and_save(out: Path, s: Setup, state: TrainState, line: dict) -> None:
+    """Rank 0 after a step: the metrics line every ``log_every`` steps, a permanent checkpoint at
+    ``checkpoint_steps`` and the last step, the rolling one (checkpoints/last) every ``save_every``."""
+    cfg, step = s.cfg, state.step
+    if s.rank != 0:
+        return
+    if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+    if step in cfg["checkpoint_steps"] or step == cfg["steps"]:
+        state.save(out / "checkpoints" / f"step_{step:06d}", s.meta)
+    if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
+        state.save(out / "checkpoints" / "last", s.meta)
+
+
+def train(
+    raw_cfg: dict,
+    out: str | os.PathLike,
+    *,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    discard_stale: bool = False,
+) -> dict:
     """Run (or resume) a training job; returns the last metrics line.
 
     ``stop_after`` ends the job right after that step without a final save: it simulates a
@@ -417,98 +562,64 @@ def train(raw_cfg: dict, out: str | os.PathLike, *, stop_after: int | None = Non
     done = read_json(out / "done.json", "done file") if (out / "done.json").exists() else None
     if done and _same_run(done, s):
         return done.get("last", {})  # finished under this config and code: a rerun writes nothing
-    model = s.model
-    if s.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
-    model.train()
-    opt = cfg["optim"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
-                                  weight_decay=opt["weight_decay"])
-    ema = EMA(_unwrap(model), opt["ema"])
-    if s.ema_init is not None:  # optim.ema_start: continue (a resume below overrides both)
-        shadow, ema.num_updates = s.ema_init
-        if shadow.keys() != ema.shadow.keys():
-            raise TokenDriftError(f"train config: optim.ema_start: continue: {cfg['init']}/ema.safetensors does not "
-                                  f"hold the model's tensors")
-        ema.shadow = {k: v.to(ema.shadow[k].dtype) for k, v in shadow.items()}
-    noise = torch.Generator(device=s.device)
-    noise.manual_seed(cfg["seed"] * 1_000_003 + 17)
-    torch.manual_seed(cfg["seed"] + 1)
-
-    step = 0
-    resume = latest_checkpoint(out) if out.exists() else None
-    if resume is not None and discard_stale and s.rank == 0:
-        if not _same_run(json.loads((resume / "meta.json").read_text()), s):
-            print(f"discarding stale checkpoints in {out} (config or code changed)", flush=True)
-            for stale in ("checkpoints", "metrics.jsonl", "done.json"):
-                p = out / stale
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-            resume = None
-    if s.world > 1:
-        dist.barrier()
-        resume = latest_checkpoint(out) if out.exists() else None
-    if resume is not None:
-        step = load_train_state(resume, s, model, optimizer, ema, noise)
+    state = make_state(s)
+    resume(out, s, state, discard_stale)
     if s.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", {"config": cfg, "config_digest": s.meta["config_digest"]})
-        _trim_metrics(out / "metrics.jsonl", step)
-    keep_steps = set(cfg["checkpoint_steps"]) | {cfg["steps"]}
-    L = s.source.length
+        _trim_metrics(out / "metrics.jsonl", state.step)
+
+    clip = cfg["optim"]["grad_clip"] if cfg["optim"]["grad_clip"] > 0 else math.inf
     last: dict = {}
-    bar = tqdm(total=cfg["steps"], initial=step, desc=f"train {cfg['variant']}", disable=(s.rank != 0) or progress is False,
-               mininterval=2.0, dynamic_ncols=True)
-    while step < cfg["steps"]:
+    bar = tqdm(
+        total=cfg["steps"],
+        initial=state.step,
+        desc=f"train {cfg['variant']}",
+        disable=(s.rank != 0) or progress is False,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
+    while state.step < cfg["steps"]:
         t0 = time.perf_counter()
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        stats_sum: dict[str, float] = {}
-        total = 0.0
-        for a in range(s.accum):
-            k = step * s.accum + a  # global micro-batch index: the data position
-            x0_all = s.source.batch("train", k, cfg["micro_batch"] * s.world, seed=cfg["seed"]).to(s.device)
-            stats: dict[str, float] = {}
-            sync = model.no_sync() if (s.world > 1 and a < s.accum - 1) else contextlib.nullcontext()
-            with sync:
-                loss = micro_step(s, model, x0_all, noise, stats)
-                if not torch.isfinite(loss):
-                    last_ckpt = latest_checkpoint(out)
-                    raise TokenDriftError(
-                        f"non-finite loss ({float(loss.detach())}) at step {step + 1}, micro-batch {a}: stopping. "
-                        f"Terms: {stats}. The last good checkpoint is {last_ckpt or 'none (nothing was saved yet)'}")
-                (loss / s.accum).backward()
-            total += float(loss.detach()) / s.accum
-            for key, v in stats.items():
-                stats_sum[key] = stats_sum.get(key, 0.0) + v / s.accum
-        clip = opt["grad_clip"] if opt["grad_clip"] > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(_unwrap(model))
-        step += 1
+        lr = lr_at(state.step, cfg)
+        for g in state.optimizer.param_groups:
+            g["lr"] = lr
+        loss, terms = accumulate(s, state, out)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip))
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.ema.update(_unwrap(state.model))
+        state.step += 1
         dt = time.perf_counter() - t0
-        last = {"step": step, "loss": total, **stats_sum, "grad_norm": grad_norm, "lr": lr_at(step - 1, cfg),
-                "step_time_s": dt, "tokens_per_s": cfg["global_batch"] * L / dt}
-        if s.rank == 0:
-            if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(last) + "\n")
-            if step in keep_steps:
-                save_checkpoint(out / "checkpoints" / f"step_{step:06d}", s, model, optimizer, ema, noise, step)
-            if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
-                save_checkpoint(out / "checkpoints" / "last", s, model, optimizer, ema, noise, step)
+        last = {
+            "step": state.step,
+            "loss": loss,
+            **terms,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "step_time_s": dt,
+            "tokens_per_s": cfg["global_batch"] * s.source.length / dt,
+        }
+        log_and_save(out, s, state, last)
         if s.world > 1:
             dist.barrier()
         bar.update(1)
-        bar.set_postfix(loss=f"{total:.4f}", refresh=False)
-        if stop_after is not None and step >= stop_after:
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if stop_after is not None and state.step >= stop_after:
             break
     bar.close()
-    if step >= cfg["steps"] and s.rank == 0:
-        atomic_write_json(out / "done.json", {"step": step, "last": last, "config_digest": s.meta["config_digest"],
-                                              "code_digest": s.meta["code_digest"], "provenance": s.meta["provenance"],
-                                              "checkpoint": str(out / "checkpoints" / f"step_{step:06d}")})
+    if state.step >= cfg["steps"] and s.rank == 0:
+        atomic_write_json(
+            out / "done.json",
+            {
+                "step": state.step,
+                "last": last,
+                "config_digest": s.meta["config_digest"],
+                "code_digest": s.meta["code_digest"],
+                "provenance": s.meta["provenance"],
+                "checkpoint": str(out / "checkpoints" / f"step_{state.step:06d}"),
+            },
+        )
     return last
 
 
@@ -519,7 +630,13 @@ def load_job_config(args) -> dict:
     if args.config and args.config_json:
         raise TokenDriftError("give --config or --config-json, not both")
     try:
-        raw = json.loads(args.config_json) if args.config_json else configlib.load_file(args.config) if args.config else {}
+        raw = (
+            json.loads(args.config_json)
+            if args.config_json
+            else configlib.load_file(args.config)
+            if args.config
+            else {}
+        )
     except json.JSONDecodeError as e:
         raise TokenDriftError(f"--config-json is not valid JSON: {e}") from None
     return configlib.apply_overrides(raw, args.set)
@@ -528,12 +645,20 @@ def load_job_config(args) -> dict:
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML/JSON job config (tokendrift/schemas/train.schema.yaml)")
     p.add_argument("--config-json", help="the job config as a JSON string (what the Snakemake rules pass)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (dotted path, YAML value); repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted path, YAML value); repeatable",
+    )
     p.add_argument("--out", required=True, help="output folder (resumed when it holds a checkpoint of the same config)")
-    p.add_argument("--discard-stale", action="store_true",
-                   help="when --out holds checkpoints of another config or code version, delete them and start "
-                        "over (the pipeline's rule for stale results) instead of refusing")
+    p.add_argument(
+        "--discard-stale",
+        action="store_true",
+        help="when --out holds checkpoints of another config or code version, delete them and start "
+        "over (the pipeline's rule for stale results) instead of refusing",
+    )
 
 
 def init_distributed() -> None:
@@ -557,7 +682,10 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="continual training (TokenDrift or continuation) from a checkpoint",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "train",
+        help="continual training (TokenDrift or continuation) from a checkpoint",
+        description=__doc__.splitlines()[0],
+    )
     add_config_args(p)
     p.set_defaults(func=run)

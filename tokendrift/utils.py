@@ -20,6 +20,15 @@ class TokenDriftError(Exception):
     """
 
 
+def resolve_device(device: str) -> str:
+    """A job's ``device`` option: "auto" is cuda when a GPU is visible, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -121,7 +130,7 @@ def config_digest(obj: Any) -> str:
 
 # Modules that only read results (tables, figures, MLflow, the probe, the CLI, paths): editing
 # them must not make trained models or their scores stale.
-REPORTING = ("aggregate.py", "tracking.py", "probe.py", "grid.py", "cli.py", "cost.py", "status.py", "data/tables.yaml")
+REPORTING = ("aggregate.py", "tracking.py", "probe.py", "grid.py", "cli.py", "cost.py", "status.py", "paper_grid.yaml")
 
 
 def code_digest(reporting: bool = True) -> str:
@@ -131,7 +140,11 @@ def code_digest(reporting: bool = True) -> str:
     root = Path(__file__).parent
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root).as_posix()
-        if f.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in f.parts and (reporting or rel not in REPORTING):
+        if (
+            f.suffix in {".py", ".yaml", ".json"}
+            and "__pycache__" not in f.parts
+            and (reporting or rel not in REPORTING)
+        ):
             h.update(rel.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]

@@ -3,12 +3,17 @@
 Every test here is marked ``slurm``. When Slurm cannot be brought up (not root, no apt, no
 network to the Debian mirror), each test is skipped with the reason in pytest's summary
 (-ra, in pyproject's addopts), never silently.
+
+The helpers the tests here share are below, imported as
+``from tests.slurm.conftest import job_counts``.
 """
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 UP = Path(__file__).with_name("slurm_up.sh")
@@ -46,3 +51,42 @@ def slurm():
         reason = f"no real Slurm on this machine: {said.splitlines()[-1] if said else 'slurm_up.sh failed'}"
         pytest.skip(reason)
     return True
+
+
+# ------------------------------------------------- what the Slurm tests read of Snakemake and Slurm
+
+def job_counts(out: str) -> dict:
+    """Snakemake's 'Job stats' table of a run: rule -> count."""
+    lines = out[out.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def train_process(needle: str, timeout: float = 600):
+    """The running `tokendrift train` process whose command line contains ``needle``, and its Slurm job id."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "tokendrift train" in cmd and needle in cmd and "python" in cmd:
+                try:
+                    env = open(f"/proc/{p.pid}/environ", "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                var = dict(e.decode().split("=", 1) for e in env if e.startswith(b"SLURM_") and b"=" in e)
+                if "SLURM_ARRAY_JOB_ID" in var:  # an array task: its own id is ARRAY_TASK (the bare
+                    return p, f"{var['SLURM_ARRAY_JOB_ID']}_{var['SLURM_ARRAY_TASK_ID']}"  # id is the array)
+                if "SLURM_JOB_ID" in var:
+                    return p, var["SLURM_JOB_ID"]
+        time.sleep(0.2)
+    raise AssertionError(f"no running training job matching {needle}")
+
+
+def our_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if " smk-" in line]

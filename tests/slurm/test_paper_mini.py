@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.paper_files import write_paper_files
-from tests.slurm.test_pipeline_slurm import job_counts, our_jobs, train_process
+from tests.slurm.conftest import job_counts, our_jobs, train_process
 from tokendrift.utils import file_digest
 
 pytestmark = pytest.mark.slurm

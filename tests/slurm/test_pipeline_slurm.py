@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from safetensors.torch import load_file
+
+from tests.slurm.conftest import job_counts, our_jobs, train_process
 
 pytestmark = pytest.mark.slurm
 
@@ -43,38 +44,6 @@ def start(wd, profile, *extra):
                             text=True, start_new_session=True)
 
 
-def job_counts(out: str) -> dict:
-    """Snakemake's 'Job stats' table of a run: rule -> count."""
-    lines = out[out.index("Job stats:"):].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
-def train_process(needle: str, timeout: float = 600):
-    """The running `tokendrift train` process whose command line contains ``needle``, and its Slurm job id."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if "tokendrift train" in cmd and needle in cmd and "python" in cmd:
-                try:
-                    env = open(f"/proc/{p.pid}/environ", "rb").read().split(b"\0")
-                except OSError:
-                    continue
-                var = dict(e.decode().split("=", 1) for e in env if e.startswith(b"SLURM_") and b"=" in e)
-                if "SLURM_ARRAY_JOB_ID" in var:  # an array task: its own id is ARRAY_TASK (the bare
-                    return p, f"{var['SLURM_ARRAY_JOB_ID']}_{var['SLURM_ARRAY_TASK_ID']}"  # id is the array)
-                if "SLURM_JOB_ID" in var:
-                    return p, var["SLURM_JOB_ID"]
-        time.sleep(0.2)
-    raise AssertionError(f"no running training job matching {needle}")
-
-
 def tables(wd) -> dict:
     return {f.name: f.read_text() for f in sorted((Path(wd) / ROOT / "tables").glob("*"))}
 
@@ -87,11 +56,6 @@ def assert_same_csv(a, b):
     x, y = (pd.read_csv(io.StringIO(tables(w)["table1.csv"])) for w in (a, b))
     # float32 scoring noise (seen: 2.4e-7 relative in one Gen.-PPL, so 7e-5 in the SD of two near-equal seeds)
     pd.testing.assert_frame_equal(x, y, check_exact=False, rtol=1e-4, atol=1e-3)
-
-
-def our_jobs() -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if " smk-" in line]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 # The data stage: a text source (OpenWebText, a .txt folder) tokenized once, streamed into flat
 # token files that every training, NELBO, sampling and probe job maps read-only. One job per
-# source config, whatever the number of runs; the synthetic language needs none.
+# source config, whatever the number of runs. The synthetic language needs none; its entropy
+# rate (the oracle Gen.-PPL floor of the tables and figures) is computed once instead.
 
 if G.prepared:
 
@@ -10,11 +11,29 @@ if G.prepared:
         output:
             G.prepared,
         params:
-            source=json.dumps(G.config["source"]),
+            args=G.source_args,
         log:
-            f"{LOGS}/prepare_data.log",
+            G.log("prepare_data"),
         threads: G.source["num_proc"]
         resources:
             requeue=1,
+        conda:
+            CONDA_ENV
         shell:
-            G.job_env + THREADS + "tokendrift prepare --source-json {params.source:q} > {log} 2>&1"
+            G.job_env + "tokendrift prepare {params.args} > {log} 2>&1"
+
+
+if G.entropy_rate_file:
+
+    rule entropy_rate:
+        output:
+            G.entropy_rate_file,
+        params:
+            args=G.source_args,
+        log:
+            G.log("entropy_rate"),
+        threads: 1
+        conda:
+            CONDA_ENV
+        shell:
+            G.job_env + "tokendrift entropy-rate {params.args} --out {output} > {log} 2>&1"

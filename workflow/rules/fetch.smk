@@ -9,24 +9,29 @@ if G.fetch_items:
         output:
             G.fetch_file("{item}"),
         params:
-            what=lambda w: G.fetch_items[w.item][0],
-            spec=lambda w: G.fetch_items[w.item][1],
+            args=G.fetch_args,
         log:
-            f"{LOGS}/fetch/{{item}}.log",
+            G.log("fetch_item"),
         wildcard_constraints:
             item="|".join(G.fetch_items),
         localrule: True
+        conda:
+            CONDA_ENV
         shell:
-            G.fetch_env + "tokendrift fetch {params.what} {params.spec:q} --item {wildcards.item} --out {output} > {log} 2>&1"
+            G.fetch_env + "tokendrift fetch {params.args} --out {output} > {log} 2>&1"
 
     rule fetch_manifest:
         input:
             [G.fetch_file(i) for i in G.fetch_items],
         output:
             G.manifest,
+        log:
+            G.log("fetch_manifest"),
         localrule: True
+        conda:
+            CONDA_ENV
         shell:
-            "tokendrift fetch manifest {input} --out {output}"
+            "tokendrift fetch manifest {input} --out {output} > {log} 2>&1"
 
 
 rule fetch:

@@ -5,25 +5,25 @@
 
 rule probe:
     input:
-        lambda w: [G.checkpoint_done(w.backbone, m, G.seeds[0]) for m in G.probe_models(w.backbone)],
-        G.job_inputs,
+        G.probe_inputs,
     output:
-        # probe.png is a report item (workflow/report/probe.rst)
-        *(report(f, caption="../report/probe.rst", category="Figures", subcategory="Probe", labels={"figure": "probe {backbone}"})
-          if f.endswith(".png") else f for f in G.probe_outputs("{backbone}")),
+        G.probe_file("{backbone}", "probe.json"),
+        report(G.probe_file("{backbone}", "probe.png"), caption="../report/probe.rst", category="Figures",
+               subcategory="Probe", labels={"figure": "probe {backbone}"}),
+        G.probe_file("{backbone}", "probe.pdf"),
+        G.probe_file("{backbone}", "top3.md"),
     params:
-        ckpts=lambda w: " ".join(f"--checkpoint {m}={p}" for m, p in G.probe_models(w.backbone).items()),
-        out=lambda w: G.probe_dir(w.backbone),
-        opts=(f"--n-prompts {G.config['probe']['n_prompts']} --prompt-len {G.config['probe']['prompt_len']} "
-              f"--span {G.config['probe']['span']} {G.device_arg('probe')}"),
+        args=G.probe_args,
         code=G.report_digest,
     log:
-        f"{LOGS}/probe/{{backbone}}.log",
+        G.log("probe"),
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
-        G.job_env + THREADS + "tokendrift probe {params.ckpts} --out {params.out} {params.opts} > {log} 2>&1"
+        G.job_env + "tokendrift probe {params.args} > {log} 2>&1"
 
 
 rule probe_all:
     input:
-        [f for bb in G.backbones for f in G.probe_outputs(bb)],
+        G.probe_targets,

@@ -6,53 +6,52 @@ rule pretrain_start:
     input:
         G.job_inputs,
     output:
-        f"{ROOT}/start/{{backbone}}/pretrain/done.json",
+        G.pretrain_done("{backbone}"),
     params:
-        job=lambda w: json.dumps(G.pretrain_config(w.backbone)),
-        out=lambda w: f"{ROOT}/start/{w.backbone}/pretrain",
+        args=G.pretrain_args,
         code=G.code_digest,
     log:
-        f"{LOGS}/start/{{backbone}}.log",
+        G.log("pretrain_start"),
     threads: 2
     resources:
         requeue=1,
+    conda:
+        CONDA_ENV
     shell:
-        G.job_env + THREADS + "tokendrift pretrain {wildcards.backbone} --config-json {params.job:q} --out {params.out} "
-        "--discard-stale > {log} 2>&1"
+        G.job_env + "tokendrift pretrain {params.args} > {log} 2>&1"
 
 
 rule import_start:
     input:
         G.job_inputs,
     output:
-        f"{ROOT}/start/{{backbone}}/imported/meta.json",
+        G.import_done("{backbone}"),
     params:
-        src=lambda w: G.config["start"][w.backbone]["import"],
-        source=json.dumps(G.config["source"]),
-        model=lambda w: json.dumps(G.config["start"][w.backbone].get("model", {"preset": "small"})),
-        out=lambda w: f"{ROOT}/start/{w.backbone}/imported",
+        args=G.import_args,
         code=G.code_digest,
     log:
-        f"{LOGS}/start/{{backbone}}_import.log",
+        G.log("import_start"),
     localrule: True  # a conversion of fetched files, offline like every job
+    conda:
+        CONDA_ENV
     shell:
-        G.job_env + "tokendrift checkpoint import {params.src:q} {params.out} --diffusion {wildcards.backbone} "
-        "--model-json {params.model:q} --source-json {params.source:q} > {log} 2>&1"
+        G.job_env + "tokendrift checkpoint import {params.args} > {log} 2>&1"
 
 
 rule pretrain_evaluator:
     input:
         G.job_inputs,
     output:
-        f"{ROOT}/evaluator/pretrain/metrics.json",
+        G.evaluator_done,
     params:
-        job=json.dumps(G.evaluator_config()) if "pretrain" in G.config["evaluator"] else "",
-        out=f"{ROOT}/evaluator/pretrain",
+        args=G.evaluator_args,
         code=G.code_digest,
     log:
-        f"{LOGS}/evaluator.log",
+        G.log("pretrain_evaluator"),
     threads: 2
     resources:
         requeue=1,
+    conda:
+        CONDA_ENV
     shell:
-        G.job_env + THREADS + "tokendrift pretrain evaluator --config-json {params.job:q} --out {params.out} > {log} 2>&1"
+        G.job_env + "tokendrift pretrain {params.args} > {log} 2>&1"

@@ -5,18 +5,18 @@
 
 rule train:
     input:
-        lambda w: G.start_done(w.backbone),
-        G.job_inputs,
+        G.train_inputs,
     output:
-        f"{ROOT}/train/{{backbone}}/{{model}}/seed{{seed}}/done.json",
+        G.checkpoint_done("{backbone}", "{model}", "{seed}"),
     params:
-        job=lambda w: json.dumps(G.train_config(w.backbone, w.model, int(w.seed))),
-        out=lambda w: G.train_dir(w.backbone, w.model, int(w.seed)),
+        args=G.train_args,
         code=G.code_digest,
     log:
-        f"{LOGS}/train/{{backbone}}/{{model}}/seed{{seed}}.log",
+        G.log("train"),
     threads: 1
     resources:
         requeue=1,
+    conda:
+        CONDA_ENV
     shell:
-        G.job_env + THREADS + "tokendrift train --config-json {params.job:q} --out {params.out} --discard-stale > {log} 2>&1"
+        G.job_env + "tokendrift train {params.args} > {log} 2>&1"
