@@ -252,11 +252,14 @@ def resolve_hf(src: str) -> str:
         raise TokenDriftError(f"checkpoint source {src!r}: download failed: {e}") from None
 
 
+RELEASED_PRESET = "small"  # the DiT of the released 170M MDLM and DUO checkpoints
+
+
 def import_checkpoint(
     src: str,
     dst: str,
     diffusion: str,
-    preset: str = "small",
+    preset: str = RELEASED_PRESET,
     ema: bool = True,
     source_cfg: dict | None = None,
     model_overrides: dict | None = None,
@@ -312,7 +315,7 @@ def register(sub) -> None:
     q.add_argument("src")
     q.add_argument("dst")
     q.add_argument("--diffusion", required=True, choices=["mdlm", "duo"])
-    q.add_argument("--preset", default="small")
+    q.add_argument("--preset", default=RELEASED_PRESET)
     q.add_argument("--no-ema", action="store_true", help="take state_dict weights instead of the EMA weights")
     q.add_argument(
         "--model-json",

@@ -573,9 +573,9 @@ class Grid:
 
     def import_args(self, w) -> str:
         start = self.config["start"][w.backbone]
+        model = f"--model-json {shlex.quote(json.dumps(start['model']))} " if "model" in start else ""
         return (
-            f"{shlex.quote(start['import'])} {self.import_dir(w.backbone)} --diffusion {w.backbone} "
-            f"--model-json {shlex.quote(json.dumps(start.get('model', {'preset': 'small'})))} "
+            f"{shlex.quote(start['import'])} {self.import_dir(w.backbone)} --diffusion {w.backbone} {model}"
             f"--source-json {shlex.quote(json.dumps(self.config['source']))}"
         )
 
