@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import TINY_MODEL, TINY_SOURCE, job
@@ -301,6 +302,21 @@ def test_bad_config_is_refused_and_nothing_written(tmp_path, init_mdlm, capsys, 
     rc = cli(["train", "--config", _write_cfg(tmp_path, job(init_mdlm, **over)), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.startswith("error:")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"objective": {"alpha": float("nan")}}, "objective.alpha"),
+    ({"objective": {"temperatures": [0.05, float("inf")]}}, "objective.temperatures.1"),
+    ({"objective": {"floor": float("inf")}}, "objective.floor"),
+    ({"optim": {"lr": float("nan")}}, "optim.lr"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, init_mdlm, capsys, over, key):
+    """YAML writes .nan and .inf, and a schema's bounds let NaN through: the config check refuses them."""
+    f, out = tmp_path / "cfg.yaml", tmp_path / "out"
+    f.write_text(yaml.safe_dump(job(init_mdlm, **over)))
+    rc = cli(["train", "--config", str(f), "--out", str(out)])
+    assert rc == 2 and f"{key}: must be a finite number" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from .grid import Grid, add_grid_args, grid_from_args, paper_tables
-from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, figure_bytes, read_json
 
 METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl")
 DASH = "—"
@@ -747,12 +747,11 @@ FIGURE_TEXT = {
 
 def _save(fig, name: str, g: Grid) -> None:
     """PNG and PDF, and an HTML page holding the PNG for the report's front page."""
-    for path in (g.figure_file(name, "png"), g.figure_file(name, "pdf")):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=path.rsplit(".", 1)[1], bbox_inches="tight", dpi=150)
-        atomic_write_bytes(path, buf.getvalue())
-        if path.endswith(".png"):
-            img = base64.b64encode(buf.getvalue()).decode()
+    for ext in ("png", "pdf"):
+        path, data = g.figure_file(name, ext), figure_bytes(fig, ext)
+        atomic_write_bytes(path, data)
+        if ext == "png":
+            img = base64.b64encode(data).decode()
             body = (
                 f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{img}">'
                 f"<figcaption><p>{_html_inline(FIGURE_TEXT[name])}</p></figcaption></figure>"

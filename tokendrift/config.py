@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,24 @@ def validate_schema(sch: dict, instance: Any, what: str, prefix: str = "") -> di
         where = _path(e, prefix)
         msg = "unknown key" if where.endswith("unknown key") else e.message
         raise TokenDriftError(f"{what}: {where.removesuffix(': unknown key')}: {msg}")
+    bad = _non_finite(filled, [prefix] if prefix else [])
+    if bad:
+        where, value = bad
+        raise TokenDriftError(f"{what}: {where}: must be a finite number, got {value}")
     return filled
+
+
+def _non_finite(node: Any, path: list[str]) -> tuple[str, float] | None:
+    """The first NaN or infinity of a config: YAML writes them (.nan, .inf) and a schema's
+    bounds let them through (NaN compares false with every bound)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return ".".join(path), node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found = _non_finite(value, [*path, str(key)])
+        if found:
+            return found
+    return None
 
 
 def load_file(path: str | Path) -> dict:

@@ -28,7 +28,6 @@ from the prompt, one line per checkpoint, mean with a 10-90 percentile band), OU
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -36,7 +35,7 @@ import torch
 
 from . import config as configlib
 from .checkpoint import open_checkpoint
-from .utils import TokenDriftError, atomic_dir, resolve_device
+from .utils import TokenDriftError, atomic_dir, figure_bytes, resolve_device
 
 OPTIONS = configlib.defaults("probe")  # tokendrift/schemas/probe.schema.yaml
 
@@ -240,9 +239,7 @@ def write_probe(checkpoints: dict[str, str], out: str, **kw) -> dict:
     with atomic_dir(out) as tmp:
         (tmp / "probe.json").write_text(json.dumps(results, indent=1) + "\n")
         for ext in ("png", "pdf"):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
-            (tmp / f"probe.{ext}").write_bytes(buf.getvalue())
+            (tmp / f"probe.{ext}").write_bytes(figure_bytes(fig, ext))
         (tmp / "top3.md").write_text(top3_table(results))
     plt.close(fig)
     return results

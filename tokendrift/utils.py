@@ -20,6 +20,17 @@ class TokenDriftError(Exception):
     """
 
 
+def figure_bytes(fig, ext: str) -> bytes:
+    """A matplotlib figure as PNG or PDF, the same bytes on every rerun (no creation date in the PDF)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(
+        buf, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None
+    )
+    return buf.getvalue()
+
+
 def resolve_device(device: str) -> str:
     """A job's ``device`` option: "auto" is cuda when a GPU is visible, else cpu."""
     if device != "auto":
