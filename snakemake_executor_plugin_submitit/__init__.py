@@ -32,6 +32,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.settings import (
     CommonSettings,
+    DeploymentMethod,
     ExecutorSettingsBase,
 )
 from submitit import AutoExecutor
@@ -141,8 +142,8 @@ class ExecutorSettings(ExecutorSettingsBase):
     direct_shell: bool = field(
         default=False,
         metadata={
-            "help": "Run plain shell: rules (no conda/container/env-modules, benchmark, "
-            "shadow or tmpdir use) without the inner 'python -m snakemake': the main "
+            "help": "Run plain shell: rules (no conda/container/env-modules in use under --sdm, "
+            "benchmark, shadow or tmpdir) without the inner 'python -m snakemake': the main "
             "process prepares the job's outputs and the task runs the formatted shell "
             "command with Snakemake's strict bash mode and thread variables. Saves the "
             "inner Snakemake start-up (seconds per job); inputs are not waited for on the "
@@ -278,7 +279,7 @@ class Executor(RemoteExecutor):
                     f"rule {rule}: resources tasks_per_node/nodes ask for "
                     f"{num_tasks(params)} processes; ranks > 0 run the rule's shell "
                     "command directly, so the rule needs a plain shell: command (no group, "
-                    "conda/container/env-modules, benchmark, shadow or tmpdir)"
+                    "conda/container/env-modules in use under --sdm, benchmark, shadow or tmpdir)"
                 )
             worker = self.direct_command(job, cpus)
         if self.settings.direct_shell and self.direct_eligible(job):
@@ -300,14 +301,20 @@ class Executor(RemoteExecutor):
         key = json.dumps([cls.__name__, params], sort_keys=True, default=str)
         return key, params, fn
 
-    @staticmethod
-    def direct_eligible(job: JobExecutorInterface) -> bool:
-        """A job whose rule's formatted shell command can run without Snakemake."""
+    def direct_eligible(self, job: JobExecutorInterface) -> bool:
+        """A job whose rule's formatted shell command can run without Snakemake. A rule's conda
+        environment, container or environment modules count only under the deployment method
+        that uses them (--sdm conda, apptainer, env-modules): otherwise Snakemake ignores them too."""
         if job.is_group() or not job.rule.shellcmd or "tmpdir" in job.rule.shellcmd:
             return False
         if job.benchmark or job.is_shadow or job.is_norun:
             return False
-        return not (job.conda_env_spec or job.container_img_url or job.env_modules)
+        used = self.workflow.deployment_settings.deployment_method
+        return not (
+            (DeploymentMethod.CONDA in used and job.conda_env_spec)
+            or (DeploymentMethod.APPTAINER in used and job.container_img_url)
+            or (DeploymentMethod.ENV_MODULES in used and job.env_modules)
+        )
 
     def direct_command(self, job: JobExecutorInterface, cpus: int) -> str:
         """The job's shell command as Snakemake's shell() would run it: the workflow's

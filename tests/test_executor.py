@@ -134,6 +134,21 @@ def test_rerun_runs_only_missing(workflow):
     assert len(logs) == 2 and not any("SNAKEMAKE" in p.read_text() for p in logs)
 
 
+def test_a_conda_directive_without_conda_deployment_keeps_the_direct_shell(tmp_path):
+    """Snakemake ignores a rule's conda: unless --sdm conda is given, and so does the direct shell:
+    a rule with an environment still runs without an inner Snakemake, and with several ranks."""
+    (tmp_path / "env.yaml").write_text("channels: [conda-forge]\ndependencies: [python]\n")
+    (tmp_path / "Snakefile").write_text(
+        'rule ddp:\n    output: "ddp.txt"\n    conda: "env.yaml"\n    resources: tasks_per_node=2\n'
+        '    shell: "echo $RANK >> ranks.log; if [ $RANK = 0 ]; then echo ok > {output}; fi"\n'
+    )
+    r = _snakemake(tmp_path, "-j", "1", "--submitit-direct-shell", "--submitit-keep-logs")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted((tmp_path / "ranks.log").read_text().split()) == ["0", "1"]
+    logs = list((tmp_path / ".snakemake" / "submitit").glob("*/*_log.err"))
+    assert logs and not any("SNAKEMAKE" in p.read_text() for p in logs)
+
+
 def _tree_marked(marker):
     found = []
     for p in psutil.process_iter(["cmdline"]):
