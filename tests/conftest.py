@@ -23,6 +23,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+CI = REPO / "tests" / "configs" / "ci.yaml"
+PAPER = REPO / "workflow" / "config" / "paper.yaml"
 
 
 @pytest.fixture(autouse=True)

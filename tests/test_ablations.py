@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import planned_jobs
+from tests.conftest import CI, REPO, SCHEMA, planned_jobs
 from tests.conftest import snakemake as snakemake_dry
 from tokendrift.config import load_file
 from tokendrift.grid import FIGURES, Grid, Unit
 from tokendrift.utils import TokenDriftError
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-CI = REPO / "tests" / "configs" / "ci.yaml"
 OWN = REPO / "tests" / "configs" / "own_table.yaml"
 
 

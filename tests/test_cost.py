@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import PAPER, REPO, SCHEMA
 from tokendrift import cost
 from tokendrift.config import load_file
 from tokendrift.grid import Grid
 from tokendrift.utils import TokenDriftError
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-PAPER = REPO / "workflow" / "config" / "paper.yaml"
 PROFILE = REPO / "profiles" / "slurm" / "profile.yaml"
 DRY = REPO / "bench" / "results" / "gpu_dry_cpu.json"
 

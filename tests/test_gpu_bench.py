@@ -7,16 +7,14 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from bench import gpu
+from tests.conftest import REPO
 from tokendrift import cost
 from tokendrift.config import load_file
 from tokendrift.grid import Grid
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

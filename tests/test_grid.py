@@ -8,18 +8,13 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import planned_jobs, snakemake
+from tests.conftest import PAPER, REPO, SCHEMA, planned_jobs, snakemake
 from tokendrift.grid import Grid
 from tokendrift.utils import TokenDriftError
-
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-PAPER = REPO / "workflow" / "config" / "paper.yaml"
 
 # The paper's grid (docs/grid.md), written out independently of tokendrift/paper_grid.yaml:
 # (backbone, run) -> (steps, the options that make the run what it is)

@@ -4,15 +4,12 @@ runs the paper's code path and not a second one."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
+from tests.conftest import REPO, SCHEMA
 from tokendrift.grid import Grid, paper_tables
 
-REPO = Path(__file__).resolve().parents[1]
 PAPER, MINI = REPO / "workflow/config/paper.yaml", REPO / "tests/configs/paper_mini.yaml"
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
 MODEL_SIZES = {f"start.{bb}.model.{k}" for bb in ("mdlm", "duo")
                for k in ("vocab_size", "hidden_size", "n_blocks", "n_heads", "cond_dim")}

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CI, REPO
 from tokendrift.config import load_file
 from tokendrift.grid import Grid, Unit
-
-REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "tests" / "configs" / "ci.yaml"
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 BIN = Path(sys.executable).parent
 
 # What Snakemake makes of a command line: its own parser, with profiles and the workflow profile.

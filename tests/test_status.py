@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CI, REPO, SCHEMA
 from tokendrift import cli
 from tokendrift.config import load_file
 from tokendrift.grid import FIGURES, Grid, Unit
 from tokendrift.status import chain, study_status
-
-REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "tests" / "configs" / "ci.yaml"
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from .data import make_source
 from .diffusion import make_diffusion
 from .fetch import provenance
 from .model import DiT, DiTConfig
-from .utils import TokenDriftError, atomic_dir, file_digest, read_json, resolve_device
+from .utils import TokenDriftError, atomic_dir, file_digest, read_json
 
 
 class CheckpointError(TokenDriftError):
@@ -222,9 +222,9 @@ class OpenCheckpoint(NamedTuple):
 
 
 def open_checkpoint(path, *, weights: str = "ema", device: str = "cpu") -> OpenCheckpoint:
-    """The DiT of a model folder with its diffusion process and data source (``device`` "auto"
-    is cuda when one is visible)."""
-    model, meta = load_model_dir(path, weights=weights, device=resolve_device(device))
+    """The DiT of a model folder on ``device`` (resolved by the caller, which also draws its noise
+    there: tokendrift.utils.resolve_device), with its diffusion process and data source."""
+    model, meta = load_model_dir(path, weights=weights, device=device)
     return OpenCheckpoint(
         model, meta, make_diffusion(meta["diffusion"], model.config.vocab_size), make_source(meta["source"])
     )

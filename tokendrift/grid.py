@@ -592,9 +592,13 @@ class Grid:
             "--discard-stale"
         )
 
+    def sample_dirs(self, u: Unit) -> list[Path]:
+        """A unit's sample folders, one per cell."""
+        return [self.sample_dir(u, t, n) for t, n in self.cells(u)]
+
     def sample_files(self, u: Unit) -> list[str]:
         """What says a unit's sample folders are complete: their meta.json, written last."""
-        return [str(self.sample_dir(u, t, n) / "meta.json") for t, n in self.cells(u)]
+        return [str(d / "meta.json") for d in self.sample_dirs(u)]
 
     def sample_outputs(self, start: bool) -> list[str]:
         return self.sample_files(START_WILDCARDS if start else WILDCARDS)
@@ -632,7 +636,7 @@ class Grid:
         """A checkpoint's sample folders under the evaluator, then its held-out NELBO."""
         u = self.unit(w)
         return (
-            " ".join(str(self.sample_dir(u, t, n)) for t, n in self.cells(u))
+            " ".join(map(str, self.sample_dirs(u)))
             + f" --evaluator {shlex.quote(self.evaluator())} {self.job_options('score')} "
             f"{self.job_options('nelbo', prefix='nelbo_')} --checkpoint {self.unit_checkpoint(u)} "
             f"--nelbo-seed {u.seed}"
