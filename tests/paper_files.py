@@ -1,5 +1,5 @@
-"""Files in the formats the paper run downloads, made small: an OpenWebText-like corpus as
-parquet shards with a ``text`` column, a GPT-2-format tokenizer trained by ``tokenizers`` and
+"""Files in the formats the paper run downloads, made small: an OpenWebText-like corpus in the
+original release's layout (nested tar and xz archives) and as parquet shards with a ``text`` column, a GPT-2-format tokenizer trained by ``tokenizers`` and
 saved as the Hub's files are, a GPT-2 evaluator saved with ``save_pretrained``, and start
 checkpoints as MDLM and DUO release them (a Hugging Face folder with ``backbone.*`` keys, and
 a Lightning ``.ckpt`` with ``state_dict`` and the EMA's ``shadow_params``).
@@ -41,18 +41,77 @@ def corpus_texts(n_docs: int, seed: int = 0, min_words: int = 40, max_words: int
 
 
 def write_corpus(folder, n_docs: int, shards: int = 3, seed: int = 0) -> list[str]:
-    """``folder/data/train-0000k-of-0000n.parquet`` shards with a ``text`` column, as
-    Skylion007/openwebtext lays them out; returns the documents in order."""
+    """``folder/data/train-0000k-of-0000n.parquet`` shards with a ``text`` column, as the parquet
+    conversions of Skylion007/openwebtext lay them out; returns the documents in order."""
+    texts = corpus_texts(n_docs, seed)
+    write_parquet(folder, texts, shards)
+    return texts
+
+
+def write_parquet(folder, texts: list[str], shards: int = 3) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    texts = corpus_texts(n_docs, seed)
     data = Path(folder) / "data"
     data.mkdir(parents=True, exist_ok=True)
-    bounds = np.linspace(0, n_docs, shards + 1).astype(int)
+    bounds = np.linspace(0, len(texts), shards + 1).astype(int)
     for k in range(shards):
         table = pa.table({"text": texts[bounds[k]:bounds[k + 1]]})
         pq.write_table(table, data / f"train-{k:05d}-of-{shards:05d}.parquet")
+
+
+def raw_document(text: str) -> str:
+    """A document as the original release stores it, before openwebtext.py's normalization:
+    paragraph breaks of more than two newlines, whitespace around it."""
+    return "\n  " + text.replace("\n\n", "\n\n\n\n", 1) + " \n\n"
+
+
+def _tar_member(tar, name: str, data: bytes | None = None) -> None:
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    if data is None:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    else:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_corpus_tar(folder, n_docs: int, subsets: int = 3, xz_per_subset: int = 2, seed: int = 0) -> list[str]:
+    """OpenWebText in its original layout, made small: ``folder/subsets/urlsf_subsetNN.tar``, each
+    an uncompressed tar of ``.xz`` files that each hold a tar of ``.txt`` documents, as the 21
+    archives of Skylion007/openwebtext do (names after the original release: members
+    ``openwebtext/urlsf_subsetNN-K_data.xz``, documents ``NNNNNNN-<hash>.txt``; only the suffixes
+    matter to the reader). Members are added out of name order (the reader keeps archive order),
+    with a folder entry, a hidden ``._`` file and a non-.txt member the loading script skips.
+    Returns the documents in the loading script's order, normalized as it normalizes them
+    (each has a paragraph break; the stored text has extra newlines and surrounding whitespace)."""
+    import hashlib
+    import io
+    import lzma
+    import tarfile
+
+    texts = [t.replace(". ", ".\n\n", 1) for t in corpus_texts(n_docs, seed)]
+    out = Path(folder) / "subsets"
+    out.mkdir(parents=True, exist_ok=True)
+    chunks = np.array_split(np.arange(n_docs), subsets * xz_per_subset)
+    for k in range(subsets):
+        with tarfile.open(out / f"urlsf_subset{k:02d}.tar", "w", format=tarfile.GNU_FORMAT) as outer:
+            _tar_member(outer, "openwebtext")
+            for j in range(xz_per_subset):
+                docs = chunks[k * xz_per_subset + j]
+                buf = io.BytesIO()
+                with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as inner:
+                    for i in docs:
+                        digest = hashlib.md5(texts[i].encode()).hexdigest()
+                        _tar_member(inner, f"{9_999_999 - int(i):07d}-{digest}.txt", raw_document(texts[i]).encode())
+                    _tar_member(inner, "README", b"not a document")
+                name = f"openwebtext/urlsf_subset{k:02d}-{xz_per_subset - j}_data.xz"
+                if j == 0:
+                    _tar_member(outer, "openwebtext/._" + name.split("/")[1], b"resource fork")
+                _tar_member(outer, name, lzma.compress(buf.getvalue()))
     return texts
 
 
@@ -139,7 +198,7 @@ def write_paper_files(root, n_docs: int = 240, tokenizer_vocab: int = 512, model
     """Every file the paper run downloads, made small, under ``root`` (the names
     tests/configs/paper_mini.yaml points to)."""
     root = Path(root)
-    texts = write_corpus(root / "owt", n_docs)
+    texts = write_corpus_tar(root / "owt", n_docs)
     tok = write_gpt2_tokenizer(root / "gpt2", texts, tokenizer_vocab)
     write_gpt2_evaluator(root / "gpt2-large", tok)
     cfg = model_cfg or {"preset": "small", "vocab_size": len(tok) + 1, "hidden_size": 32, "n_blocks": 2,

@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+from . import owt
 from .prepare import hub_data_files, local_data_files, manifest_record, normalize
 from .utils import TokenDriftError, atomic_write_json, file_digest, read_json
 
@@ -41,7 +42,11 @@ def _commit(folder: Path) -> str | None:
     return folder.name if folder.parent.name == "snapshots" else None
 
 
-def fetch_dataset(source: dict) -> dict:
+def fetch_dataset(source: dict, api=None) -> dict:
+    """The dataset's files (a local copy, or a Hub revision into the cache) and their document
+    count, checked against ``source.n_docs``. A Hub revision is listed first (``api``: a
+    ``huggingface_hub.HfApi``, made here by default): it must be a commit SHA that holds the
+    layout's files, or nothing is downloaded."""
     cfg = normalize(source)
     if cfg["kind"] != "openwebtext":
         raise TokenDriftError(f"source.kind: {cfg['kind']!r} has no dataset to fetch")
@@ -50,23 +55,39 @@ def fetch_dataset(source: dict) -> dict:
         root = Path(cfg["path"]) if Path(cfg["path"]).is_dir() else Path(cfg["path"]).parent
         where = {"origin": "local", "path": str(Path(cfg["path"]).resolve())}
     else:
-        root, files = hub_data_files(cfg, offline=os.environ.get("HF_HUB_OFFLINE") == "1")
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        listed = None if offline else owt.check_hub_revision(cfg, api)[1]
+        root, files = hub_data_files(cfg, offline=offline)
+        missing = sorted(set(listed or []) - {f.relative_to(root).as_posix() for f in files})
+        if missing:
+            raise TokenDriftError(f"source: the download of {cfg['name']}@{cfg['revision']} lacks {missing[:3]}")
         where = {
             "origin": "hub",
             "repo": cfg["name"],
             "repo_type": "dataset",
             "revision": cfg["revision"],
             "commit": _commit(root),
+            "layout": cfg["layout"],
         }
-    import pyarrow.parquet as pq
-
-    n_docs = sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files[0].suffix == ".parquet" else None
+    n_docs = count_documents(cfg, files)
     if cfg["n_docs"] is not None and n_docs is not None and n_docs != cfg["n_docs"]:
         raise TokenDriftError(
             f"source.n_docs: the config expects {cfg['n_docs']} documents, the fetched files of "
             f"{cfg['path'] or cfg['name']} hold {n_docs}"
         )
     return {"item": "dataset", **where, "files": _files(root, files), "n_docs": n_docs}
+
+
+def count_documents(cfg: dict, files: list[Path]) -> int | None:
+    """The documents of the fetched files: parquet from its metadata, the tar layout by reading
+    every archive (``num_proc`` at a time); None for other formats (the data stage counts them)."""
+    if cfg["layout"] == "tar":
+        return owt.count_tar_documents(files, cfg["num_proc"])
+    if files[0].suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return None
 
 
 def fetch_pretrained(name: str, item: str, patterns: list[str]) -> dict:

@@ -25,16 +25,18 @@ and the writer keeps their order.
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import config as configlib
+from . import owt
+from .owt import DATA_FORMATS
 from .utils import TokenDriftError, atomic_dir, config_digest, file_digest, read_json
 
 # the schema's keys that each kind uses (a source config keeps only these)
@@ -56,6 +58,7 @@ KIND_KEYS = {
         "seed",
         "length",
         "name",
+        "layout",
         "revision",
         "data_files",
         "n_docs",
@@ -66,15 +69,6 @@ KIND_KEYS = {
         "num_proc",
     },
     "textdir": {"kind", "seed", "length", "path", "tokenizer_vocab_size", "n_valid_docs", "cache_dir", "num_proc"},
-}
-# data file formats that datasets.load_dataset reads without a loading script
-DATA_FORMATS = {
-    ".parquet": "parquet",
-    ".arrow": "arrow",
-    ".json": "json",
-    ".jsonl": "json",
-    ".json.gz": "json",
-    ".jsonl.gz": "json",
 }
 BATCH_DOCS = 1000  # documents tokenized and written at a time
 FETCH_TARGET = "fetch"  # the Snakemake target that downloads what the compute jobs read offline
@@ -121,26 +115,14 @@ def data_file_format(name: str) -> str | None:
     return None
 
 
-def check_data_files(names: list[str], where: str, pattern: str | None) -> list[str]:
-    """The data files among ``names`` (relative paths) that match ``pattern``; a loading script
-    without data files is refused at once."""
-    data = sorted(n for n in names if data_file_format(n) and (pattern is None or fnmatch.fnmatch(n, pattern)))
-    if data:
-        formats = {data_file_format(n) for n in data}
-        if len(formats) > 1:
-            raise TokenDriftError(f"source.data_files: {where} mixes formats {sorted(formats)}; set data_files to one")
-        return data
-    scripts = sorted(n for n in names if n.endswith(".py"))
-    if scripts:
-        raise TokenDriftError(
-            f"source: {where} is a script-only dataset ({', '.join(scripts)}; no parquet, json or arrow data files"
-            f"{' matching ' + repr(pattern) if pattern else ''}). The datasets library no longer runs loading "
-            "scripts and this project never runs downloaded code: name a copy stored as data files (the paper "
-            "config uses Skylion007/openwebtext, data/train-*.parquet), or convert it yourself and set source.path"
-        )
-    raise TokenDriftError(
-        f"source.data_files: no parquet, json or arrow files in {where}{' match ' + repr(pattern) if pattern else ''}"
-    )
+def check_data_files(names: list[str], where: str, pattern: str | None, layout: str = "data_files") -> list[str]:
+    """The files among ``names`` (relative paths) that ``layout`` reads, in reading order; stops
+    at once, naming what ``where`` holds, when there are none (a loading script is never run)."""
+    data = owt.check_files(names, where, layout, pattern)
+    formats = {data_file_format(n) for n in data} if layout == "data_files" else set()
+    if len(formats) > 1:
+        raise TokenDriftError(f"source.data_files: {where} mixes formats {sorted(formats)}; set data_files to one")
+    return data
 
 
 def local_data_files(cfg: dict) -> list[Path]:
@@ -149,10 +131,10 @@ def local_data_files(cfg: dict) -> list[Path]:
     if not p.exists():
         raise TokenDriftError(f"source.path: dataset not found: {p}")
     if p.is_file():
-        check_data_files([p.name], str(p), None)
+        check_data_files([p.name], str(p), None if cfg["layout"] == "data_files" else "*", cfg["layout"])
         return [p]
     names = [f.relative_to(p).as_posix() for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
-    return [p / n for n in check_data_files(names, str(p), cfg["data_files"])]
+    return [p / n for n in check_data_files(names, str(p), cfg["data_files"], cfg["layout"])]
 
 
 def hub_snapshot(repo_id: str, repo_type: str, revision: str, allow_patterns=None, offline: bool = True) -> Path:
@@ -174,11 +156,16 @@ def hub_snapshot(repo_id: str, repo_type: str, revision: str, allow_patterns=Non
 
 
 def hub_data_files(cfg: dict, offline: bool = True) -> tuple[Path, list[Path]]:
-    folder = hub_snapshot(cfg["name"], "dataset", cfg["revision"], cfg["data_files"], offline=offline)
+    pattern = cfg["data_files"] or (owt.TAR_FILES if cfg["layout"] == "tar" else None)
+    folder = hub_snapshot(cfg["name"], "dataset", cfg["revision"], pattern, offline=offline)
     names = [f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()]
-    return folder, [
-        folder / n for n in check_data_files(names, f"dataset {cfg['name']}@{cfg['revision']}", cfg["data_files"])
-    ]
+    where = f"dataset {cfg['name']}@{cfg['revision']}"
+    return folder, [folder / n for n in check_data_files(names, where, cfg["data_files"], cfg["layout"])]
+
+
+def corpus_files(cfg: dict) -> list[Path]:
+    """The data files of an openwebtext source: under ``source.path``, or in the Hub cache."""
+    return local_data_files(cfg) if cfg["path"] else hub_data_files(cfg)[1]
 
 
 def load_corpus(cfg: dict):
@@ -190,7 +177,7 @@ def load_corpus(cfg: dict):
     if p is not None and p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
         ds, files = datasets.load_from_disk(str(p)), sorted(p.glob("*.arrow"))
     else:
-        files = local_data_files(cfg) if p is not None else hub_data_files(cfg)[1]
+        files = corpus_files(cfg)
         try:
             ds = datasets.load_dataset(
                 data_file_format(files[0].name), data_files=[str(f) for f in files], split="train"
@@ -253,21 +240,25 @@ def load_tokenizer(cfg: dict, texts=None):
 _worker: dict = {}
 
 
-def _init_worker(tok_dir: str, cfg: dict) -> None:
+def _init_worker(tok_dir: str, cfg: dict, arrow_dir: str | None) -> None:
     from transformers import PreTrainedTokenizerFast
 
     _worker["tok"] = PreTrainedTokenizerFast.from_pretrained(tok_dir)
-    _worker["docs"] = _Docs(cfg)
+    _worker["docs"] = _Docs(cfg, arrow_dir)
 
 
 class _Docs:
-    """Random access to the corpus's documents by range (the dataset, or the .txt files)."""
+    """Random access to the corpus's documents by range (the dataset, or the .txt files). The
+    tar layout is read once into Arrow files under ``arrow_dir`` (``owt.tar_to_arrow``)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, arrow_dir: str | os.PathLike | None = None):
+        self.texts, self.ds = None, None
         if cfg["kind"] == "textdir":
-            self.texts, self.ds = list(_read_texts(text_files(cfg))), None
+            self.texts = list(_read_texts(text_files(cfg)))
+        elif cfg["layout"] == "tar":
+            self.ds = owt.arrow_corpus(sorted(Path(arrow_dir).glob("*.arrow")))
         else:
-            self.ds, self.texts = load_corpus(cfg)[0], None
+            self.ds = load_corpus(cfg)[0]
 
     def __len__(self) -> int:
         return len(self.ds) if self.ds is not None else len(self.texts)
@@ -294,7 +285,7 @@ def _tokenize_range(args) -> np.ndarray:
 
 
 def _stream(
-    tok, tok_dir: Path, cfg: dict, docs: _Docs, ranges: list[tuple[int, int]], dtype, out: Path, progress
+    tok, tok_dir: Path, cfg: dict, docs: _Docs, ranges: list[tuple[int, int]], dtype, out: Path, progress, arrow_dir
 ) -> int:
     """Tokenize the document ranges in order and append them to ``out``; returns the token count."""
     n = 0
@@ -303,7 +294,7 @@ def _stream(
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")  # no fork of a process holding Rust tokenizer threads
-            with ctx.Pool(cfg["num_proc"], initializer=_init_worker, initargs=(str(tok_dir), cfg)) as pool:
+            with ctx.Pool(cfg["num_proc"], initializer=_init_worker, initargs=(str(tok_dir), cfg, arrow_dir)) as pool:
                 for arr in pool.imap(_tokenize_range, [(a, b, dtype) for a, b in ranges]):
                     f.write(arr.tobytes())
                     n += len(arr)
@@ -332,26 +323,32 @@ def prepare(cfg: dict, *, manifest: str | None = None, progress: bool | None = N
     if (out / "meta.json").exists():
         return read_json(out / "meta.json", "prepared data meta")
     t0 = time.perf_counter()
-    docs = _Docs(cfg)
-    n_docs, n_valid = len(docs), cfg["n_valid_docs"]
-    if cfg["kind"] == "openwebtext" and cfg["n_docs"] is not None and n_docs != cfg["n_docs"]:
-        raise TokenDriftError(
-            f"source.n_docs: the config expects {cfg['n_docs']} documents, "
-            f"{cfg['path'] or cfg['name']} has {n_docs} (another copy or revision?)"
-        )
-    if n_docs <= n_valid:
-        raise TokenDriftError(f"source.n_valid_docs: {n_valid} leaves no training documents (the corpus has {n_docs})")
     with atomic_dir(out) as tmp:
+        arrow_dir = None
+        if cfg["kind"] == "openwebtext" and cfg["layout"] == "tar":  # read once, by our own code
+            arrow_dir = str(tmp / "_corpus")
+            owt.tar_to_arrow(corpus_files(cfg), Path(arrow_dir), cfg["num_proc"])
+        docs = _Docs(cfg, arrow_dir)
+        n_docs, n_valid = len(docs), cfg["n_valid_docs"]
+        if cfg["kind"] == "openwebtext" and cfg["n_docs"] is not None and n_docs != cfg["n_docs"]:
+            raise TokenDriftError(
+                f"source.n_docs: the config expects {cfg['n_docs']} documents, "
+                f"{cfg['path'] or cfg['name']} has {n_docs} (another copy or revision?)"
+            )
+        if n_docs <= n_valid:
+            raise TokenDriftError(
+                f"source.n_valid_docs: {n_valid} leaves no training documents (the corpus has {n_docs})"
+            )
         tok = load_tokenizer(cfg, docs.texts)
         tok.save_pretrained(tmp / "tokenizer")
         dtype = np.uint16 if len(tok) <= 2**16 else np.uint32
         bar = tqdm(total=None, unit="tok", unit_scale=True, desc="prepare", disable=progress is False, mininterval=5.0)
-        n_train = _stream(
-            tok, tmp / "tokenizer", cfg, docs, _ranges(0, n_docs - n_valid), dtype, tmp / "train.bin", bar.update
-        )
-        n_valid_tok = _stream(
-            tok, tmp / "tokenizer", cfg, docs, _ranges(n_docs - n_valid, n_docs), dtype, tmp / "valid.bin", bar.update
-        )
+        args = (tok, tmp / "tokenizer", cfg, docs)
+        n_train = _stream(*args, _ranges(0, n_docs - n_valid), dtype, tmp / "train.bin", bar.update, arrow_dir)
+        n_valid_tok = _stream(*args, _ranges(n_docs - n_valid, n_docs), dtype, tmp / "valid.bin", bar.update, arrow_dir)
+        del docs, args
+        if arrow_dir is not None:
+            shutil.rmtree(arrow_dir)
         bar.close()
         L = cfg["length"]
         meta = {
