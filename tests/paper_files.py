@@ -159,19 +159,60 @@ def released_state(diffusion: str, model_cfg: dict, seed: int = 0):
     return model, model.state_dict()
 
 
+def release_config_classes():
+    """The config classes the releases' config.json files come from, with their key names and
+    defaults: kuleshov-group/mdlm-owt's MDLMConfig (kuleshov-group/mdlm models/hf/
+    configuration_mdlm.py; a public copy: denaxen/discrete-diffusion-guidance) and DUO's Hub
+    release's DUOConfig (remote code on the Hub, not in s-sahoo/duo; public copies of it, e.g.
+    "adapted from https://github.com/s-sahoo/duo", keep these names and defaults). Their
+    ``save_pretrained`` writes config.json as the Hub files are written."""
+    from transformers import PretrainedConfig
+
+    class MDLMConfig(PretrainedConfig):
+        model_type = "mdlm"
+
+        def __init__(self, vocab_size=50258, model_length=1024, hidden_dim=768, cond_dim=129, n_blocks=12,
+                     n_heads=12, dropout=0.1, time_conditioning=False, **kwargs):
+            super().__init__(**kwargs)
+            self.vocab_size, self.model_length, self.hidden_dim, self.cond_dim = vocab_size, model_length, hidden_dim, cond_dim
+            self.n_blocks, self.n_heads, self.dropout = n_blocks, n_heads, dropout
+            self.time_conditioning = time_conditioning
+
+    class DUOConfig(PretrainedConfig):
+        model_type = "duo"
+
+        def __init__(self, vocab_size=50258, model_length=1024, causal=False, hidden_dim=768, cond_dim=129,
+                     n_blocks=12, n_heads=12, dropout=0.1, var_min=True, **kwargs):
+            super().__init__(**kwargs)
+            self.causal, self.vocab_size, self.model_length = causal, vocab_size, model_length
+            self.hidden_dim, self.cond_dim, self.n_blocks, self.n_heads = hidden_dim, cond_dim, n_blocks, n_heads
+            self.dropout, self.var_min = dropout, var_min
+
+    return {"mdlm": MDLMConfig, "duo": DUOConfig}
+
+
+def write_release_config(folder, diffusion: str, model_cfg, **changes) -> dict:
+    """``folder/config.json`` of a DiT config as the release of ``diffusion`` writes it (its
+    class's key names; ``changes`` overrides or adds keys); returns the JSON."""
+    c = model_cfg
+    keys = dict(vocab_size=c.vocab_size, model_length=c.length, hidden_dim=c.hidden_size, cond_dim=c.cond_dim,
+                n_blocks=c.n_blocks, n_heads=c.n_heads, dropout=c.dropout,
+                architectures=[diffusion.upper()], **({"time_conditioning": c.time_conditioning}
+                                                      if diffusion == "mdlm" else {}))
+    release_config_classes()[diffusion](**{**keys, **changes}).save_pretrained(folder)
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
 def write_hf_release(folder, diffusion: str, model_cfg: dict, seed: int = 0) -> dict:
-    """A Hugging Face model folder as kuleshov-group/mdlm-owt publishes one: ``config.json``
-    and ``model.safetensors`` whose keys carry the ``backbone.`` prefix."""
+    """A Hugging Face model folder as kuleshov-group/mdlm-owt (and DUO's release) publish one:
+    ``config.json`` in the release's key names and ``model.safetensors`` whose keys carry the
+    ``backbone.`` prefix."""
     from safetensors.torch import save_file
 
     model, state = released_state(diffusion, model_cfg, seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    c = model.config
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": diffusion, "architectures": [diffusion.upper()], "vocab_size": c.vocab_size,
-        "model_length": c.length, "hidden_dim": c.hidden_size, "cond_dim": c.cond_dim, "n_blocks": c.n_blocks,
-        "n_heads": c.n_heads, "dropout": c.dropout, "time_conditioning": c.time_conditioning}, indent=2))
+    write_release_config(folder, diffusion, model.config)
     save_file({f"backbone.{k}": v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
     return state
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import posixpath
 import types
 from pathlib import Path
 from typing import NamedTuple
@@ -233,45 +234,145 @@ def open_checkpoint(path, *, weights: str = "ema", device: str = "cpu") -> OpenC
 # --------------------------------------------------------------------------- command line
 
 
-def resolve_hf(src: str) -> str:
-    """``hf:OWNER/REPO/FILE`` -> the local path of that file, downloaded into the HF cache."""
-    if not str(src).startswith("hf:"):
-        return src
+def _hf_parts(src: str) -> tuple[str, str]:
     parts = str(src)[3:].split("/")
     if len(parts) < 3:
         raise TokenDriftError(f"checkpoint source {src!r}: expected hf:OWNER/REPO/FILE")
-    from huggingface_hub import hf_hub_download
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _hf_error(src: str, e: Exception) -> TokenDriftError:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from .prepare import offline_hint
+
+        return TokenDriftError(f"checkpoint source {src!r}: " + offline_hint("this file"))
+    return TokenDriftError(f"checkpoint source {src!r}: download failed: {e}")
+
+
+def resolve_hf(src: str) -> str:
+    """``hf:OWNER/REPO/FILE`` -> the local path of that file, downloaded into the HF cache; a
+    ``.safetensors`` file's ``config.json`` beside it in the repository comes with it (into the
+    same snapshot folder), where the repository has one."""
+    if not str(src).startswith("hf:"):
+        return src
+    repo, name = _hf_parts(src)
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     try:
-        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+        path = hf_hub_download(repo, name)
     except Exception as e:  # network, missing repo/file, auth: all reported as bad input
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            from .prepare import offline_hint
+        raise _hf_error(src, e) from None
+    if not name.endswith(".safetensors"):
+        return path
+    config = posixpath.join(posixpath.dirname(name), "config.json")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        cached = try_to_load_from_cache(repo, config)
+        if cached is None:  # neither fetched nor known to be absent
+            raise _hf_error(f"hf:{repo}/{config}", FileNotFoundError(config))
+    else:
+        try:
+            hf_hub_download(repo, config)
+        except RemoteEntryNotFoundError:
+            pass  # the repository has no config.json: the model config decides (import_checkpoint)
+        except Exception as e:
+            raise _hf_error(f"hf:{repo}/{config}", e) from None
+    return path
 
-            raise TokenDriftError(f"checkpoint source {src!r}: " + offline_hint("this file")) from None
-        raise TokenDriftError(f"checkpoint source {src!r}: download failed: {e}") from None
+
+RELEASED_PRESET = "small"  # the DiT of the released 170M MDLM and DUO checkpoints, when no config.json says
+# The released config.json's key names and our DiTConfig's fields. kuleshov-group/mdlm-owt ships
+# MDLMConfig (model_type "mdlm": vocab_size, model_length, hidden_dim, cond_dim, n_blocks, n_heads,
+# dropout, time_conditioning; kuleshov-group/mdlm's models/hf/configuration_mdlm.py, copied in
+# public repositories such as denaxen/discrete-diffusion-guidance). DUO's Hub release ships its own
+# DUOConfig as remote code (model_type "duo": vocab_size, model_length, causal, hidden_dim, cond_dim,
+# n_blocks, n_heads, dropout, var_min; no time_conditioning key, and s-sahoo/duo's
+# configs/algo/duo.yaml trains with time_conditioning: True). Both classes default cond_dim to 129,
+# the training configs (configs/model/small.yaml) use 128: only the file says what was trained,
+# so every size key is required.
+RELEASE_KEYS = {
+    "vocab_size": "vocab_size",
+    "model_length": "length",
+    "hidden_dim": "hidden_size",
+    "cond_dim": "cond_dim",
+    "n_blocks": "n_blocks",
+    "n_heads": "n_heads",
+    "dropout": "dropout",
+}
+TIME_CONDITIONING = {"mdlm": False, "duo": True}  # where config.json has no time_conditioning key
 
 
-RELEASED_PRESET = "small"  # the DiT of the released 170M MDLM and DUO checkpoints
+def release_config_file(src: Path) -> Path | None:
+    """The ``config.json`` of a released Hugging Face folder (or beside its ``.safetensors``)."""
+    folder = src if src.is_dir() else src.parent if src.suffix == ".safetensors" else None
+    return folder / "config.json" if folder is not None and (folder / "config.json").is_file() else None
+
+
+def release_config(path: Path, diffusion: str) -> dict:
+    """DiTConfig fields from a released ``config.json`` (its own key names)."""
+    cfg = read_json(path, "released model config", CheckpointError)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    if cfg.get("model_type") != diffusion:
+        raise CheckpointError(
+            f"{path}: model_type {cfg.get('model_type')!r} is not the backbone's diffusion {diffusion!r}"
+        )
+    missing = sorted(k for k in RELEASE_KEYS if k not in cfg)
+    if missing:
+        raise CheckpointError(f"{path}: lacks {missing} (the released config's size keys)")
+    if cfg.get("causal"):
+        raise CheckpointError(f"{path}: causal: true (a causal DiT); the DiT here attends both ways")
+    out = {ours: cfg[theirs] for theirs, ours in RELEASE_KEYS.items()}
+    out["time_conditioning"] = bool(cfg.get("time_conditioning", TIME_CONDITIONING[diffusion]))
+    return out
+
+
+def check_agreement(release: dict, path: Path, preset: str | None, named: dict) -> None:
+    """A config that also names a preset or sizes must say what the released config.json says."""
+    if preset is not None and preset not in DiTConfig.PRESETS:
+        raise TokenDriftError(f"model.preset: {preset!r} is not one of {sorted(DiTConfig.PRESETS)}")
+    unknown = sorted(set(named) - set(DiTConfig.__dataclass_fields__))
+    if unknown:
+        raise TokenDriftError(f"model: unknown key(s) {unknown}")
+    stated = {k: (v, f"preset {preset!r}") for k, v in DiTConfig.PRESETS.get(preset, {}).items()}
+    stated.update({k: (v, f"model.{k}") for k, v in named.items()})
+    theirs = {ours: key for key, ours in RELEASE_KEYS.items()} | {"time_conditioning": "time_conditioning"}
+    wrong = [
+        f"{where} says {k} {v!r}, {path} says {theirs[k]} {release[k]!r}"
+        for k, (v, where) in sorted(stated.items())
+        if release[k] != v
+    ]
+    if wrong:
+        raise CheckpointError("model: the config and the released config disagree: " + "; ".join(wrong))
 
 
 def import_checkpoint(
     src: str,
     dst: str,
     diffusion: str,
-    preset: str = RELEASED_PRESET,
+    preset: str | None = None,
     ema: bool = True,
     source_cfg: dict | None = None,
     model_overrides: dict | None = None,
 ) -> dict:
     """Convert a released MDLM/DUO checkpoint into a model folder (``hf:REPO/FILE`` downloads
-    one file of a Hugging Face repository; no code from it is ever run)."""
+    one file of a Hugging Face repository and its config.json; no code from it is ever run).
+    A released Hugging Face folder's ``config.json`` decides the DiT; a preset or sizes named as
+    well must agree with it. Without one (a Lightning ``.ckpt``) the preset (default "small")
+    and sizes decide."""
     if diffusion not in ("mdlm", "duo"):
         raise TokenDriftError(f"diffusion: {diffusion!r} is not one of ['mdlm', 'duo']")
     src = resolve_hf(src)
-    overrides = dict(model_overrides or {})
-    preset = overrides.pop("preset", preset)
-    model = DiT(DiTConfig.preset(preset, **{"time_conditioning": diffusion == "duo", **overrides}))
+    named = dict(model_overrides or {})
+    preset = named.pop("preset", preset)
+    config_file = release_config_file(Path(src))
+    if config_file is not None:
+        release = release_config(config_file, diffusion)
+        check_agreement(release, config_file, preset, named)
+        config = DiTConfig(**release)
+    else:
+        config = DiTConfig.preset(preset or RELEASED_PRESET, **{"time_conditioning": diffusion == "duo", **named})
+    model = DiT(config)
     ema_info: dict = {}
     load_into(model, read_external(src, ema=ema, model=model, info=ema_info), source=str(src))
     meta = {
@@ -282,6 +383,7 @@ def import_checkpoint(
         "source": source_cfg or {"kind": "openwebtext"},
         "origin": str(src),
         "origin_sha256": file_digest(Path(src) / "model.safetensors" if Path(src).is_dir() else src),
+        "origin_config": str(config_file) if config_file else None,
         "provenance": provenance(),
         **ema_info,
     }  # ema_num_updates: what train's optim.ema_start: continue reads
@@ -315,12 +417,16 @@ def register(sub) -> None:
     q.add_argument("src")
     q.add_argument("dst")
     q.add_argument("--diffusion", required=True, choices=["mdlm", "duo"])
-    q.add_argument("--preset", default=RELEASED_PRESET)
+    q.add_argument(
+        "--preset",
+        help="the DiT preset: must agree with a released folder's config.json, which decides; "
+        f"without one (a .ckpt) default {RELEASED_PRESET!r}",
+    )
     q.add_argument("--no-ema", action="store_true", help="take state_dict weights instead of the EMA weights")
     q.add_argument(
         "--model-json",
-        help="the DiT's config as JSON ({preset, hidden_size, n_blocks, n_heads, ...}); "
-        "default: the preset (small: the released 170M models)",
+        help="the DiT's config as JSON ({preset, hidden_size, n_blocks, n_heads, ...}): must agree with a "
+        "released folder's config.json; without one it decides (default: the small preset, the released 170M models)",
     )
     q.add_argument(
         "--source-json", help="data source config to record (a JSON file or a JSON string); default OpenWebText/GPT-2"

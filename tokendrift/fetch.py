@@ -117,16 +117,17 @@ def fetch_pretrained(name: str, item: str, patterns: list[str]) -> dict:
 def fetch_checkpoint(src: str, item: str) -> dict:
     """A released start checkpoint: ``hf:OWNER/REPO/FILE`` into the cache, or a local file or folder."""
     if str(src).startswith("hf:"):
-        from .checkpoint import resolve_hf
+        from .checkpoint import release_config_file, resolve_hf
 
-        f = Path(resolve_hf(src))
+        f = Path(resolve_hf(src))  # and the config.json beside a .safetensors file
+        config = release_config_file(f)
         return {
             "item": item,
             "origin": "hub",
             "repo": "/".join(src[3:].split("/")[:2]),
             "repo_type": "model",
             "commit": _commit(f.parent) if f.parent.parent.name == "snapshots" else None,
-            "files": _files(f.parent, [f]),
+            "files": _files(f.parent, [f, *([config] if config else [])]),
         }
     p = Path(src)
     if not p.exists():
