@@ -27,6 +27,7 @@ from .utils import TokenDriftError, atomic_write_json, file_digest, read_json
 # the files a model or tokenizer needs (the Hub repositories also hold TF, Flax, ONNX and .bin copies)
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
 TOKENIZER_FILES = ["*.json", "*.txt", "*.model"]
+LOGIN_NODE_PROCS = 4  # processes the fetch (a login-node rule) counts the tar layout's documents with
 VERSIONED = ("torch", "transformers", "datasets", "tokenizers", "huggingface_hub", "safetensors")
 
 
@@ -80,9 +81,10 @@ def fetch_dataset(source: dict, api=None) -> dict:
 
 def count_documents(cfg: dict, files: list[Path]) -> int | None:
     """The documents of the fetched files: parquet from its metadata, the tar layout by reading
-    every archive (``num_proc`` at a time); None for other formats (the data stage counts them)."""
+    every archive (at most ``LOGIN_NODE_PROCS`` at a time: the fetch runs on the login node); None
+    for other formats (the data stage counts them)."""
     if cfg["layout"] == "tar":
-        return owt.count_tar_documents(files, cfg["num_proc"])
+        return owt.count_tar_documents(files, min(cfg["num_proc"], LOGIN_NODE_PROCS))
     if files[0].suffix == ".parquet":
         import pyarrow.parquet as pq
 
