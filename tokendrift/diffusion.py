@@ -375,6 +375,7 @@ class DUO(Diffusion):
             raise TokenDriftError(f"duo_pad_mass: {pad_mass!r} is not one of {list(self.PAD_MASS)}")
         self.pad_mass = pad_mass
         self.n_drawn = self.vocab_size if pad_mass == "model" else self.n_data
+
     noise_removals = ("ancestral", "greedy")
     nfe_rule = (
         "NFE = number of ancestral denoising steps (times linspace(1, 1e-5, NFE + 1)), one model call "
