@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from tokendrift import diffusion as D
 from tokendrift.checkpoint import import_checkpoint, load_model_dir
-from tokendrift.score import gen_ppl, load_evaluator, sample_entropy
+from tokendrift.score import decode_samples, gen_ppl, load_evaluator, sample_entropy
 
 HERE = Path(__file__).parent / "data"
 DATA = json.loads((HERE / "reference_parity.json").read_text())
@@ -248,6 +248,16 @@ def test_duo_default_gives_the_pad_no_mass(monkeypatch):
                                 torch.float64, 1.0, 1.0)  # fmt: skip
     got, want = _normalized(torch.cat(seen)), _normalized(_t(ref["q_xs"], torch.float64).reshape(-1, M["vocab_size"]))
     assert float((got - want).abs().max()) > 1e-4
+
+
+def test_duo_pad_decodes_as_duo_tokenizer_has_it():
+    """DUO's tokenizer is GPT-2's with "[PAD]" added (id 50257 = the model's last id): a sampled pad
+    becomes the text "[PAD]", as the reference's batch_decode writes it."""
+    _, tok = load_evaluator(str(HERE / DATA["eval"]["folder"]))
+    ids = tok("Noise is removed")["input_ids"]
+    pad = len(tok)
+    assert decode_samples([ids + [pad] + ids], tok, pad_id=pad) == ["Noise is removed[PAD]Noise is removed"]
+    assert len(tok) == pad  # the caller's tokenizer is left as it was
 
 
 def test_gen_ppl_and_entropy():
