@@ -226,7 +226,8 @@ def test_mdlm_noise_removal():
 @pytest.mark.parametrize("i", range(len(DATA["duo"]["steps"])))
 def test_duo_step_distribution(monkeypatch, i):
     """Ancestral step t -> s (the last: the noise removal, alpha_s = 1): our draw's weights are
-    the reference's posterior q(z_s | z_t, x_theta) up to a constant, at every position."""
+    the reference's posterior q(z_s | z_t, x_theta) up to a constant, at every position, and
+    with the reference's uniforms in its race they give its z_s."""
     ref = DATA["duo"]["steps"][i]
     diffusion = D.DUO(M["vocab_size"], pad_mass="model")
     seen = _capture_weights(monkeypatch)
@@ -236,7 +237,12 @@ def test_duo_step_distribution(monkeypatch, i):
     else:
         diffusion.step(model, x, ref["t"], ref["s"], state, None, torch.float64, 1.0, 1.0)
     want = _t(ref["q_xs"], torch.float64).reshape(-1, M["vocab_size"])
-    _close(_normalized(torch.cat(seen)), _normalized(want))
+    ours = torch.cat(seen)
+    _close(_normalized(ours), _normalized(want))
+    # our weights in the reference's float64 race with its uniforms draw its z_s exactly
+    u = _t(ref["uniforms"], torch.float64).reshape(-1, M["vocab_size"])
+    drawn = (ours / (1e-10 - (u + 1e-10).log())).argmax(-1)  # duo trainer_base.sample_categorical
+    assert torch.equal(drawn.view_as(x), _t(ref["x_next"]))
 
 
 def test_duo_default_gives_the_pad_no_mass(monkeypatch):
