@@ -272,10 +272,15 @@ def test_gen_ppl_and_entropy():
     same texts with the same tiny GPT-2, and duo's record_entropy on the same ids."""
     ev = DATA["eval"]
     evaluator = load_evaluator(str(HERE / ev["folder"]))
-    got = gen_ppl(DATA["texts"], evaluator, batch_size=ev["batch_size"], max_length=ev["max_length"])
+    # the reference pads all texts of one call (one sampling batch) together: our padding unit
+    # is score.batch_size, so the same unit gives the same numbers
+    got = gen_ppl(DATA["texts"], evaluator, batch_size=ev["call_size"], max_length=ev["max_length"])
     for kind in ("mdlm", "duo"):
         ref = DATA[kind]["gen_ppl"]
         assert got["n_tokens"] == ref["n_tokens"]
         _close(got["nll_sum"], ref["nll_sum"], 1e-4)
         _close(got["gen_ppl"], ref["gen_ppl"], 1e-4)
+    # padded by halves, the longest row of the second half has no pad to count as its EOS
+    halves = gen_ppl(DATA["texts"], evaluator, batch_size=ev["call_size"] // 2, max_length=ev["max_length"])
+    assert halves["n_tokens"] == ref["n_tokens"] - 1
     _close(sample_entropy(_t(DATA["sample_ids"])), DATA["duo"]["gen_ppl"]["entropy"], 1e-6)

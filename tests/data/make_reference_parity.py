@@ -52,8 +52,8 @@ SIZE = dict(hidden_size=64, cond_dim=32, n_blocks=2, n_heads=4, length=16, dropo
 N_DATA = 49  # data ids 0..48; id 49 is MDLM's mask / DUO's extra (pad) id: V = 50
 B, L = 2, SIZE["length"]
 STEPS = 8  # sampler grid linspace(1, 1e-5, STEPS + 1)
-EVAL_MAX_LENGTH = 24  # Gen.-PPL retokenization length (some texts are truncated)
-EVAL_BATCH = 4
+EVAL_MAX_LENGTH = 40  # Gen.-PPL retokenization length (two texts are truncated)
+EVAL_BATCH = 4  # perplexity_batch_size: the reference pads the whole call (all TEXTS), then splits
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -65,14 +65,15 @@ CORPUS = [
     "Masked tokens are predicted from the tokens that remain visible.",
     "Uniform noise replaces tokens with random ones from the vocabulary.",
 ]
-TEXTS = [  # what Gen.-PPL scores: EOS inside, at the start, twice, none; short and truncated
+TEXTS = [  # what Gen.-PPL scores: EOS inside, at the start, twice, none; short and truncated; the
+    # longest rows in the first half, so that padding the second half alone would differ
     "The model predicts the next token.",
     "A short one.<|endoftext|>Then more text after the end of text token, which counts once.",
     "<|endoftext|>Starts with the end of text token and goes on for quite a while longer than the others do.",
-    "Two ends<|endoftext|> here<|endoftext|> and after.",
+    "It's what we'd expected: tokens, noise, and a sampler that isn't greedy at all!",
     "Noise is removed step by step until the text is clean.",
     "Words",
-    "It's what we'd expected: tokens, noise, and a sampler that isn't greedy at all!",
+    "Two ends<|endoftext|> here<|endoftext|> and after.",
     "Masked diffusion<|endoftext|>",
 ]
 
@@ -495,7 +496,8 @@ def main():
         "x0": tolist(x0),
         "sample_ids": tolist(sample_ids),
         "texts": TEXTS,
-        "eval": {"folder": "reference_parity/evaluator", "max_length": EVAL_MAX_LENGTH, "batch_size": EVAL_BATCH},
+        "eval": {"folder": "reference_parity/evaluator", "max_length": EVAL_MAX_LENGTH, "batch_size": EVAL_BATCH,
+                 "call_size": len(TEXTS)},
         "mdlm": mdlm,
         "duo": duo,
     }
