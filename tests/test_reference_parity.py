@@ -63,14 +63,27 @@ def _hf_folder(path: Path, kind: str) -> Path:
     return path
 
 
+class _HyperParameters:
+    """Stands in for the OmegaConf config a Lightning checkpoint pickles (read as an inert object)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
 def _lightning_ckpt(path: Path, kind: str) -> Path:
-    """Raw weights differ from the EMA ones, so the import must take (and name) the EMA list."""
+    """As the reference's on_save_checkpoint writes it: ``state_dict`` with ``backbone.*`` keys,
+    ``ema`` = ExponentialMovingAverage.state_dict() (decay, num_updates, shadow_params in
+    backbone.parameters() order), pickled hyperparameters. The raw weights differ from the EMA
+    ones, so the import must take (and name) the EMA list."""
     state = {k[len("backbone.") :]: v for k, v in load_file(HERE / M["weights"]).items()}
     order = DATA["mdlm"]["parameter_order"]  # the reference backbone.parameters() order
     torch.save(
         {
             "state_dict": {"backbone." + k: v + 0.25 if k in order else v for k, v in state.items()},
-            "ema": {"shadow_params": [state[n] for n in order], "num_updates": 7, "decay": 0.9999},
+            "ema": {"decay": 0.9999, "num_updates": 7, "shadow_params": [state[n] for n in order]},
+            "hyper_parameters": {"config": _HyperParameters(algo=kind, model=SIZES)},
+            "global_step": 7,
+            "epoch": 0,
         },
         path,
     )
@@ -79,7 +92,7 @@ def _lightning_ckpt(path: Path, kind: str) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """(kind, form) -> our DiT in eval mode, imported from the reference weights."""
+    """(kind, form) -> (our DiT in eval mode, its meta.json), imported from the reference weights."""
     tmp = tmp_path_factory.mktemp("parity")
     out = {}
     for kind in ("mdlm", "duo"):
@@ -87,7 +100,7 @@ def models(tmp_path_factory):
             src = _hf_folder(tmp / f"{kind}_hf", kind) if form == "hf" else _lightning_ckpt(tmp / f"{kind}.ckpt", kind)
             dst = tmp / f"{kind}_{form}_imported"
             import_checkpoint(str(src), str(dst), kind, model_overrides={"preset": "tiny", **SIZES})
-            out[kind, form] = load_model_dir(dst)[0]
+            out[kind, form] = load_model_dir(dst)
     return out
 
 
@@ -106,8 +119,9 @@ def test_logits(models, kind, form):
     t = _t(ref["loss"]["t"])
     sigma = diffusion.sigma(t)
     _close(sigma, ref["logits"]["sigma_in"]) if kind == "duo" else assert_zero(sigma, ref["logits"]["sigma_in"])
-    model = models[kind, form]
-    assert model.config.time_conditioning is (kind == "duo")
+    model, meta = models[kind, form]
+    assert model.config.time_conditioning is (kind == "duo") and meta["diffusion"] == kind
+    assert meta.get("ema_num_updates") == (7 if form == "ckpt" else None)
     with torch.no_grad():
         logits = model(_t(ref["logits"]["xt"]), sigma)
     _close(logits, ref["logits"]["logits"])
@@ -148,7 +162,7 @@ def test_training_loss_end_to_end(models, kind):
     """Imported weights, the same seed: our draws, model and loss give the reference's float32 loss."""
     ref = DATA[kind]["loss"]
     diffusion = D.make_diffusion(kind, M["vocab_size"])
-    model = models[kind, "ckpt"]
+    model = models[kind, "ckpt"][0]
     x0 = _t(DATA["x0"])
     g = torch.Generator().manual_seed(ref["seed"])
     t = diffusion.sample_t(x0.shape[0], generator=g)
