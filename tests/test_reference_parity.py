@@ -270,22 +270,27 @@ def test_duo_default_gives_the_pad_no_mass(monkeypatch):
     assert float((got - want).abs().max()) > 1e-4
 
 
-def test_duo_pad_decodes_as_duo_tokenizer_has_it():
+@pytest.fixture(scope="module")
+def evaluator():
+    """The tiny GPT-2 and its tokenizer, loaded by our scorer's loader."""
+    return load_evaluator(str(HERE / DATA["eval"]["folder"]))
+
+
+def test_duo_pad_decodes_as_duo_tokenizer_has_it(evaluator):
     """DUO's tokenizer is GPT-2's with "[PAD]" added (id 50257 = the model's last id): a sampled pad
     becomes the text "[PAD]", as the reference's batch_decode writes it."""
-    _, tok = load_evaluator(str(HERE / DATA["eval"]["folder"]))
+    tok = evaluator[1]
     ids = tok("Noise is removed")["input_ids"]
     pad = len(tok)
     assert decode_samples([ids + [pad] + ids], tok, pad_id=pad) == ["Noise is removed[PAD]Noise is removed"]
     assert len(tok) == pad  # the caller's tokenizer is left as it was
 
 
-def test_gen_ppl_and_entropy():
+def test_gen_ppl_and_entropy(evaluator):
     """The reference Gen.-PPL routines (mdlm compute_generative_perplexity, duo
     Metrics.record_generative_perplexity: retokenization, first-EOS rule, token weighting) on the
     same texts with the same tiny GPT-2, and duo's record_entropy on the same ids."""
     ev = DATA["eval"]
-    evaluator = load_evaluator(str(HERE / ev["folder"]))
     # the reference pads all texts of one call (one sampling batch) together: our padding unit
     # is score.batch_size, so the same unit gives the same numbers
     got = gen_ppl(DATA["texts"], evaluator, batch_size=ev["call_size"], max_length=ev["max_length"])
