@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from tokendrift import diffusion as D
 from tokendrift.checkpoint import import_checkpoint, load_model_dir
 from tokendrift.score import decode_samples, gen_ppl, load_evaluator, sample_entropy
+from tokendrift.utils import TokenDriftError
 
 HERE = Path(__file__).parent / "data"
 DATA = json.loads((HERE / "reference_parity.json").read_text())
@@ -257,6 +258,11 @@ def test_duo_step_distribution(monkeypatch, i):
     u = _t(ref["uniforms"], torch.float64).reshape(-1, M["vocab_size"])
     drawn = (ours / (1e-10 - (u + 1e-10).log())).argmax(-1)  # duo trainer_base.sample_categorical
     assert torch.equal(drawn.view_as(x), _t(ref["x_next"]))
+
+
+def test_duo_pad_mass_is_checked():
+    with pytest.raises(TokenDriftError, match="duo_pad_mass: 'all'"):
+        D.make_diffusion("duo", M["vocab_size"], "all")
 
 
 def test_duo_default_gives_the_pad_no_mass(monkeypatch):

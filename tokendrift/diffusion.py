@@ -367,15 +367,6 @@ class DUO(Diffusion):
     """
 
     name = "duo"
-    PAD_MASS = ("zero", "model")
-
-    def __init__(self, vocab_size: int, pad_mass: str = "zero"):
-        super().__init__(vocab_size)
-        if pad_mass not in self.PAD_MASS:
-            raise TokenDriftError(f"duo_pad_mass: {pad_mass!r} is not one of {list(self.PAD_MASS)}")
-        self.pad_mass = pad_mass
-        self.n_drawn = self.vocab_size if pad_mass == "model" else self.n_data
-
     noise_removals = ("ancestral", "greedy")
     nfe_rule = (
         "NFE = number of ancestral denoising steps (times linspace(1, 1e-5, NFE + 1)), one model call "
@@ -384,6 +375,14 @@ class DUO(Diffusion):
         "one more model call, not counted in NFE, as in the MDLM/DUO evaluation code: "
         "forward_passes = NFE + 1."
     )
+    PAD_MASS = ("zero", "model")
+
+    def __init__(self, vocab_size: int, pad_mass: str = "zero"):
+        super().__init__(vocab_size)
+        if pad_mass not in self.PAD_MASS:
+            raise TokenDriftError(f"duo_pad_mass: {pad_mass!r} is not one of {list(self.PAD_MASS)}")
+        self.pad_mass = pad_mass
+        self.n_drawn = self.vocab_size if pad_mass == "model" else self.n_data
 
     def corrupt(self, x0, t, generator=None):
         """Replace each token, with probability 1 - alpha_t, by a uniform id in [0, V) (duo q_xt)."""
