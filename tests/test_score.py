@@ -211,6 +211,25 @@ def test_bad_sample_arguments(tmp_path, checkpoint, evaluator, capsys):
     assert "no-lm" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
 
 
+def test_duo_pad_mass_model_samples_the_pad_and_scores_it(tmp_path, evaluator):
+    """--duo-pad-mass model (the reference sampler): the pad may be drawn, is recorded, accepted by
+    the scorer and decoded; the default never draws it."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import make_init
+
+    ck = make_init(tmp_path / "duo", "duo")
+    for mass in ("model", "zero"):
+        s = tmp_path / mass
+        args = ["sample", str(ck), "--nfe", "2", "--n-samples", "8", "--duo-pad-mass", mass, "--out", str(s)]
+        assert cli(args) == 0
+        meta = json.loads((s / "meta.json").read_text())
+        pad = meta["vocab_size"] - 1
+        assert meta["duo_pad_mass"] == mass
+        assert bool((load_file(s / "ids.safetensors")["ids"] == pad).any()) is (mass == "model")
+        assert cli(["score", str(s), "--evaluator", evaluator, "--out", str(tmp_path / f"{mass}.json")]) == 0
+
+
 def test_the_rules_out_template_with_one_nfe_and_one_temperature_names_the_folder(tmp_path, checkpoint):
     """A config with one NFE samples a trained model once: the template is still filled in."""
     out = tmp_path / "step1" / "T{temperature}_nfe{nfe}"

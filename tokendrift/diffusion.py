@@ -104,6 +104,7 @@ class Diffusion:
         self.vocab_size = int(vocab_size)
         self.special_id = self.vocab_size - 1
         self.n_data = self.vocab_size - 1
+        self.n_drawn = self.n_data  # ids p_x0 may give mass to: the data ids (DUO: see pad_mass)
         self.last_forward_passes = None
 
     # -- schedule (log-linear) ------------------------------------------------------------
@@ -152,11 +153,11 @@ class Diffusion:
     def p_x0(self, logits: torch.Tensor, dtype, temperature: float, top_p: float) -> torch.Tensor:
         """p_theta(x0 | x_t) over the V ids for sampling: softmax(logits / temperature) in
         ``dtype``, then the optional nucleus. The special id (the last) gets probability 0 (MDLM:
-        SUBS removes the mask; DUO: the pad is never a data token). The samplers turn the
-        result into their weights in place: beside a small model, every extra [rows, V] float64
-        pass shows in the sampler's overhead."""
+        SUBS removes the mask; DUO: the pad is never a data token), unless DUO's ``pad_mass`` is
+        "model". The samplers turn the result into their weights in place: beside a small model,
+        every extra [rows, V] float64 pass shows in the sampler's overhead."""
         x = logits.to(dtype, copy=True)
-        x[..., self.n_data :] = -math.inf
+        x[..., self.n_drawn :] = -math.inf
         return nucleus(torch.softmax(x.div_(temperature) if temperature != 1 else x, dim=-1), top_p)
 
     def _draw(self, rows: int, weight_fn, generator, dtype, device) -> torch.Tensor:
@@ -358,8 +359,11 @@ class DUO(Diffusion):
     As in DUO's code, the uniform noise ranges over all N = V ids, the pad id included
     (trainer_base.py UniformState.q_xt and prior_sample: randint(0, vocab_size)), and every
     formula uses N = V; log_probs is a plain log_softmax over the V ids (algo.py
-    DUO_BASE._process_model_output). The pad is never a data token: the sampler gives it no
-    mass in x_theta, so the final step never outputs it (intermediate states may hold it).
+    DUO_BASE._process_model_output). The pad is never a data token: by default
+    (``pad_mass="zero"``) the sampler gives it no mass in x_theta, so the final step never
+    outputs it (intermediate states may hold it). ``pad_mass="model"`` is the reference sampler
+    (trainer_base.py _get_posterior_from_xt: x_theta = exp(log_softmax) over all V ids): the pad
+    keeps the model's mass and may appear in the samples (docs/choices.md, DUO's pad id).
     """
 
     name = "duo"
@@ -371,6 +375,14 @@ class DUO(Diffusion):
         "one more model call, not counted in NFE, as in the MDLM/DUO evaluation code: "
         "forward_passes = NFE + 1."
     )
+    PAD_MASS = ("zero", "model")
+
+    def __init__(self, vocab_size: int, pad_mass: str = "zero"):
+        super().__init__(vocab_size)
+        if pad_mass not in self.PAD_MASS:
+            raise TokenDriftError(f"duo_pad_mass: {pad_mass!r} is not one of {list(self.PAD_MASS)}")
+        self.pad_mass = pad_mass
+        self.n_drawn = self.vocab_size if pad_mass == "model" else self.n_data
 
     def corrupt(self, x0, t, generator=None):
         """Replace each token, with probability 1 - alpha_t, by a uniform id in [0, V) (duo q_xt)."""
@@ -455,13 +467,15 @@ class DUO(Diffusion):
         """duo generate_samples noise removal at t = 1e-5: 'ancestral' (default) draws from
         q(z_0 | z_t, x_theta) (alpha_s = 1); 'greedy' (DUO's greedy-tail) takes argmax x_theta."""
         if noise_removal == "greedy":
-            return self._forward(model, x, t, state)[..., : self.n_data].argmax(-1)
+            return self._forward(model, x, t, state)[..., : self.n_drawn].argmax(-1)
         return self._posterior_draw(model, x, t, 1.0, state, generator, dtype, temperature, top_p)
 
 
-def make_diffusion(name: str, vocab_size: int) -> Diffusion:
-    """The process of a backbone: "mdlm" or "duo"; vocab_size is the model vocabulary V."""
-    classes = {"mdlm": MDLM, "duo": DUO}
-    if name not in classes:
-        raise TokenDriftError(f"diffusion: {name!r} is not one of {list(classes)}")
-    return classes[name](vocab_size)
+def make_diffusion(name: str, vocab_size: int, duo_pad_mass: str = "zero") -> Diffusion:
+    """The process of a backbone: "mdlm" or "duo"; vocab_size is the model vocabulary V;
+    ``duo_pad_mass`` is DUO's sampler option (MDLM's mask never gets mass, as in its SUBS)."""
+    if name == "mdlm":
+        return MDLM(vocab_size)
+    if name == "duo":
+        return DUO(vocab_size, duo_pad_mass)
+    raise TokenDriftError(f"diffusion: {name!r} is not one of ['mdlm', 'duo']")

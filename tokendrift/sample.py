@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from . import config as configlib
 from .checkpoint import OpenCheckpoint, open_checkpoint
+from .diffusion import make_diffusion
 from .fetch import provenance
 from .utils import TokenDriftError, atomic_dir, file_digest, resolve_device, temp_str
 
@@ -40,6 +41,7 @@ def sample_checkpoint(
     precision: str = OPTIONS["precision"],
     batch_size: int = OPTIONS["batch_size"],
     device: str = OPTIONS["device"],
+    duo_pad_mass: str = OPTIONS["duo_pad_mass"],
     weights: str = "ema",
     progress: bool = False,
 ) -> list[dict]:
@@ -65,6 +67,8 @@ def sample_checkpoint(
         )
     device = resolve_device(device)
     ck = open_checkpoint(checkpoint, weights=weights, device=device)
+    if ck.meta["diffusion"] == "duo":
+        ck = ck._replace(diffusion=make_diffusion("duo", ck.model.config.vocab_size, duo_pad_mass))
     digest = checkpoint_digest(checkpoint)
     results = []
     for t in temps:
@@ -127,12 +131,18 @@ def _sample_one(
             info=info,
         )
     ids = ids.cpu().long()
-    if int(ids.max()) >= source.vocab_size or int(ids.min()) < 0:
+    if int(ids.max()) >= diffusion.n_drawn or int(ids.min()) < 0:
         raise TokenDriftError(
             f"{checkpoint}: the sampler produced ids outside the data vocabulary "
             f"[0, {source.vocab_size}) (special id {diffusion.special_id} leaked)"
         )
-    texts = source.decode(ids)
+    pad_mass = getattr(diffusion, "pad_mass", None)
+    if pad_mass == "model" and bool((ids == diffusion.special_id).any()):
+        from .score import decode_samples
+
+        texts = decode_samples(ids, source.hf_tokenizer(), pad_id=diffusion.special_id)
+    else:
+        texts = source.decode(ids)
     sample_meta = {
         "checkpoint": str(checkpoint),
         "checkpoint_digest": digest,
@@ -146,6 +156,7 @@ def _sample_one(
         "forward_passes": info.get("forward_passes"),
         "temperature": temperature,
         "precision": precision,
+        **({"duo_pad_mass": pad_mass} if pad_mass else {}),
         "seed": seed,
         "n_samples": n_samples,
         "length": length,
@@ -170,6 +181,7 @@ def run(args) -> int:
         precision=args.precision,
         batch_size=args.batch_size,
         device=args.device,
+        duo_pad_mass=args.duo_pad_mass,
         weights=args.weights,
         progress=True,
     )

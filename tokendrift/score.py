@@ -16,6 +16,7 @@ carries the entropy too, and checkpoints get their held-out NELBO (``tokendrift 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -91,9 +92,16 @@ def clean_up_tokenization(text: str) -> str:
     return text
 
 
-def decode_samples(ids, tokenizer) -> list[str]:
+def decode_samples(ids, tokenizer, pad_id: int | None = None) -> list[str]:
     """The samples as the reference evaluation's text: ``batch_decode`` keeping special tokens
-    (an EOS stays "<|endoftext|>" and retokenizes to EOS), then the 4.38 clean-up, applied by us."""
+    (an EOS stays "<|endoftext|>" and retokenizes to EOS), then the 4.38 clean-up, applied by us.
+
+    ``pad_id``: DUO's pad, sampled under ``duo_pad_mass: model``. Where it is the id after the
+    tokenizer's last (GPT-2: 50257), it decodes as DUO's tokenizer has it, the added special
+    token "[PAD]" (s-sahoo/duo dataloader.py get_tokenizer); otherwise as the tokenizer's own."""
+    if pad_id is not None and pad_id == len(tokenizer) and bool((torch.as_tensor(ids) == pad_id).any()):
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
     texts = tokenizer.batch_decode(
         torch.as_tensor(ids).tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False
     )
@@ -184,7 +192,7 @@ def read_samples(folder) -> tuple[torch.Tensor, list[str], dict]:
         raise TokenDriftError(f"{folder / 'text.jsonl'}: missing") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise TokenDriftError(f"{folder / 'text.jsonl'}: corrupt ({e})") from None
-    n_data = int(meta.get("vocab_size", 0)) - 1
+    n_data = int(meta.get("vocab_size", 0)) - 1 + (meta.get("duo_pad_mass") == "model")  # + DUO's pad
     if ids.ndim != 2 or ids.shape[0] != meta.get("n_samples") or ids.shape[1] != meta.get("length"):
         raise TokenDriftError(
             f"{folder / 'ids.safetensors'}: shape {list(ids.shape)} does not match meta.json "
@@ -212,15 +220,16 @@ def score_samples(
 ) -> dict:
     """Score one sample folder; ``evaluator`` is a name/folder or a loaded (model, tokenizer)."""
     ids, texts, meta = read_samples(samples)
-    oracle, source = None, None
+    oracle, source, pad_id = None, None, None
     if meta.get("source"):
         from .data import make_source
 
         source = make_source(meta["source"])
-        texts = decode_samples(ids, source.hf_tokenizer())  # the reference's round trip, from the ids
+        pad_id = int(meta["vocab_size"]) - 1 if meta.get("duo_pad_mass") == "model" else None
+        texts = decode_samples(ids, source.hf_tokenizer(), pad_id)  # the reference's round trip, from the ids
     ppl = gen_ppl(texts, evaluator, batch_size=batch_size, max_length=max_length, device=device, progress=True)
-    if source is not None:
-        try:
+    if source is not None and not (pad_id is not None and bool((ids == pad_id).any())):
+        try:  # (none for samples holding DUO's pad: the source gives it probability 0)
             oracle = oracle_gen_ppl(ids, source)
         except NotImplementedError:
             oracle = None
@@ -240,6 +249,7 @@ def score_samples(
                 "forward_passes",
                 "temperature",
                 "precision",
+                "duo_pad_mass",
                 "seed",
                 "diffusion",
                 "checkpoint",
