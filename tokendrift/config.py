@@ -101,9 +101,10 @@ def option_flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def option_args(name: str, values: dict, prefix: str = "") -> str:
-    """The flags of job schema ``name`` set to ``values`` (a validated workflow config section)."""
-    return " ".join(f"{option_flag(prefix + key)} {values[key]}" for key in schema(name)["properties"])
+def option_args(name: str, values: dict, prefix: str = "") -> list[str]:
+    """The flags of job schema ``name`` set to ``values`` (a validated workflow config section),
+    as an argument list."""
+    return [a for key in schema(name)["properties"] for a in (option_flag(prefix + key), str(values[key]))]
 
 
 def validate_schema(sch: dict, instance: Any, what: str, prefix: str = "") -> dict:
