@@ -676,7 +676,13 @@ def add_grid_args(p) -> None:
 def grid_from_args(args) -> Grid:
     if bool(args.config) == bool(args.config_json):
         raise TokenDriftError("give a workflow config file or --config-json (exactly one)")
-    raw = json.loads(args.config_json) if args.config_json else configlib.load_file(args.config)
+    if args.config_json:
+        try:
+            raw = json.loads(args.config_json)
+        except json.JSONDecodeError as e:
+            raise TokenDriftError(f"--config-json is not valid JSON: {e}") from None
+    else:
+        raw = configlib.load_file(args.config)
     return Grid(raw, args.schema)
 
 
