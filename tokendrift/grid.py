@@ -188,6 +188,7 @@ class Grid:
         return {k: run for k, run in sheet.items() if k in read}, tables, figure2
 
     def _check(self) -> None:
+        configlib.validate("train", self.config["train"], prefix="train")  # named as written, before any run's
         for (bb, rid), run in self.runs.items():
             if bb not in self.backbones:
                 raise TokenDriftError(
@@ -213,6 +214,9 @@ class Grid:
         for s in self.config["steps"]["curve"]:
             if s > self.long:
                 raise TokenDriftError(f"workflow config: steps.curve: {s} exceeds steps.long ({self.long})")
+        self.source  # noqa: B018 (validated here, before any job starts)
+        if "pretrain" in self.config["evaluator"]:
+            configlib.validate("evaluator", self.evaluator_config(), prefix="evaluator.pretrain")
         for bb in self.backbones:
             pre = self.config["start"][bb].get("pretrain")
             if pre is not None:
