@@ -242,3 +242,23 @@ def test_grid_cli_counts_jobs_and_exits_2_on_bad_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(bad), "--schema", str(SCHEMA)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "workflow config" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["grid", "status"])
+def test_grid_and_status_say_what_is_wrong_with_a_config_in_one_line(tmp_path, command, capsys):
+    from tokendrift import cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**yaml.safe_load(PAPER.read_text()), "steps": {"long": 4.0, "short": 2}}))
+    cases = {
+        str(tmp_path / "missing.yaml"): f"error: config file not found: {tmp_path / 'missing.yaml'}",
+        str(tmp_path): f"error: config file {tmp_path} cannot be read",
+        str(bad): "error: workflow config: steps.long: must be an integer, got the float 4.0",
+    }
+    for config, expected in cases.items():
+        assert cli.main([command, config, "--schema", str(SCHEMA)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1, err
+    assert cli.main([command, "--config-json", "{name: x", "--schema", str(SCHEMA)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config-json is not valid JSON") and err.count("\n") == 1
