@@ -133,6 +133,8 @@ GRID_ONLY_BAD = [
     ({"source": {"kind": "synthetic", "length": 10**5}}, "source.length: 100000 is greater"),
     ({"evaluator": {"pretrain": {"steps": 4.0}}}, "evaluator.pretrain.steps: must be an integer, got the float 4.0"),
     ({"name": "my study"}, "name: 'my study' does not match"),
+    ({"results": "r{backbone}"}, "results: 'r{backbone}' does not match"),  # an output path: braces are wildcards
+    ({"source": {"kind": "textdir", "path": "d", "cache_dir": "c{x}"}}, "source.cache_dir: 'c{x}' does not match"),
     ({"fetch": {"hf_home": "cache\x1b[2J"}}, "fetch.hf_home: must hold no control or unprintable character"),
     ({"tables": {"mine": {"title": "a\tb", "backbone": "mdlm", "at": "long", "rows": [{"model": "tokendrift"}]}}},
      "tables.mine.title: must hold no"),
