@@ -3,7 +3,6 @@ and the job parsers read, the checkpoint every evaluation job opens, and the ent
 
 import json
 import math
-import shlex
 
 import pytest
 
@@ -34,7 +33,7 @@ def test_the_options_grid_writes_are_the_config_values_the_job_reads(section, co
              SCHEMA)
     required = {"sample": ["CKPT", "--out", "o", "--nfe", "4"], "score": ["S", "--evaluator", "e", "--out", "o"],
                 "nelbo": ["CKPT", "--out", "o"], "probe": ["--checkpoint", "a=CKPT", "--out", "o"]}[command]
-    args = cli.build_parser([command]).parse_args([command, *required, *shlex.split(g.job_options(section, prefix))])
+    args = cli.build_parser([command]).parse_args([command, *required, *g.job_options(section, prefix)])
     wanted = {k: v for k, v in g.config[section].items() if k in configlib.schema(section)["properties"]}
     assert wanted and {k: getattr(args, prefix + k) for k in wanted} == wanted
 

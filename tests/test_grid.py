@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,6 +102,12 @@ BAD = [
     ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long"}] * 2}, "duplicate run"),
     ({"start": {"mdlm": {"pretrain": {}}}}, "start.duo"),
     ({"evaluator": {"name": "gpt2", "pretrain": {}}}, "evaluator"),
+    # counts are ints (YAML's 4.0 is a float, which JSON Schema's "integer" would pass), with bounds
+    ({"steps": {"long": 4.0, "short": 2}}, "steps.long: must be an integer, got the float 4.0"),
+    ({"sample": {"nfe": [4, 100000]}}, "sample.nfe.1: 100000 is greater than the maximum of 4096"),
+    ({"train": {"objective": {"queue_size": 10**9}}}, "train.objective.queue_size: 1000000000 is greater"),
+    # a path is text: a newline would end the shell line it is in
+    ({"results": "r\ntouch PWNED"}, "results: must hold no control or unprintable character"),
 ]
 
 
@@ -118,6 +125,116 @@ def test_bad_configs_are_refused_naming_the_key(tmp_path, change, expected):
     assert not (tmp_path / "wd" / "results").exists()
 
 
+GRID_ONLY_BAD = [
+    ({"seeds": [0, 1.0]}, "seeds.1: must be an integer, got the float 1.0"),
+    ({"seeds": list(range(65))}, "seeds: [0, 1, 2, 3"),
+    ({"steps": {"long": 10**6, "short": 2}}, "steps.long: 1000000 is greater than the maximum of 999999"),
+    ({"sample": {"n_samples": 10**6}}, "sample.n_samples: 1000000 is greater than the maximum of 100000"),
+    ({"source": {"kind": "synthetic", "length": 10**5}}, "source.length: 100000 is greater"),
+    ({"evaluator": {"pretrain": {"steps": 4.0}}}, "evaluator.pretrain.steps: must be an integer, got the float 4.0"),
+    ({"name": "my study"}, "name: 'my study' does not match"),
+    ({"results": "r{backbone}"}, "results: 'r{backbone}' does not match"),  # an output path: braces are wildcards
+    ({"source": {"kind": "textdir", "path": "d", "cache_dir": "c{x}"}}, "source.cache_dir: 'c{x}' does not match"),
+    ({"fetch": {"hf_home": "cache\x1b[2J"}}, "fetch.hf_home: must hold no control or unprintable character"),
+    ({"tables": {"mine": {"title": "a\tb", "backbone": "mdlm", "at": "long", "rows": [{"model": "tokendrift"}]}}},
+     "tables.mine.title: must hold no"),
+    ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"objective\n": {}}}]},
+     "runs.0.set.'objective\\n'"),
+]
+
+
+@pytest.mark.parametrize("change,expected", GRID_ONLY_BAD, ids=[e.split(":")[0] for _, e in GRID_ONLY_BAD])
+def test_counts_bounds_and_unprintable_text_are_refused_naming_the_key(change, expected):
+    cfg = yaml.safe_load((REPO / "tests" / "configs" / "ci.yaml").read_text())
+    cfg.update(change)
+    with pytest.raises(TokenDriftError, match=re.escape(expected)):
+        Grid(cfg, SCHEMA)
+
+
+def test_every_size_and_count_of_the_schemas_has_an_upper_bound_and_says_why():
+    """Each integer option of the workflow and job schemas (a size, count or step: seeds are ids)
+    and each array has a maximum, and its description gives the reason (memory or time)."""
+    from tokendrift import config as configlib
+
+    def walk(node, path, desc=""):
+        if isinstance(node, dict):
+            desc = node.get("description", desc)
+            types = node.get("type", [])
+            types = types if isinstance(types, list) else [types]
+            if "integer" in types and "seed" not in path[-1] and path[-1] != "items":
+                yield path, "maximum" in node, desc
+            if "array" in types and path[-1] not in ("betas", "ratio", "paper_tables"):
+                yield path, "maxItems" in node, desc
+            if path[-1] == "items" and "integer" in types and "seed" not in path[-2]:
+                yield path, "maximum" in node, desc
+            for k, v in node.items():
+                yield from walk(v, [*path, k], desc if k in ("items", "oneOf", "properties", "mdlm", "duo") else "")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from walk(v, [*path, str(i)], desc)
+
+    sch = configlib.inline_job_schemas(yaml.safe_load(SCHEMA.read_text()))
+    found = list(walk(sch, ["workflow"]))
+    for name in ("source", "train", "evaluator"):
+        found += walk(configlib.schema(name), [name])
+    assert len(found) > 40
+    unbounded = [".".join(p) for p, bounded, _ in found if not bounded]
+    assert not unbounded
+    no_reason = [".".join(p) for p, _, desc in found if "at most" not in desc.lower()]
+    assert not no_reason
+
+
+KEYWORDS = {"$schema", "$defs", "$ref", "title", "description", "type", "default", "enum", "const", "not", "oneOf",
+            "properties", "additionalProperties", "required", "propertyNames", "minProperties", "maxProperties",
+            "items", "minItems", "maxItems", "uniqueItems", "contains", "minimum", "maximum", "exclusiveMinimum",
+            "exclusiveMaximum", "minLength", "pattern"}
+
+
+def test_every_schema_uses_only_json_schema_keywords():
+    """In a YAML flow mapping an unquoted description with a comma becomes a stray key that JSON
+    Schema ignores: the description is cut short and the stray key passes silently."""
+    def stray(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if path[-1] not in ("properties", "$defs") and k not in KEYWORDS:
+                    yield ".".join([*path, k])
+                yield from stray(v, [*path, k])
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from stray(v, [*path, str(i)])
+
+    files = [SCHEMA, *sorted((REPO / "tokendrift" / "schemas").glob("*.schema.yaml"))]
+    assert not [s for f in files for s in stray(yaml.safe_load(f.read_text()), [f.name])]
+
+
+def test_a_config_value_is_never_run_as_shell(tmp_path):
+    """A real rule (entropy_rate) with hostile values: `$(...)`, backquotes, `;` and a quote in the
+    results folder and the Hugging Face cache run nothing and name a folder of exactly that text;
+    spaces stay in one argument; a newline is refused by the config check, naming the key, before
+    any job starts."""
+    cfg = yaml.safe_load((REPO / "workflow" / "config" / "default.yaml").read_text())
+    cfg["source"]["mc_samples"] = 16  # a cheap job: the test is about its shell line
+    hostile = f"r $(touch {tmp_path}/PWNED) `touch {tmp_path}/PWNED2`; touch {tmp_path}/PWNED3 'q\""
+    cases = {
+        "hostile": {"results": str(tmp_path / hostile), "fetch": {"hf_home": str(tmp_path / f"hf {hostile}")}},
+        "spaces": {"results": str(tmp_path / "my results"), "fetch": {"hf_home": str(tmp_path / "h f")}},
+        "newline": {"results": f"{tmp_path}/r\ntouch {tmp_path}/PWNED4"},
+    }
+    for case, over in cases.items():
+        path = tmp_path / f"{case}.yaml"
+        path.write_text(yaml.safe_dump(cfg | over))
+        r = snakemake("entropy_rate", "--configfile", str(path), "--cores", "1", "--directory", str(tmp_path / "wd"),
+                      check=case != "newline")
+        out = Path(over["results"]) / cfg["name"] / "source" / "entropy_rate.json"
+        if case == "newline":
+            assert r.returncode != 0 and "results: must hold no control or unprintable character" in r.stderr
+            assert not out.parent.parent.exists()
+        else:
+            assert json.loads(out.read_text())["entropy_rate"] > 0
+            assert (Path(over["results"]) / cfg["name"] / "logs" / "entropy_rate.log").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("PWNED")) == []
+
+
 def test_grid_cli_counts_jobs_and_exits_2_on_bad_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(PAPER), "--schema", str(SCHEMA)],
                        capture_output=True, text=True)
@@ -127,3 +244,23 @@ def test_grid_cli_counts_jobs_and_exits_2_on_bad_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(bad), "--schema", str(SCHEMA)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "workflow config" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["grid", "status"])
+def test_grid_and_status_say_what_is_wrong_with_a_config_in_one_line(tmp_path, command, capsys):
+    from tokendrift import cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**yaml.safe_load(PAPER.read_text()), "steps": {"long": 4.0, "short": 2}}))
+    cases = {
+        str(tmp_path / "missing.yaml"): f"error: config file not found: {tmp_path / 'missing.yaml'}",
+        str(tmp_path): f"error: config file {tmp_path} cannot be read",
+        str(bad): "error: workflow config: steps.long: must be an integer, got the float 4.0",
+    }
+    for config, expected in cases.items():
+        assert cli.main([command, config, "--schema", str(SCHEMA)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1, err
+    assert cli.main([command, "--config-json", "{name: x", "--schema", str(SCHEMA)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config-json is not valid JSON") and err.count("\n") == 1

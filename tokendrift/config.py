@@ -101,9 +101,21 @@ def option_flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def option_args(name: str, values: dict, prefix: str = "") -> str:
-    """The flags of job schema ``name`` set to ``values`` (a validated workflow config section)."""
-    return " ".join(f"{option_flag(prefix + key)} {values[key]}" for key in schema(name)["properties"])
+def option_args(name: str, values: dict, prefix: str = "") -> list[str]:
+    """The flags of job schema ``name`` set to ``values`` (a validated workflow config section),
+    as an argument list."""
+    return [a for key in schema(name)["properties"] for a in (option_flag(prefix + key), str(values[key]))]
+
+
+# JSON Schema's "integer" is any number with a zero fractional part, so 4.0 passes it (and YAML
+# reads `4.0` as a float): a count written as 4.0 would reach the code as a float and fail late
+# ("Unknown format code 'd'"). Here an integer is an int, and 4.0 is refused at the check.
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)
+    ),
+)
 
 
 def validate_schema(sch: dict, instance: Any, what: str, prefix: str = "") -> dict:
@@ -111,18 +123,45 @@ def validate_schema(sch: dict, instance: Any, what: str, prefix: str = "") -> di
         instance = {}
     if not isinstance(instance, dict):
         raise TokenDriftError(f"{what}: {prefix or '(top level)'} must be a mapping, got {type(instance).__name__}")
+    bad_text = _unprintable(instance, [prefix] if prefix else [])
+    if bad_text:  # first: a key or value that is not text cannot be named or shown safely otherwise
+        where, value = bad_text
+        raise TokenDriftError(
+            f"{what}: {where}: must hold no control or unprintable character (a newline, tab, escape, ...), "
+            f"got {value!r}"
+        )
     filled = fill_defaults(sch, instance)
-    errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(filled), key=lambda e: list(e.absolute_path))
+    errors = sorted(Validator(sch).iter_errors(filled), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         where = _path(e, prefix)
         msg = "unknown key" if where.endswith("unknown key") else e.message
+        if e.validator == "type" and isinstance(e.instance, float) and "integer" in str(e.validator_value):
+            msg = f"must be an integer, got the float {e.instance!r}"
         raise TokenDriftError(f"{what}: {where.removesuffix(': unknown key')}: {msg}")
     bad = _non_finite(filled, [prefix] if prefix else [])
     if bad:
         where, value = bad
         raise TokenDriftError(f"{what}: {where}: must be a finite number, got {value}")
     return filled
+
+
+def _unprintable(node: Any, path: list[str]) -> tuple[str, str] | None:
+    """The first key or string of a config with a character that is not printable (str.isprintable:
+    control characters such as newline, tab and escape, and unassigned or separator code points
+    other than the space). Every path and name of a config ends up in a file name, a shell line
+    or a log line, where such a character hides what the value is or splits a line in two."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        where = [*path, str(key)]
+        if isinstance(key, str) and not key.isprintable():
+            return ".".join([*path, repr(key)]), key
+        if isinstance(value, str) and not value.isprintable():
+            return ".".join(where), value
+        found = _unprintable(value, where)
+        if found:
+            return found
+    return None
 
 
 def _non_finite(node: Any, path: list[str]) -> tuple[str, float] | None:
@@ -145,6 +184,8 @@ def load_file(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise TokenDriftError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, not text
+        raise TokenDriftError(f"config file {path} cannot be read: {e}") from None
     except yaml.YAMLError as e:
         raise TokenDriftError(f"config file {path} is not valid YAML: {e}") from None
     if data is None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shlex
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -189,6 +188,7 @@ class Grid:
         return {k: run for k, run in sheet.items() if k in read}, tables, figure2
 
     def _check(self) -> None:
+        configlib.validate("train", self.config["train"], prefix="train")  # named as written, before any run's
         for (bb, rid), run in self.runs.items():
             if bb not in self.backbones:
                 raise TokenDriftError(
@@ -214,6 +214,9 @@ class Grid:
         for s in self.config["steps"]["curve"]:
             if s > self.long:
                 raise TokenDriftError(f"workflow config: steps.curve: {s} exceeds steps.long ({self.long})")
+        self.source  # noqa: B018 (validated here, before any job starts)
+        if "pretrain" in self.config["evaluator"]:
+            configlib.validate("evaluator", self.evaluator_config(), prefix="evaluator.pretrain")
         for bb in self.backbones:
             pre = self.config["start"][bb].get("pretrain")
             if pre is not None:
@@ -383,21 +386,19 @@ class Grid:
         return self.prepared + self.manifest
 
     @cached_property
-    def job_env(self) -> str:
-        """Shell prefix of every compute job: the Hub offline, pointed at the project's cache, the
-        manifest whose digest results record, and exactly the CPUs Snakemake gives the job (torch
-        reads OMP_NUM_THREADS at start-up; ``{threads}`` is filled in by Snakemake)."""
-        env = (
-            f"export HF_HOME={shlex.quote(self.config['fetch']['hf_home'])} HF_HUB_OFFLINE=1 "
-            "HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
-        )
-        env += f" TOKENDRIFT_MANIFEST={self.manifest[0]}" if self.manifest else ""
-        return env + " OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads};"
+    def job_env(self) -> list[str]:
+        """The environment of every compute job, ``NAME=value`` items that its rule's shell line
+        exports (each quoted by ``:q``): the Hub offline, pointed at the project's cache, and the
+        manifest whose digest results record. The rule adds exactly the CPUs Snakemake gives the
+        job (OMP_NUM_THREADS, MKL_NUM_THREADS = ``{threads}``; torch reads them at start-up)."""
+        env = [f"HF_HOME={self.config['fetch']['hf_home']}", "HF_HUB_OFFLINE=1", "HF_DATASETS_OFFLINE=1"]
+        env += ["TRANSFORMERS_OFFLINE=1"] + ([f"TOKENDRIFT_MANIFEST={self.manifest[0]}"] if self.manifest else [])
+        return env
 
     @cached_property
-    def fetch_env(self) -> str:
-        """Shell prefix of the fetch rules (login node, online): the same cache."""
-        return f"export HF_HOME={shlex.quote(self.config['fetch']['hf_home'])};"
+    def fetch_env(self) -> list[str]:
+        """The environment of the fetch rules (login node, online): the same cache."""
+        return [f"HF_HOME={self.config['fetch']['hf_home']}"]
 
     @cached_property
     def entropy_rate_file(self) -> list[str]:
@@ -547,50 +548,44 @@ class Grid:
     # A rule's outputs are the paths above at its wildcards; its inputs and its job's arguments are
     # these functions of the job's wildcards ``w``; the options of a job are its config section.
 
-    def job_options(self, section: str, prefix: str = "") -> str:
+    def job_options(self, section: str, prefix: str = "") -> list[str]:
         """The flags of a job schema set to the config's section (tokendrift/schemas/<section>.schema.yaml)."""
         return configlib.option_args(section, self.config[section], prefix)
 
     @property
-    def config_args(self) -> str:
+    def config_args(self) -> list[str]:
         """How the jobs that rebuild the grid (tables, figures, tracking) get this config."""
-        return f"--config-json {shlex.quote(json.dumps(self.raw))} --schema {self.schema}"
+        return ["--config-json", json.dumps(self.raw), "--schema", self.schema]
 
-    def fetch_args(self, w) -> str:
+    def fetch_args(self, w) -> list[str]:
         what, spec = self.fetch_items[w.item]
-        return f"{what} {shlex.quote(spec)} --item {w.item}"
+        return [what, spec, "--item", w.item]
 
-    def source_args(self, w) -> str:
+    def source_args(self, w) -> list[str]:
         """The source config of the data-stage jobs (prepare_data, entropy_rate)."""
-        return f"--source-json {shlex.quote(json.dumps(self.config['source']))}"
+        return ["--source-json", json.dumps(self.config["source"])]
 
-    def pretrain_args(self, w) -> str:
+    def pretrain_args(self, w) -> list[str]:
         bb = w.backbone
-        return (
-            f"{bb} --config-json {shlex.quote(json.dumps(self.pretrain_config(bb)))} --out {self.pretrain_dir(bb)} "
-            "--discard-stale"
-        )
+        config = json.dumps(self.pretrain_config(bb))
+        return [bb, "--config-json", config, "--out", str(self.pretrain_dir(bb)), "--discard-stale"]
 
-    def import_args(self, w) -> str:
+    def import_args(self, w) -> list[str]:
         start = self.config["start"][w.backbone]
-        model = f"--model-json {shlex.quote(json.dumps(start['model']))} " if "model" in start else ""
-        return (
-            f"{shlex.quote(start['import'])} {self.import_dir(w.backbone)} --diffusion {w.backbone} {model}"
-            f"--source-json {shlex.quote(json.dumps(self.config['source']))}"
-        )
+        model = ["--model-json", json.dumps(start["model"])] if "model" in start else []
+        return [start["import"], str(self.import_dir(w.backbone)), "--diffusion", w.backbone, *model,
+                "--source-json", json.dumps(self.config["source"])]  # fmt: skip
 
-    def evaluator_args(self, w) -> str:
-        return f"evaluator --config-json {shlex.quote(json.dumps(self.evaluator_config()))} --out {self.evaluator_dir}"
+    def evaluator_args(self, w) -> list[str]:
+        return ["evaluator", "--config-json", json.dumps(self.evaluator_config()), "--out", str(self.evaluator_dir)]
 
     def train_inputs(self, w) -> list[str]:
         return [str(self.start_done(w.backbone)), *self.job_inputs]
 
-    def train_args(self, w) -> str:
+    def train_args(self, w) -> list[str]:
         job = self.train_config(w.backbone, w.model, int(w.seed))
-        return (
-            f"--config-json {shlex.quote(json.dumps(job))} --out {self.train_dir(w.backbone, w.model, int(w.seed))} "
-            "--discard-stale"
-        )
+        out = self.train_dir(w.backbone, w.model, int(w.seed))
+        return ["--config-json", json.dumps(job), "--out", str(out), "--discard-stale"]
 
     def sample_dirs(self, u: Unit) -> list[Path]:
         """A unit's sample folders, one per cell."""
@@ -607,15 +602,18 @@ class Grid:
         u = self.unit(w)
         return [self.checkpoint_done(u.backbone, u.model, u.seed), *self.job_inputs]
 
-    def sample_args(self, w) -> str:
+    def sample_args(self, w) -> list[str]:
         """One checkpoint at every NFE and temperature of its cells, into a folder per cell."""
         u = self.unit(w)
         folders = self.unit_dir("samples", u) / "T{temperature}_nfe{nfe}"
-        return (
-            f"{self.unit_checkpoint(u)} --nfe {' '.join(map(str, self.nfes))} "
-            f"--temperature {' '.join(map(str, self.temperatures(u.model)))} --seed {u.seed} "
-            f"{self.job_options('sample')} --out {shlex.quote(str(folders))}"
-        )
+        return [
+            str(self.unit_checkpoint(u)),
+            *("--nfe", *map(str, self.nfes)),
+            *("--temperature", *map(str, self.temperatures(u.model))),
+            *("--seed", str(u.seed)),
+            *self.job_options("sample"),
+            *("--out", str(folders)),
+        ]
 
     def score_outputs(self, start: bool) -> list[str]:
         return self.score_files([START_WILDCARDS if start else WILDCARDS], nelbo=False)
@@ -632,15 +630,17 @@ class Grid:
             "data": self.job_inputs,
         }
 
-    def score_args(self, w) -> str:
+    def score_args(self, w) -> list[str]:
         """A checkpoint's sample folders under the evaluator, then its held-out NELBO."""
         u = self.unit(w)
-        return (
-            " ".join(map(str, self.sample_dirs(u)))
-            + f" --evaluator {shlex.quote(self.evaluator())} {self.job_options('score')} "
-            f"{self.job_options('nelbo', prefix='nelbo_')} --checkpoint {self.unit_checkpoint(u)} "
-            f"--nelbo-seed {u.seed}"
-        )
+        return [
+            *map(str, self.sample_dirs(u)),
+            *("--evaluator", self.evaluator()),
+            *self.job_options("score"),
+            *self.job_options("nelbo", prefix="nelbo_"),
+            *("--checkpoint", str(self.unit_checkpoint(u))),
+            *("--nelbo-seed", str(u.seed)),
+        ]
 
     def probe_file(self, bb: str, name: str) -> str:
         return str(self.probe_dir(bb) / name)
@@ -651,9 +651,9 @@ class Grid:
             *self.job_inputs,
         ]
 
-    def probe_args(self, w) -> str:
-        ckpts = " ".join(f"--checkpoint {m}={p}" for m, p in self.probe_models(w.backbone).items())
-        return f"{ckpts} --out {self.probe_dir(w.backbone)} {self.job_options('probe')}"
+    def probe_args(self, w) -> list[str]:
+        ckpts = [a for m, p in self.probe_models(w.backbone).items() for a in ("--checkpoint", f"{m}={p}")]
+        return [*ckpts, "--out", str(self.probe_dir(w.backbone)), *self.job_options("probe")]
 
     def report_category(self, table: str) -> str:
         """A table's category in Snakemake's report: "Table 1" for the paper's, its name for one's own."""
@@ -680,7 +680,13 @@ def add_grid_args(p) -> None:
 def grid_from_args(args) -> Grid:
     if bool(args.config) == bool(args.config_json):
         raise TokenDriftError("give a workflow config file or --config-json (exactly one)")
-    raw = json.loads(args.config_json) if args.config_json else configlib.load_file(args.config)
+    if args.config_json:
+        try:
+            raw = json.loads(args.config_json)
+        except json.JSONDecodeError as e:
+            raise TokenDriftError(f"--config-json is not valid JSON: {e}") from None
+    else:
+        raw = configlib.load_file(args.config)
     return Grid(raw, args.schema)
 
 

@@ -36,7 +36,7 @@ for _table in G.tables:
         conda:
             CONDA_ENV
         shell:
-            "tokendrift aggregate {params.config} --table {params.table} > {log} 2>&1"
+            "tokendrift aggregate {params.config:q} --table {params.table:q} > {log:q} 2>&1"
 
 
 for _figure, (_title, _) in FIGURES.items():
@@ -63,7 +63,7 @@ for _figure, (_title, _) in FIGURES.items():
         conda:
             CONDA_ENV
         shell:
-            "tokendrift aggregate {params.config} --figure {params.figure} > {log} 2>&1"
+            "tokendrift aggregate {params.config:q} --figure {params.figure:q} > {log:q} 2>&1"
 
 
 rule track:
@@ -80,7 +80,7 @@ rule track:
     conda:
         CONDA_ENV
     shell:
-        "tokendrift track {params.config} > {log} 2>&1"
+        "tokendrift track {params.config:q} > {log:q} 2>&1"
 
 
 rule all_tables:

@@ -11,6 +11,7 @@ if G.prepared:
         output:
             G.prepared,
         params:
+            env=G.job_env,
             args=G.source_args,
         log:
             G.log("prepare_data"),
@@ -20,7 +21,7 @@ if G.prepared:
         conda:
             CONDA_ENV
         shell:
-            G.job_env + "tokendrift prepare {params.args} > {log} 2>&1"
+            JOB_ENV + "tokendrift prepare {params.args:q} > {log:q} 2>&1"
 
 
 if G.entropy_rate_file:
@@ -29,6 +30,7 @@ if G.entropy_rate_file:
         output:
             G.entropy_rate_file,
         params:
+            env=G.job_env,
             args=G.source_args,
         log:
             G.log("entropy_rate"),
@@ -36,4 +38,4 @@ if G.entropy_rate_file:
         conda:
             CONDA_ENV
         shell:
-            G.job_env + "tokendrift entropy-rate {params.args} --out {output} > {log} 2>&1"
+            JOB_ENV + "tokendrift entropy-rate {params.args:q} --out {output:q} > {log:q} 2>&1"

@@ -9,6 +9,7 @@ if G.fetch_items:
         output:
             G.fetch_file("{item}"),
         params:
+            env=G.fetch_env,
             args=G.fetch_args,
         log:
             G.log("fetch_item"),
@@ -18,7 +19,7 @@ if G.fetch_items:
         conda:
             CONDA_ENV
         shell:
-            G.fetch_env + "tokendrift fetch {params.args} --out {output} > {log} 2>&1"
+            FETCH_ENV + "tokendrift fetch {params.args:q} --out {output:q} > {log:q} 2>&1"
 
     rule fetch_manifest:
         input:
@@ -31,7 +32,7 @@ if G.fetch_items:
         conda:
             CONDA_ENV
         shell:
-            "tokendrift fetch manifest {input} --out {output} > {log} 2>&1"
+            "tokendrift fetch manifest {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule fetch:

@@ -13,6 +13,7 @@ rule probe:
         G.probe_file("{backbone}", "probe.pdf"),
         G.probe_file("{backbone}", "top3.md"),
     params:
+        env=G.job_env,
         args=G.probe_args,
         code=G.report_digest,
     log:
@@ -21,7 +22,7 @@ rule probe:
     conda:
         CONDA_ENV
     shell:
-        G.job_env + "tokendrift probe {params.args} > {log} 2>&1"
+        JOB_ENV + "tokendrift probe {params.args:q} > {log:q} 2>&1"
 
 
 rule probe_all:

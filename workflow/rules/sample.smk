@@ -9,6 +9,7 @@ rule sample_run:
     output:
         G.sample_outputs(start=False),
     params:
+        env=G.job_env,
         args=G.sample_args,
         code=G.code_digest,
     log:
@@ -19,7 +20,7 @@ rule sample_run:
     conda:
         CONDA_ENV
     shell:
-        G.job_env + "tokendrift sample {params.args} > {log} 2>&1"
+        JOB_ENV + "tokendrift sample {params.args:q} > {log:q} 2>&1"
 
 
 use rule sample_run as sample_start with:

@@ -9,6 +9,7 @@ rule score_run:
         scores=G.score_outputs(start=False),
         nelbo=G.nelbo_output(start=False),
     params:
+        env=G.job_env,
         args=G.score_args,
         code=G.code_digest,
     log:
@@ -19,7 +20,7 @@ rule score_run:
     conda:
         CONDA_ENV
     shell:
-        G.job_env + "tokendrift score {params.args} --out {output.scores} --nelbo-out {output.nelbo} > {log} 2>&1"
+        JOB_ENV + "tokendrift score {params.args:q} --out {output.scores:q} --nelbo-out {output.nelbo:q} > {log:q} 2>&1"
 
 
 use rule score_run as score_start with:

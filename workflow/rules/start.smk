@@ -8,6 +8,7 @@ rule pretrain_start:
     output:
         G.pretrain_done("{backbone}"),
     params:
+        env=G.job_env,
         args=G.pretrain_args,
         code=G.code_digest,
     log:
@@ -18,7 +19,7 @@ rule pretrain_start:
     conda:
         CONDA_ENV
     shell:
-        G.job_env + "tokendrift pretrain {params.args} > {log} 2>&1"
+        JOB_ENV + "tokendrift pretrain {params.args:q} > {log:q} 2>&1"
 
 
 rule import_start:
@@ -27,6 +28,7 @@ rule import_start:
     output:
         G.import_done("{backbone}"),
     params:
+        env=G.job_env,
         args=G.import_args,
         code=G.code_digest,
     log:
@@ -35,7 +37,7 @@ rule import_start:
     conda:
         CONDA_ENV
     shell:
-        G.job_env + "tokendrift checkpoint import {params.args} > {log} 2>&1"
+        JOB_ENV + "tokendrift checkpoint import {params.args:q} > {log:q} 2>&1"
 
 
 rule pretrain_evaluator:
@@ -44,6 +46,7 @@ rule pretrain_evaluator:
     output:
         G.evaluator_done,
     params:
+        env=G.job_env,
         args=G.evaluator_args,
         code=G.code_digest,
     log:
@@ -54,4 +57,4 @@ rule pretrain_evaluator:
     conda:
         CONDA_ENV
     shell:
-        G.job_env + "tokendrift pretrain {params.args} > {log} 2>&1"
+        JOB_ENV + "tokendrift pretrain {params.args:q} > {log:q} 2>&1"

@@ -9,6 +9,7 @@ rule train:
     output:
         G.checkpoint_done("{backbone}", "{model}", "{seed}"),
     params:
+        env=G.job_env,
         args=G.train_args,
         code=G.code_digest,
     log:
@@ -19,4 +20,4 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        G.job_env + "tokendrift train {params.args} > {log} 2>&1"
+        JOB_ENV + "tokendrift train {params.args:q} > {log:q} 2>&1"
