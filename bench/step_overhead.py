@@ -75,7 +75,9 @@ def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
 
 
 def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
-    """A training job's Setup with AdamW and its noise generator; ``extra`` adds job options."""
+    """A training job's Setup with the AdamW and noise generator of its training state
+    (``T.make_state``: the generator in train mode, so dropout runs as in training); ``extra``
+    adds job options."""
     cfg = T.resolve_config({"variant": variant, "init": str(init), "global_batch": args.micro_batch,
                             "micro_batch": args.micro_batch, "device": args.device,
                             "precision": "bf16" if args.bf16 else "fp32", "optim": {"warmup_steps": 0},
@@ -85,9 +87,9 @@ def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
         d = s.queues["real"].dim
         for q in s.queues.values():
             q.push(torch.nn.functional.normalize(torch.randn(cfg["objective"]["queue_size"], d, device=s.device), dim=-1))
-    opt = torch.optim.AdamW(s.model.parameters(), lr=1e-5)
-    noise = torch.Generator(device=s.device).manual_seed(0)
-    return s, opt, noise
+    state = T.make_state(s)  # single process: state.model is s.model, now in training mode
+    assert state.model is s.model and s.model.training
+    return s, state.optimizer, state.noise
 
 
 def step(s, opt, noise, k: int, x0: torch.Tensor | None = None, split: dict | None = None) -> float:

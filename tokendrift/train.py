@@ -573,10 +573,11 @@ def stop_if_non_finite(s: Setup, state: TrainState, losses: torch.Tensor, terms:
     bad[s.rank] = (~torch.isfinite(losses)).to(torch.int32)
     if s.world > 1:
         dist.all_reduce(bad)
-    where = bad.nonzero().tolist()
-    if not where:
+    flags = bad.view(-1).tolist()  # the step's host sync
+    first = next((i for i, f in enumerate(flags) if f), None)
+    if first is None:
         return
-    rank, a = where[0]
+    rank, a = divmod(first, losses.shape[0])
     mine = f"loss {float(losses[a])}, terms {_floats(terms)}" if rank == s.rank else f"reported by rank {rank}"
     last_ckpt = latest_checkpoint(out) if out.exists() else None
     raise TokenDriftError(
