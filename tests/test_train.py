@@ -639,3 +639,22 @@ def test_the_training_loop_reads_tensors_once_per_step_and_metrics_every_log_eve
         monkeypatch.undo()
     assert total[3, 3] - total[1, 1] == 2, total  # 2 more steps, 4 more micro-steps: one read per step
     assert total[3, 1] - total[3, 3] == 2, total  # 2 more metrics lines: one read each
+
+
+@pytest.mark.parametrize("device,backend", [("cuda", "nccl"), ("cpu", "gloo")])
+def test_the_rank_sets_its_device_before_the_process_group_and_the_backend_follows_it(monkeypatch, device, backend):
+    """The device is set before init_process_group (NCCL binds the current device), and the
+    backend comes from the resolved device, not from torch.cuda.is_available(): a device: cpu job
+    on a GPU node runs gloo."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the task's narrowed mask
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", torch.device(d))))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda b, **k: calls.append(("init", b)))
+    got = trainlib.init_distributed(device)
+    want = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+    assert got == want
+    assert calls == ([("set_device", want)] if device == "cuda" else []) + [("init", backend)]
