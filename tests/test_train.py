@@ -658,3 +658,11 @@ def test_the_rank_sets_its_device_before_the_process_group_and_the_backend_follo
     want = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
     assert got == want
     assert calls == ([("set_device", want)] if device == "cuda" else []) + [("init", backend)]
+
+
+def test_the_evaluator_refuses_several_ranks(tmp_path, monkeypatch, capsys):
+    """The evaluator trains on one process: a multi-task launch fails at once, writing nothing."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    out = tmp_path / "ev"
+    assert cli(["pretrain", "evaluator", "--out", str(out)]) == 2
+    assert "trains on one process, but WORLD_SIZE=4" in capsys.readouterr().err and not out.exists()
