@@ -6,6 +6,7 @@ features of size 2d).
     python bench/step_overhead.py                       # CPU, tiny DiT, length 64, batch 16
     python bench/step_overhead.py --device cuda --preset small --length 1024 --micro-batch 2 --bf16
                                                         # the paper's H100 setting (random weights)
+    ... --device cuda --sync-debug                      # and the host syncs of one step (train mode)
 
 Prints a table and writes bench/results/step_overhead_<device>_<preset>.json (with
 --glibc-default-malloc: ..._glibc_default.json). Targets: ratio
@@ -75,7 +76,9 @@ def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
 
 
 def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
-    """A training job's Setup with AdamW and its noise generator; ``extra`` adds job options."""
+    """A training job's Setup with the AdamW and noise generator of its training state
+    (``T.make_state``: the generator in train mode, so dropout runs as in training); ``extra``
+    adds job options."""
     cfg = T.resolve_config({"variant": variant, "init": str(init), "global_batch": args.micro_batch,
                             "micro_batch": args.micro_batch, "device": args.device,
                             "precision": "bf16" if args.bf16 else "fp32", "optim": {"warmup_steps": 0},
@@ -85,9 +88,9 @@ def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
         d = s.queues["real"].dim
         for q in s.queues.values():
             q.push(torch.nn.functional.normalize(torch.randn(cfg["objective"]["queue_size"], d, device=s.device), dim=-1))
-    opt = torch.optim.AdamW(s.model.parameters(), lr=1e-5)
-    noise = torch.Generator(device=s.device).manual_seed(0)
-    return s, opt, noise
+    state = T.make_state(s)  # single process: state.model is s.model, now in training mode
+    assert state.model is s.model and s.model.training
+    return s, state.optimizer, state.noise
 
 
 def step(s, opt, noise, k: int, x0: torch.Tensor | None = None, split: dict | None = None) -> float:
@@ -95,7 +98,7 @@ def step(s, opt, noise, k: int, x0: torch.Tensor | None = None, split: dict | No
     on ``x0``; ``split`` gets the micro-step with its backward ("micro_s") and the optimizer
     ("optimizer_s") apart, for a loop that accumulates several micro-steps per optimizer step."""
     sync = torch.cuda.synchronize if s.device.type == "cuda" else (lambda: None)
-    x0 = s.source.batch("train", k, s.cfg["micro_batch"]).to(s.device) if x0 is None else x0
+    x0 = T.to_device(s.source.batch("train", k, s.cfg["micro_batch"]), s.device) if x0 is None else x0
     sync()
     t0 = time.perf_counter()
     loss = T.micro_step(s, s.model, x0, noise, {})
@@ -110,6 +113,21 @@ def step(s, opt, noise, k: int, x0: torch.Tensor | None = None, split: dict | No
     if split is not None:
         split["optimizer_s"] = time.perf_counter() - t1
     return time.perf_counter() - t0
+
+
+def host_syncs(fn) -> int:
+    """The CUDA host syncs ``fn`` makes, by torch's sync debug mode (one warning per sync); the
+    bench's own torch.cuda.synchronize() calls are explicit and not reported by it."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def drift_time(d: int, device: str, reps: int, anchors: int) -> float:
@@ -143,6 +161,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak (H100 SXM bf16 dense: 989)")
     ap.add_argument("--backbones", nargs="+", default=["mdlm", "duo"])
+    ap.add_argument("--sync-debug", action="store_true",
+                    help="CUDA: count the host syncs of one more step of each variant "
+                         "(torch.cuda.set_sync_debug_mode('warn'); the count goes in the JSON)")
     add_allocator_arg(ap)
     args = ap.parse_args()
     malloc = allocator(args)
@@ -174,6 +195,9 @@ def main() -> None:
                    # the 170M DiT's 2d, 64 anchors (the paper's 4-GPU step gathers 8: an upper bound)
                    "drift_field_1536_s": drift_time(1536, args.device, 20, 64),
                    "continuation_tflops": flops / med["continuation"] / 1e12}
+            if args.device == "cuda" and args.sync_debug:
+                for v, (sv, opt, noise) in runs.items():
+                    row[f"{v}_host_syncs"] = host_syncs(lambda: step(sv, opt, noise, 0))
             if args.device == "cuda":
                 row["continuation_mfu"] = row["continuation_tflops"] / args.peak_tflops
                 for v, (sv, opt, noise) in runs.items():

@@ -38,7 +38,7 @@ from snakemake_interface_executor_plugins.settings import (
 from submitit import AutoExecutor
 from submitit.local.local import LocalExecutor
 
-from .jobs import RequeueableShellCommand, ShellCommand
+from .jobs import RequeueableShellCommand, ShellCommand, rank_log
 from .resources import local_parameters, num_tasks, submitit_parameters, wants_requeue
 from .status import LocalWatcher, SlurmWatcher, StatusPoller, Tracked
 
@@ -281,7 +281,7 @@ class Executor(RemoteExecutor):
                     "command directly, so the rule needs a plain shell: command (no group, "
                     "conda/container/env-modules in use under --sdm, benchmark, shadow or tmpdir)"
                 )
-            worker = self.direct_command(job, cpus)
+            worker = {str(r): self.direct_command(job, cpus, rank=r) for r in range(1, num_tasks(params))}
         if self.settings.direct_shell and self.direct_eligible(job):
             self.workflow.async_run(job.prepare())  # what the inner Snakemake would do
             command = self.direct_command(job, cpus)
@@ -316,10 +316,12 @@ class Executor(RemoteExecutor):
             or (DeploymentMethod.ENV_MODULES in used and job.env_modules)
         )
 
-    def direct_command(self, job: JobExecutorInterface, cpus: int) -> str:
+    def direct_command(self, job: JobExecutorInterface, cpus: int, rank: int = 0) -> str:
         """The job's shell command as Snakemake's shell() would run it: the workflow's
         shell executable and prefix/suffix (bash strict mode by default), the thread
-        variables set to the allocation's CPUs, the envvars declarations first."""
+        variables set to the allocation's CPUs, the envvars declarations first. For a rank
+        other than 0 of a multi-task job, ``{log}`` names that rank's own files (``rank_log``),
+        so that the job's log is rank 0's alone."""
         from snakemake.shell import shell
 
         exe = shell.get_executable() or "/bin/sh"
@@ -327,7 +329,13 @@ class Executor(RemoteExecutor):
         if prefix is None:
             prefix = "set -euo pipefail; " if os.path.basename(exe) == "bash" else ""
         suffix = getattr(shell, "_process_suffix", None) or ""
-        cmd = " ".join((prefix, job.shellcmd, suffix)).strip()
+        body = job.shellcmd
+        if rank and job.log:
+            logs = type(job.log)(toclone=job.log, custom_map=lambda f: rank_log(str(f), rank))
+            dirs = sorted({os.path.dirname(f) for f in logs if os.path.dirname(f)})
+            mkdir = f"mkdir -p {' '.join(shlex.quote(d) for d in dirs)}; " if dirs else ""
+            body = mkdir + job.format_wildcards(job.rule.shellcmd, log=logs)
+        cmd = " ".join((prefix, body, suffix)).strip()
         threads = " ".join(f"{v}={cpus}" for v in THREAD_VARS)
         return (
             f"{self.get_envvar_declarations()} export {threads} && exec {shlex.quote(exe)} -c {shlex.quote(cmd)}"

@@ -10,10 +10,11 @@ the submitit wrapper must act on it).
 Data-parallel jobs (``nodes * tasks_per_node > 1``): submitit starts one task per rank and
 each task calls this object. Each task gets MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
 LOCAL_RANK, LOCAL_WORLD_SIZE (computed by ``submitit.helpers.TorchDistributedEnvironment``,
-the same values its ``export()`` sets) and, when GPUs were requested, its own slice of
-CUDA_VISIBLE_DEVICES. Global rank 0 runs the inner Snakemake (which prepares and checks
-the outputs); the other ranks run the rule's formatted ``shell:`` command directly, so
-only one Snakemake manages the job's files. Rank 0 alone decides success.
+the same values its ``export()`` sets) and, when GPUs were requested, CUDA_VISIBLE_DEVICES
+narrowed to its own GPU (``distributed_env``). Global rank 0 runs the inner Snakemake (which
+prepares and checks the outputs); the other ranks run the rule's formatted ``shell:`` command
+directly, so only one Snakemake manages the job's files, each with ``{log}`` pointing at its
+own files (``rank_log``): the job's log is rank 0's. Rank 0 alone decides success.
 
 When the command ends, what is left of its process group is stopped. When the scheduler
 stopped it (SIGTERM: scancel, ``scontrol requeue``, preemption), the task exits without a
@@ -73,7 +74,13 @@ def kill_group(proc: subprocess.Popen | None, grace_s: float) -> None:
 
 
 def distributed_env(gpus_per_node: int, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """torch.distributed variables for this submitit task; {} for a single-task job."""
+    """torch.distributed variables for this submitit task; {} for a single-task job.
+
+    With GPUs, each task sees exactly one: CUDA_VISIBLE_DEVICES narrowed to the LOCAL_RANK-th of
+    the GPUs visible to the job (all of them under Slurm's --gpus-per-node), which the task then
+    uses as ``cuda:0`` (``tokendrift.train.resolve_device``); a task the scheduler already bound
+    to one GPU (--gpus-per-task, --gpu-bind) keeps it. LOCAL_RANK stays the rank on the node.
+    """
     environ = os.environ if environ is None else environ
     dist = TorchDistributedEnvironment()
     if dist.world_size <= 1:
@@ -86,14 +93,26 @@ def distributed_env(gpus_per_node: int, environ: dict[str, str] | None = None) -
         "LOCAL_RANK": str(dist.local_rank),
         "LOCAL_WORLD_SIZE": str(dist.local_world_size),
     }
-    per_task = gpus_per_node // max(1, dist.local_world_size)
-    if gpus_per_node and per_task >= 1:
-        visible = environ.get("CUDA_VISIBLE_DEVICES", "")
-        devices = [d for d in visible.split(",") if d] or [str(i) for i in range(gpus_per_node)]
-        mine = devices[dist.local_rank * per_task : (dist.local_rank + 1) * per_task]
-        if mine:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    if gpus_per_node:
+        visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        if len(visible) != 1:  # the job's GPUs (or none listed: 0..gpus_per_node-1)
+            devices = visible or [str(i) for i in range(gpus_per_node)]
+            if dist.local_rank >= len(devices):
+                raise CommandFailed(
+                    f"task of local rank {dist.local_rank} on a node with GPUs {','.join(devices)}: "
+                    f"one GPU per task needs gpus_per_node >= tasks_per_node"
+                )
+            env["CUDA_VISIBLE_DEVICES"] = devices[dist.local_rank]
     return env
+
+
+def rank_log(path: str, rank: int) -> str:
+    """The log a rank other than 0 of a multi-task job writes instead of the job's ``path``
+    (logs/train/x.log -> logs/train/x.rank1.log)."""
+    head, name = os.path.split(path)
+    stem, dot, ext = name.rpartition(".")
+    name = f"{stem}.rank{rank}.{ext}" if dot and stem else f"{name}.rank{rank}"
+    return os.path.join(head, name)
 
 
 class ShellCommand:
@@ -103,7 +122,8 @@ class ShellCommand:
         ``--submitit-direct-shell`` the rule's own shell command.
     cwd: the workflow's working directory.
     worker_command: for multi-task jobs, the rule's formatted shell command (as
-        ``Executor.direct_command`` builds it) that ranks other than 0 run; else None.
+        ``Executor.direct_command`` builds it) that ranks other than 0 run, one for all or
+        one per rank ({"1": ..., "2": ...}: each writing its own log); else None.
     gpus_per_node: GPUs requested per node (to split CUDA_VISIBLE_DEVICES per rank).
     term_grace_s: seconds between SIGTERM and SIGKILL when the command is stopped.
     usr2_wait_s: after a SIGTERM killed the command, how long to wait for the USR2 that
@@ -114,7 +134,7 @@ class ShellCommand:
         self,
         command: str,
         cwd: str,
-        worker_command: str | None = None,
+        worker_command: str | dict[str, str] | None = None,
         gpus_per_node: int = 0,
         term_grace_s: float = 30.0,
         usr2_wait_s: float = 5.0,
@@ -138,9 +158,12 @@ class ShellCommand:
         """The process to start for this task (rank 0: the job's command; other ranks:
         the rule's shell command)."""
         if rank != "0":
-            if self.worker_command is None:
-                raise CommandFailed("multi-task job without a worker command")
-            return ["/bin/sh", "-c", self.worker_command]
+            cmd = self.worker_command
+            if isinstance(cmd, dict):
+                cmd = cmd.get(rank)
+            if cmd is None:
+                raise CommandFailed(f"multi-task job without a worker command for rank {rank}")
+            return ["/bin/sh", "-c", cmd]
         return ["/bin/sh", "-c", self.command]
 
     def __call__(self) -> int:

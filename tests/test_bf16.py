@@ -74,3 +74,29 @@ def test_bf16_sampling_and_nelbo(tmp_path, diffusion):
     assert nelbo == pytest.approx(ref_nelbo, rel=RTOL)
     assert ids.dtype == torch.long and ids.shape == (8, model.config.length)
     assert int(ids.min()) >= 0 and int(ids.max()) < diff.n_data  # no special id leaks from bf16 weights
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_data_parallel_dropout_scales_by_exactly_one_over_keep_and_keeps_only_its_rows(dtype):
+    """Rank 1 of 4: this rank's rows of the all-rank draw, kept entries scaled by exactly
+    1 / (1 - p) and rounded once (before, the mask was divided in bf16: 1.109375 for p = 0.1),
+    and only a mask of this rank's size saved for the backward (before, a view of the 4x draw)."""
+    from tokendrift.model import dropout
+
+    p, B, world, rank = 0.1, 2, 4, 1
+    x = torch.randn(B, 8, 16, dtype=dtype, requires_grad=True)
+    saved = []
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = dropout(x, p, True, (rank, world))
+    torch.manual_seed(0)
+    draw = torch.empty(B * world, 8, 16, dtype=dtype).bernoulli_(1 - p)  # what one process draws for all rows
+    keep = draw[rank * B:(rank + 1) * B] != 0
+    # F.dropout's arithmetic: x times the float32 scale 1 / (1 - p), rounded to x's dtype
+    scale = torch.tensor(1 / (1 - p), dtype=torch.float32)
+    expected = (x.detach().float() * torch.where(keep, scale, 0)).to(dtype)
+    assert torch.equal(y.detach(), expected)
+    assert 0 < keep.sum() < keep.numel()
+    assert saved and all(t.untyped_storage().nbytes() <= x.numel() * x.element_size() for t in saved)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.where(keep, scale, 0).to(dtype))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from snakemake_interface_common.exceptions import WorkflowError
 from submitit import AutoExecutor
 from submitit.core.utils import cloudpickle_dump
@@ -147,6 +148,80 @@ def test_a_conda_directive_without_conda_deployment_keeps_the_direct_shell(tmp_p
     assert sorted((tmp_path / "ranks.log").read_text().split()) == ["0", "1"]
     logs = list((tmp_path / ".snakemake" / "submitit").glob("*/*_log.err"))
     assert logs and not any("SNAKEMAKE" in p.read_text() for p in logs)
+
+
+def test_each_rank_of_a_multi_task_job_writes_its_own_log(tmp_path):
+    """Ranks > 0 run the rule's command with {log} pointing at their own files: the job's log
+    is rank 0's alone (before, every rank truncated and wrote the same file)."""
+    (tmp_path / "Snakefile").write_text(
+        'rule ddp:\n    output: "ddp.txt"\n    log: "logs/ddp/job.log"\n    resources: tasks_per_node=4\n'
+        '    shell: "echo rank $RANK > {log}; if [ $RANK = 0 ]; then echo ok > {output}; fi"\n'
+    )
+    r = _snakemake(tmp_path, "-j", "1", "--submitit-direct-shell")
+    assert r.returncode == 0, r.stdout + r.stderr
+    logs = tmp_path / "logs" / "ddp"
+    assert (logs / "job.log").read_text() == "rank 0\n"
+    for rank in (1, 2, 3):
+        assert (logs / f"job.rank{rank}.log").read_text() == f"rank {rank}\n"
+    assert jobs.rank_log("a.b/job", 2) == "a.b/job.rank2" and jobs.rank_log("x/.log", 1) == "x/.log.rank1"
+
+
+def _slurm_task(monkeypatch, rank: int, tasks: int = 4) -> None:
+    """The variables Slurm gives task ``rank`` of a one-node job (what submitit's
+    SlurmJobEnvironment reads)."""
+    for k, v in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "42", "SLURM_NTASKS": str(tasks),
+                 "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "gpu001",
+                 "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.mark.parametrize("mask", ["0,1,2,3", "4,5,6,7", None], ids=["gpus-per-node", "other-ids", "unset"])
+def test_every_rank_of_a_4_task_job_sees_one_gpu_and_uses_it(monkeypatch, mask):
+    """The 4-rank H100 job: each task's CUDA_VISIBLE_DEVICES is its own GPU and the training job
+    resolves cuda:0 in it (before, the mask was narrowed but ranks 1-3 asked for cuda:LOCAL_RANK)."""
+    from tokendrift.train import resolve_device
+
+    job_gpus = (mask or "0,1,2,3").split(",")
+    seen = []
+    for rank in range(4):
+        _slurm_task(monkeypatch, rank)
+        env = jobs.distributed_env(4, {} if mask is None else {"CUDA_VISIBLE_DEVICES": mask})
+        assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) == (str(rank), str(rank), "4")
+        visible = env["CUDA_VISIBLE_DEVICES"].split(",")
+        device = resolve_device("auto", env, cuda_count=len(visible))  # torch counts the visible GPUs
+        assert device == torch.device("cuda", 0), (rank, env)
+        seen.append(visible[device.index])
+    assert seen == job_gpus  # four ranks, four distinct GPUs of the job
+
+
+def test_a_task_the_scheduler_bound_to_one_gpu_keeps_it_and_too_few_gpus_are_refused(monkeypatch):
+    from tokendrift.train import resolve_device
+
+    _slurm_task(monkeypatch, 2)
+    env = jobs.distributed_env(4, {"CUDA_VISIBLE_DEVICES": "2"})  # --gpus-per-task / --gpu-bind
+    assert "CUDA_VISIBLE_DEVICES" not in env and env["LOCAL_RANK"] == "2"
+    assert resolve_device("cuda", {**env, "CUDA_VISIBLE_DEVICES": "2"}, cuda_count=1) == torch.device("cuda", 0)
+    _slurm_task(monkeypatch, 3)
+    with pytest.raises(jobs.CommandFailed, match="local rank 3 .* GPUs 0,1"):
+        jobs.distributed_env(2, {"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert jobs.distributed_env(0, {"CUDA_VISIBLE_DEVICES": "0,1"}).get("CUDA_VISIBLE_DEVICES") is None
+
+
+def test_torchrun_full_mask_resolves_cuda_local_rank():
+    """torchrun leaves the mask whole: rank r of a node uses cuda:r; a local rank beyond the
+    visible GPUs is refused naming the mask; no GPU and device cuda is refused."""
+    from tokendrift.train import resolve_device
+    from tokendrift.utils import TokenDriftError
+
+    for rank in range(4):
+        env = {"LOCAL_RANK": str(rank), "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+        assert resolve_device("auto", env, cuda_count=4) == torch.device("cuda", rank)
+    with pytest.raises(TokenDriftError, match="local rank 2 but CUDA_VISIBLE_DEVICES=0,1 shows 2 GPUs"):
+        resolve_device("cuda", {"LOCAL_RANK": "2", "CUDA_VISIBLE_DEVICES": "0,1"}, cuda_count=2)
+    with pytest.raises(TokenDriftError, match="no GPU is visible"):
+        resolve_device("cuda", {}, cuda_count=0)
+    assert resolve_device("auto", {"LOCAL_RANK": "3"}, cuda_count=0) == torch.device("cpu")
+    assert resolve_device("cpu", {"LOCAL_RANK": "3"}, cuda_count=4) == torch.device("cpu")
 
 
 def _tree_marked(marker):

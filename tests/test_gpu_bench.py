@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from bench import gpu
 from tests.conftest import REPO
@@ -113,3 +114,19 @@ def test_a_part_out_of_memory_or_time_is_recorded_and_the_run_goes_on(tmp_path):
     assert res["parts"]["steps"]["status"].startswith("timeout") and res["parts"]["steps"]["partial"] == 1
     assert res["parts"]["steps"]["seconds"] < 4
     assert res["parts"]["sampler"]["status"] == "error: ValueError: a bug"
+
+
+def test_step_overhead_times_the_training_step_in_train_mode(tmp_path):
+    """bench/step_overhead.py (and bench/gpu.py, which reuses it) times the step training runs:
+    the generator in train mode, so dropout draws its masks (before: eval mode, no dropout)."""
+    from types import SimpleNamespace
+
+    from bench.step_overhead import make_init, setup
+
+    args = SimpleNamespace(micro_batch=2, device="cpu", bf16=False)
+    s, opt, noise = setup(make_init(tmp_path / "init", "tiny", 16, "mdlm"), "continuation", args)
+    assert s.model.training and all(b.training for b in s.model.blocks)
+    assert s.model.config.dropout > 0
+    x = s.source.batch("train", 0, 2)
+    sigma = torch.zeros(2)
+    assert not torch.equal(s.model(x, sigma), s.model(x, sigma))  # two dropout draws

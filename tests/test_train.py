@@ -115,6 +115,41 @@ def test_resume_is_bitwise_exact(tmp_path, init_mdlm, stop_after):
     assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated or missing metric lines after the resume
 
 
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_resume_hands_cpu_rng_states_and_adamw_steps_where_a_fresh_adamw_keeps_them(tmp_path, init_mdlm, target):
+    """The resume path for a job on ``target`` (no GPU needed: the values handed on are checked).
+    Generator.set_state and torch.cuda.set_rng_state take CPU byte tensors, for CUDA generators
+    too; AdamW (neither capturable nor fused) keeps its ``step`` counts on the CPU, where
+    Optimizer.load_state_dict leaves them: a CUDA ``step`` costs a host sync per parameter."""
+    out = tmp_path / "run"
+    trainlib.train(job(init_mdlm, steps=2, save_every=0), out, progress=False)
+    ckpt = out / "checkpoints/step_000002"
+    saved = torch.load(ckpt / "train_state.pt", weights_only=True)
+    if target == "cuda":  # what a CUDA job writes beside: its CUDA RNG state (a CPU byte tensor)
+        saved["rng_cuda"] = torch.get_rng_state()
+        torch.save(saved, ckpt / "train_state.pt")
+    state = trainlib.read_train_state(ckpt, torch.device(target))  # map_location=cuda would fail here
+    for key in ("rng_noise", "rng_cpu") + (("rng_cuda",) if target == "cuda" else ()):
+        assert state[key].device.type == "cpu" and state[key].dtype == torch.uint8, key
+        assert torch.equal(state[key], saved[key]), key
+    assert ("rng_cuda" in state) == (target == "cuda")
+    # a fresh AdamW of this job, after one step: where it keeps `step`
+    s = trainlib.build(trainlib.resolve_config(job(init_mdlm)))
+    fresh = trainlib.make_state(s)
+    assert not any(g["capturable"] or g["fused"] for g in fresh.optimizer.param_groups)
+    for p in fresh.model.parameters():
+        p.grad = torch.ones_like(p)
+    fresh.optimizer.step()
+    home = next(iter(fresh.optimizer.state.values()))["step"]
+    steps = [v["step"] for v in state["optimizer"]["state"].values()]
+    assert steps and all(t.device == home.device == torch.device("cpu") and t.dtype == home.dtype for t in steps)
+    # the consumers take them as they are
+    noise = torch.Generator()
+    noise.set_state(state["rng_noise"])
+    fresh.optimizer.load_state_dict(state["optimizer"])
+    assert all(v["step"].device.type == "cpu" and float(v["step"]) == 2 for v in fresh.optimizer.state.values())
+
+
 def test_a_finished_run_reran_writes_nothing(tmp_path, init_mdlm):
     # a rerun of a finished job (the same command, e.g. a bench pretraining what exists) must not
     # touch done.json: Snakemake would rerun everything downstream of the newer file
@@ -455,3 +490,179 @@ def test_two_gloo_ranks_train_the_weights_of_one_process_on_the_gathered_batch(t
     # float rounding (Adam turns it into ~1e-4 of an update where a gradient is near 0); another
     # noise draw or dropout mask moves the weights as far as training does (~1x)
     assert moved > 1e-4 and apart <= 1e-3 * moved, (apart, moved)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+def _join_or_kill(ctx, deadline_s: float) -> bool:
+    """Join spawned ranks; kill them and return False when they are still running at the deadline
+    (a rank left waiting in a collective)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            if ctx.join(timeout=1):
+                return True
+        except Exception:  # a rank died with an error: its result file says what
+            return True
+    for p in ctx.processes:
+        p.kill()
+    return False
+
+
+def _nan_rank(rank, world, cfg, out, port, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    if rank == 1:  # rank 1's loss turns NaN at step 2, micro-batch 1
+        real, calls = trainlib.drift_loss, {"n": 0}
+
+        def poisoned(*a, **k):
+            calls["n"] += 1
+            value = real(*a, **k)
+            return value * float("nan") if calls["n"] == 4 else value
+
+        trainlib.drift_loss = poisoned
+    trainlib.init_distributed("cpu")
+    try:
+        trainlib.train(cfg, out, progress=False)
+        Path(result_dir, f"r{rank}.txt").write_text("finished")
+    except trainlib.TokenDriftError as e:
+        Path(result_dir, f"r{rank}.txt").write_text(str(e))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_non_finite_loss_on_one_of_two_gloo_ranks_stops_both_without_a_hang(tmp_path, init_mdlm):
+    """Before, the rank with the NaN raised at once and the other waited in the next collective."""
+    import torch.multiprocessing as mp
+
+    cfg = job(init_mdlm, steps=4, global_batch=4, micro_batch=1, save_every=1)  # 2 ranks x 1 x 2 accumulation
+    out = tmp_path / "run"
+    ctx = mp.start_processes(_nan_rank, args=(2, cfg, str(out), _free_port(), str(tmp_path)), nprocs=2,
+                             start_method="spawn", join=False)
+    assert _join_or_kill(ctx, 240), "a rank hung after the non-finite loss"
+    msgs = [(tmp_path / f"r{r}.txt").read_text() for r in range(2)]
+    for m in msgs:
+        assert "non-finite loss at step 2, micro-batch 1 of rank 1" in m and "on all 2 rank(s)" in m, m
+        assert m.endswith(str(out / "checkpoints" / "last")), m
+    assert "loss nan" in msgs[1] and "reported by rank 1" in msgs[0]
+    assert json.loads((out / "checkpoints/last/meta.json").read_text())["step"] == 1
+    good = weights(out / "checkpoints/last")
+    assert all(torch.isfinite(v).all() for v in good.values() if v.dtype.is_floating_point)
+
+
+def _pretrain_rank(rank, world, cfg_file, out, port, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from tokendrift import pretrain
+
+    real, seen = pretrain.train, []
+
+    def spy(*a, **k):
+        dist = torch.distributed
+        seen.append(dist.get_world_size() if dist.is_initialized() else 1)
+        return real(*a, **k)
+
+    pretrain.train = spy
+    rc = cli(["pretrain", "mdlm", "--config", cfg_file, "--out", out])
+    Path(result_dir, f"r{rank}.json").write_text(json.dumps({"rc": rc, "world": seen}))
+
+
+def test_pretrain_joins_the_process_group_and_rank_0_writes_alone(tmp_path):
+    """pretrain_start asks for 4 tasks: the ranks train one model together (2 gloo ranks x micro-batch
+    1 = one process x micro-batch 2) and only rank 0 writes; before, each trained its own copy and
+    raced on the same files."""
+    import torch.multiprocessing as mp
+
+    model = {k: v for k, v in TINY_MODEL.items()}
+    cfg = {"steps": 2, "global_batch": 4, "micro_batch": 1, "device": "cpu", "seed": 2, "save_every": 0,
+           "source": TINY_SOURCE, "model": model, "optim": {"lr": 1e-3, "warmup_steps": 0}}
+    f = tmp_path / "cfg.json"
+    f.write_text(json.dumps(cfg))
+    ctx = mp.start_processes(_pretrain_rank, args=(2, str(f), str(tmp_path / "two"), _free_port(), str(tmp_path)),
+                             nprocs=2, start_method="spawn", join=False)
+    assert _join_or_kill(ctx, 240), "pretraining ranks hung"
+    for r in range(2):
+        assert json.loads((tmp_path / f"r{r}.json").read_text()) == {"rc": 0, "world": [2]}
+    steps = [json.loads(x)["step"] for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # one writer
+    from tokendrift.pretrain import pretrain_backbone
+
+    pretrain_backbone("mdlm", {**cfg, "micro_batch": 2}, str(tmp_path / "one"))
+    two, one = (weights(tmp_path / d / "checkpoints/step_000002") for d in ("two", "one"))
+    apart = max(float((two[k] - one[k]).abs().max()) for k in one)
+    assert apart < 1e-4, apart  # the same training, up to float rounding
+
+
+# ----------------------------------------------------------------------------- host syncs
+
+
+SYNCS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__", "__format__")
+
+
+def count_host_syncs(monkeypatch) -> dict:
+    """Count the calls that read a tensor on the host (a GPU-to-CPU sync on CUDA) made from
+    tokendrift's own code; torch's own (AdamW's CPU ``step``) are not counted."""
+    import tokendrift
+
+    pkg = str(Path(tokendrift.__file__).parent)
+    counts: dict = {}
+
+    def wrap(name, real):
+        def counted(self, *a, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(pkg):
+                counts[name] = counts.get(name, 0) + 1
+            return real(self, *a, **k)
+        return counted
+
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, wrap(name, getattr(torch.Tensor, name)))
+    return counts
+
+
+def test_the_training_loop_reads_tensors_once_per_step_and_metrics_every_log_every(tmp_path, init_mdlm, monkeypatch):
+    """No host read in a micro-step (before: float() of each logged term, isfinite and the loss:
+    7 per micro-step with the base loss); one per step, the all-reduced non-finite flags; the
+    metrics line's values read together every log_every steps (BENCHMARKS.md, "Host syncs")."""
+    total = {}
+    for steps, log_every in ((1, 1), (3, 3), (3, 1)):  # 2 micro-batches per step
+        counts = count_host_syncs(monkeypatch)
+        cfg = job(init_mdlm, objective={"base_loss": True}, steps=steps, save_every=0, log_every=log_every)
+        trainlib.train(cfg, tmp_path / f"s{steps}_{log_every}", progress=False)
+        total[steps, log_every] = sum(counts.values())
+        monkeypatch.undo()
+    assert total[3, 3] - total[1, 1] == 2, total  # 2 more steps, 4 more micro-steps: one read per step
+    assert total[3, 1] - total[3, 3] == 2, total  # 2 more metrics lines: one read each
+
+
+@pytest.mark.parametrize("device,backend", [("cuda", "nccl"), ("cpu", "gloo")])
+def test_the_rank_sets_its_device_before_the_process_group_and_the_backend_follows_it(monkeypatch, device, backend):
+    """The device is set before init_process_group (NCCL binds the current device), and the
+    backend comes from the resolved device, not from torch.cuda.is_available(): a device: cpu job
+    on a GPU node runs gloo."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the task's narrowed mask
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", torch.device(d))))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda b, **k: calls.append(("init", b)))
+    got = trainlib.init_distributed(device)
+    want = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+    assert got == want
+    assert calls == ([("set_device", want)] if device == "cuda" else []) + [("init", backend)]
+
+
+def test_the_evaluator_refuses_several_ranks(tmp_path, monkeypatch, capsys):
+    """The evaluator trains on one process: a multi-task launch fails at once, writing nothing."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    out = tmp_path / "ev"
+    assert cli(["pretrain", "evaluator", "--out", str(out)]) == 2
+    assert "trains on one process, but WORLD_SIZE=4" in capsys.readouterr().err and not out.exists()

@@ -291,7 +291,8 @@ class MDLM(Diffusion):
     def log_probs(self, logits, xt):
         """SUBS (mdlm _subs_parameterization): mask logit -inf, log_softmax; unmasked positions
         copy x_t (log p = 0 at x_t, -inf elsewhere)."""
-        logits = logits.index_fill(-1, torch.tensor([self.special_id], device=logits.device), NEG_INF)
+        special = torch.full((1,), self.special_id, device=logits.device)  # not torch.tensor([...]): a copy, a sync
+        logits = logits.index_fill(-1, special, NEG_INF)
         log_p = logits.log_softmax(-1)
         ids = torch.arange(self.vocab_size, device=logits.device)
         copy = torch.where(ids == xt[..., None], 0.0, NEG_INF).to(log_p.dtype)

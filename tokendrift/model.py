@@ -135,14 +135,17 @@ def modulate(x, shift, scale):
 def dropout(x, p: float, training: bool, shard: tuple[int, int] = (0, 1)):
     """F.dropout; under data parallel training (``shard`` = (rank, world)) the mask is drawn for
     all ranks' rows and this rank keeps its own, so that the ranks together draw what one
-    process draws for the concatenated batch (torch's CPU dropout: a bernoulli mask, divided by
-    1 - p, times x)."""
+    process draws for the concatenated batch (torch's CPU dropout: a bernoulli mask in x's
+    dtype). Only this rank's rows are kept for the backward, as a bool mask, and the kept
+    entries are scaled by exactly 1 / (1 - p) (a scalar product in float, rounded once to x's
+    dtype, as F.dropout does: a mask divided in bf16 would scale by 1.109375 for p = 0.1)."""
     rank, world = shard
     if not training or p == 0 or world == 1:
         return F.dropout(x, p, training)
     B = x.shape[0]
-    mask = torch.empty((B * world, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
-    return x * mask[rank * B : (rank + 1) * B].div_(1 - p)
+    draw = torch.empty((B * world, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    keep = draw[rank * B : (rank + 1) * B].bool()  # a copy: the all-rank draw is freed here
+    return x * keep * (1.0 / (1 - p))
 
 
 class DDiTBlock(nn.Module):

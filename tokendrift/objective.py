@@ -318,7 +318,7 @@ def drift_field(
                 official=official,
             )
             if stats is not None:
-                stats[f"drift_norm/tau={tau:g}"] = float(V_tau.norm(dim=-1).mean())
+                stats[f"drift_norm/tau={tau:g}"] = V_tau.norm(dim=-1).mean()  # a tensor: no host sync
             total += V_tau / temperature_scale(V_tau, opts.scale, eps, unit)
         return total / len(opts.temperatures) if opts.reduction == "mean" else total
 

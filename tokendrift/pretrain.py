@@ -9,8 +9,11 @@ as the Gen.-PPL evaluator (docs/embedded_default.md). Every one of them resumes 
 
 from __future__ import annotations
 
+import os
+
 from . import config as configlib
-from .train import add_config_args, load_job_config, train
+from .train import add_config_args, load_job_config, process_group, train
+from .utils import TokenDriftError
 
 
 def pretrain_backbone(diffusion: str, raw: dict, out: str, discard_stale: bool = False) -> dict:
@@ -30,11 +33,19 @@ def pretrain_evaluator(raw: dict, out: str) -> dict:
 
 
 def run(args) -> int:
+    """A backbone job joins the process group of its ranks as ``tokendrift train`` does (data
+    parallel training, rank 0 the only writer); the evaluator trains on one process."""
     raw = load_job_config(args)
     if args.what == "evaluator":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise TokenDriftError(
+                f"pretrain evaluator: trains on one process, but WORLD_SIZE={os.environ['WORLD_SIZE']} "
+                f"(give its rule one task)"
+            )
         pretrain_evaluator(raw, args.out)
     else:
-        pretrain_backbone(args.what, raw, args.out, discard_stale=args.discard_stale)
+        with process_group(raw):
+            pretrain_backbone(args.what, raw, args.out, discard_stale=args.discard_stale)
     return 0
 
 

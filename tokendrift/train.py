@@ -111,19 +111,35 @@ class Setup:
     ema_init: tuple | None = None  # (EMA weights, update count) of init, for optim.ema_start = continue
 
 
-def _device(cfg: dict) -> torch.device:
-    want = cfg["device"]
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
+def resolve_device(want: str, environ=None, cuda_count: int | None = None) -> torch.device:
+    """This rank's training device for the config's ``device`` (auto, cuda, cpu).
+
+    The GPU of a data-parallel rank: a rank that sees one GPU uses it, ``cuda:0`` (the submitit
+    plugin narrows CUDA_VISIBLE_DEVICES to one GPU per task, as Slurm's per-task GPU binding
+    does); a rank that sees several (torchrun leaves the mask whole) uses ``cuda:LOCAL_RANK``.
+    ``environ`` and ``cuda_count`` (what torch.cuda.device_count() says) default to this process's.
+    """
+    environ = os.environ if environ is None else environ
+    count = (torch.cuda.device_count() if torch.cuda.is_available() else 0) if cuda_count is None else cuda_count
+    if want == "cuda" or (want == "auto" and count > 0):
+        if count == 0:
             raise TokenDriftError("train config: device: cuda requested but no GPU is visible")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local = int(environ.get("LOCAL_RANK", 0))
+        if count == 1:
+            return torch.device("cuda", 0)
+        if local >= count:
+            raise TokenDriftError(
+                f"train config: device: local rank {local} but CUDA_VISIBLE_DEVICES="
+                f"{environ.get('CUDA_VISIBLE_DEVICES', '(unset)')} shows {count} GPUs"
+            )
+        return torch.device("cuda", local)
     return torch.device("cpu")
 
 
 def build(cfg: dict) -> Setup:
     """Load or create the generator, the frozen encoder phi, the process and the data source."""
     drift = DriftOptions.from_config(cfg["objective"]) if cfg["variant"] == "tokendrift" else None
-    device = _device(cfg)
+    device = resolve_device(cfg["device"])
     if cfg["init"] is not None:
         model, init_meta = load_model_dir(cfg["init"], weights=cfg["init_weights"])
         diffusion_name = init_meta["diffusion"]
@@ -232,7 +248,8 @@ def encode(encoder: DiT, *, x=None, inputs_embeds=None) -> torch.Tensor:
 
 
 def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, stats: dict) -> torch.Tensor:
-    """One micro-batch of Algorithm 1; returns the loss to backpropagate and fills ``stats``.
+    """One micro-batch of Algorithm 1; returns the loss to backpropagate and fills ``stats`` with
+    detached tensors (read on the host only when a metrics line is written: no sync here).
 
     ``x0_all`` is the micro-batch of every rank; this rank trains on its own rows. Every rank
     draws the corruption of all rows (and the model its dropout masks, DiT.shard_dropout), so
@@ -254,7 +271,7 @@ def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, st
     loss = torch.zeros((), device=s.device)
     if cfg["variant"] == "continuation" or obj["base_loss"]:
         base = diffusion.base_loss(log_p, x0, xt, t)
-        stats["base_loss"] = float(base.detach())
+        stats["base_loss"] = base.detach()
         loss = loss + (obj["base_weight"] if cfg["variant"] == "tokendrift" else 1.0) * base
     if cfg["variant"] == "continuation":
         return loss
@@ -262,9 +279,9 @@ def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, st
     # 3: encoder inputs: soft (or hard straight-through) lift on predicted positions M
     predicted = diffusion.predicted_positions(xt)
     lift = soft_lift if obj["lift"] == "soft" else hard_lift
-    e = lift(log_p.exp(), xt, predicted, s.encoder.embedding)
-    # 4: generated and real features
+    # 4: generated and real features (the lift's p E under the encoder's autocast: docs/choices.md)
     with autocast:
+        e = lift(log_p.exp(), xt, predicted, s.encoder.embedding)
         h = encode(s.encoder, inputs_embeds=e)
     with torch.no_grad(), autocast:
         u = encode(s.encoder, x=x0)
@@ -292,7 +309,7 @@ def drift_loss(
     else:
         l_star = mirror_teacher(log_p, h, V, obj["eta"])  # log p: normalized logits l, h built from their exp
         drift = (mirror_kl_loss if obj["loss"] == "logit_kl" else mirror_l2_loss)(log_p, l_star, predicted)
-    stats["drift_loss"] = float(drift.detach())
+    stats["drift_loss"] = drift.detach()
     stats.update(drift_stats)
     # 11: push the detached current features, evicting the oldest
     s.queues["real"].push(u_all)
@@ -435,16 +452,30 @@ class TrainState:
         device = self.device
         _unwrap(self.model).load_state_dict(load_file(path / "model.safetensors", device=str(device)))
         self.ema.shadow = load_file(path / "ema.safetensors", device=str(device))
-        state = torch.load(path / "train_state.pt", weights_only=True, map_location=device)
+        state = read_train_state(path, device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.num_updates = state["ema_num_updates"]
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        self.noise.set_state(state["rng_noise"].cpu() if device.type == "cpu" else state["rng_noise"])
-        if "rng_cuda" in state and device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
+        torch.set_rng_state(state["rng_cpu"])
+        self.noise.set_state(state["rng_noise"])
+        if "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
         for k, q in self.queues.items():
             q.load_state_dict(state["queues"][k])
         self.step = int(state["step"])
+
+
+def read_train_state(path: Path, device: torch.device) -> dict:
+    """``path/train_state.pt`` as a resume on ``device`` hands it on. Read onto the CPU
+    (map_location="cpu"): ``Generator.set_state`` and ``torch.cuda.set_rng_state`` take CPU byte
+    tensors, for CUDA generators too, and AdamW's ``step`` counts stay on the CPU, where a fresh
+    AdamW keeps them (neither capturable nor fused: on the GPU a CUDA ``step`` would cost AdamW a
+    host sync per parameter). ``Optimizer.load_state_dict`` moves the moment estimates to their
+    parameters' device, the feature queues move their buffers to theirs. The CUDA RNG state is
+    kept for a CUDA job only."""
+    state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
+    if torch.device(device).type != "cuda":
+        state.pop("rng_cuda", None)
+    return state
 
 
 def make_state(s: Setup) -> TrainState:
@@ -502,44 +533,87 @@ def resume(out: Path, s: Setup, state: TrainState, discard_stale: bool) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def accumulate(s: Setup, state: TrainState, out: Path) -> tuple[float, dict[str, float]]:
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on the training device; to a GPU from pinned memory, asynchronously (a copy
+    from pageable memory waits for the GPU: a host sync per micro-batch)."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
+def accumulate(s: Setup, state: TrainState) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Forward and backward of one global batch, ``s.accum`` micro-batches (DDP synchronizes the
-    gradients on the last); returns the mean loss and the mean of each logged term."""
+    gradients on the last). Returns, as tensors on the device, without a host sync: the mean loss
+    and the mean of each logged term (float64, summed in micro-batch order) and each micro-batch's
+    loss (``stop_if_non_finite`` reads them, after the backward of every micro-batch, so that all
+    ranks run the same collectives before any of them stops)."""
     cfg = s.cfg
-    total, terms = 0.0, {}
+    total, terms, losses = 0.0, {}, []
     for a in range(s.accum):
         k = state.step * s.accum + a  # global micro-batch index: the data position
-        x0_all = s.source.batch("train", k, cfg["micro_batch"] * s.world, seed=cfg["seed"]).to(s.device)
-        stats: dict[str, float] = {}
+        x0_all = to_device(s.source.batch("train", k, cfg["micro_batch"] * s.world, seed=cfg["seed"]), s.device)
+        stats: dict[str, torch.Tensor] = {}
         sync = state.model.no_sync() if (s.world > 1 and a < s.accum - 1) else contextlib.nullcontext()
         with sync:
             loss = micro_step(s, state.model, x0_all, state.noise, stats)
-            if not torch.isfinite(loss):
-                last_ckpt = latest_checkpoint(out)
-                raise TokenDriftError(
-                    f"non-finite loss ({float(loss.detach())}) at step {state.step + 1}, micro-batch {a}: stopping. "
-                    f"Terms: {stats}. The last good checkpoint is {last_ckpt or 'none (nothing was saved yet)'}"
-                )
             (loss / s.accum).backward()
-        total += float(loss.detach()) / s.accum
+        losses.append(loss.detach())
+        total = total + loss.detach().double() / s.accum
         for key, v in stats.items():
-            terms[key] = terms.get(key, 0.0) + v / s.accum
-    return total, terms
+            terms[key] = terms.get(key, 0.0) + v.double() / s.accum
+    return total, terms, torch.stack(losses)
 
 
-def log_and_save(out: Path, s: Setup, state: TrainState, line: dict) -> None:
-    """Rank 0 after a step: the metrics line every ``log_every`` steps, a permanent checkpoint at
-    ``checkpoint_steps`` and the last step, the rolling one (checkpoints/last) every ``save_every``."""
-    cfg, step = s.cfg, state.step
+def stop_if_non_finite(s: Setup, state: TrainState, losses: torch.Tensor, terms: dict, out: Path) -> None:
+    """Stop on a non-finite loss of any micro-batch on any rank, on every rank together: the ranks
+    all-reduce one flag per (rank, micro-batch) before any of them raises, so none is left waiting
+    in a collective. Runs before the optimizer step (the weights stay finite); its read of the
+    flags is the one host sync of a training step."""
+    bad = torch.zeros(s.world, losses.shape[0], dtype=torch.int32, device=losses.device)
+    bad[s.rank] = (~torch.isfinite(losses)).to(torch.int32)
+    if s.world > 1:
+        dist.all_reduce(bad)
+    flags = bad.view(-1).tolist()  # the step's host sync
+    first = next((i for i, f in enumerate(flags) if f), None)
+    if first is None:
+        return
+    rank, a = divmod(first, losses.shape[0])
+    mine = f"loss {float(losses[a])}, terms {_floats(terms)}" if rank == s.rank else f"reported by rank {rank}"
+    last_ckpt = latest_checkpoint(out) if out.exists() else None
+    raise TokenDriftError(
+        f"non-finite loss at step {state.step + 1}, micro-batch {a} of rank {rank} ({mine}): stopping "
+        f"on all {s.world} rank(s). The last good checkpoint is {last_ckpt or 'none (nothing was saved yet)'}"
+    )
+
+
+def _floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar tensors of one device as Python floats, in one host sync."""
+    if not values:
+        return {}
+    return dict(zip(values, torch.stack([v.double() for v in values.values()]).tolist(), strict=True))
+
+
+def checkpoints_due(cfg: dict, step: int) -> list[str]:
+    """The checkpoint folders written after ``step``: a permanent one at ``checkpoint_steps`` and
+    the last step, the rolling one (``last``) every ``save_every`` steps."""
+    due = []
+    if step in cfg["checkpoint_steps"] or step == cfg["steps"]:
+        due.append(f"step_{step:06d}")
+    if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
+        due.append("last")
+    return due
+
+
+def log_and_save(out: Path, s: Setup, state: TrainState, line: dict | None) -> None:
+    """Rank 0 after a step: the metrics line (given every ``log_every`` steps and the last) and
+    the checkpoints due (``checkpoints_due``)."""
     if s.rank != 0:
         return
-    if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+    if line is not None:
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-    if step in cfg["checkpoint_steps"] or step == cfg["steps"]:
-        state.save(out / "checkpoints" / f"step_{step:06d}", s.meta)
-    if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
-        state.save(out / "checkpoints" / "last", s.meta)
+    for name in checkpoints_due(s.cfg, state.step):
+        state.save(out / "checkpoints" / name, s.meta)
 
 
 def train(
@@ -579,32 +653,37 @@ def train(
         mininterval=2.0,
         dynamic_ncols=True,
     )
+    busy: list[float] = []  # seconds of each step since the last metrics line
     while state.step < cfg["steps"]:
         t0 = time.perf_counter()
         lr = lr_at(state.step, cfg)
         for g in state.optimizer.param_groups:
             g["lr"] = lr
-        loss, terms = accumulate(s, state, out)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip))
+        loss, terms, losses = accumulate(s, state)
+        stop_if_non_finite(s, state, losses, terms, out)
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.ema.update(_unwrap(state.model))
         state.step += 1
-        dt = time.perf_counter() - t0
-        last = {
-            "step": state.step,
-            "loss": loss,
-            **terms,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "step_time_s": dt,
-            "tokens_per_s": cfg["global_batch"] * s.source.length / dt,
-        }
-        log_and_save(out, s, state, last)
-        if s.world > 1:
-            dist.barrier()
+        busy.append(time.perf_counter() - t0)
+        line = None
+        if state.step % cfg["log_every"] == 0 or state.step == cfg["steps"]:  # the tensors read here
+            dt = sum(busy) / len(busy)
+            values = _floats({"loss": loss, **terms, "grad_norm": grad_norm})
+            line = last = {
+                "step": state.step,
+                **values,
+                "lr": lr,
+                "step_time_s": dt,
+                "tokens_per_s": cfg["global_batch"] * s.source.length / dt,
+            }
+            busy = []
+            bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+        log_and_save(out, s, state, line)
+        if s.world > 1 and checkpoints_due(cfg, state.step):
+            dist.barrier()  # the checkpoint is on disk before any rank goes on
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if stop_after is not None and state.step >= stop_after:
             break
     bar.close()
@@ -661,23 +740,34 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def init_distributed() -> None:
-    """Join the process group when launched with several ranks (torchrun, or submitit's
-    TorchDistributedEnvironment().export()): gloo on CPU, NCCL on GPU."""
+def init_distributed(want: str = "auto") -> torch.device:
+    """Join the process group when launched with several ranks (torchrun, or the submitit
+    plugin's variables): this rank's device (``resolve_device``) is set first, then the backend
+    follows from it, NCCL for a GPU and gloo for the CPU. Returns the device."""
+    device = resolve_device(want)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
-def run(args) -> int:
-    init_distributed()
+@contextlib.contextmanager
+def process_group(raw: dict):
+    """The job's process group (``init_distributed`` for the config's device) for the duration of
+    the block, left at its end; nothing for a single-rank job."""
+    init_distributed(configlib.validate("train", raw)["device"])
     try:
-        train(load_job_config(args), args.out, discard_stale=args.discard_stale)
+        yield
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run(args) -> int:
+    raw = load_job_config(args)
+    with process_group(raw):
+        train(raw, args.out, discard_stale=args.discard_stale)
     return 0
 
 
