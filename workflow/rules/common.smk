@@ -12,9 +12,9 @@ except TokenDriftError as e:
 
 CONDA_ENV = "../../envs/tokendrift.yaml"
 
-
-wildcard_constraints:
-    backbone="mdlm|duo",
-    model="[a-z0-9_]+",
-    seed=r"\d+",
-    step=r"\d+",
+# Every job's completion record checked against the files it lists (size, SHA-256): the outputs of
+# a job whose files were cut short or altered are marked incomplete, so that this run reruns that
+# job (and what depends on it), with a message naming the file and the job. The driver alone
+# checks: not the Snakemake of one job.
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    G.verify_records()
