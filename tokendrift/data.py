@@ -259,9 +259,7 @@ def write_entropy_rate(cfg: dict, out) -> float:
     if kind != "synthetic":
         raise TokenDriftError(f"source: kind {kind} has no exact likelihood, hence no entropy rate (only synthetic)")
     source = make_source(cfg)
-    write_record(
-        out, {"entropy_rate": source.entropy_rate, "entropy_rate_se": source.entropy_rate_se, "source": cfg}
-    )
+    write_record(out, {"entropy_rate": source.entropy_rate, "entropy_rate_se": source.entropy_rate_se, "source": cfg})
     return source.entropy_rate
 
 

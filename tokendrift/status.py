@@ -41,6 +41,104 @@ from .grid import Grid, Unit, add_grid_args, grid_from_args
 
 STATES = ("done", "failed", "running", "missing")
 
+# --------------------------------------------------------------------------- the driver's liveness
+# Each Snakemake that runs jobs here (not a dry run, not the Snakemake of one job) records itself
+# in .snakemake/tokendrift/drivers/<host>-<pid>.json when it starts (the workflow's onstart) and
+# touches that file every HEARTBEAT_S seconds; it removes it when it ends (onsuccess, onerror). A
+# record left behind is a driver that was killed: on its own host, its PID is gone (or reused by a
+# process started later); on another host, its heartbeat is older than STALE_S.
+HEARTBEAT_S = 10.0
+STALE_S = 6 * HEARTBEAT_S
+
+
+def drivers_dir(workdir: str | Path = ".") -> Path:
+    return Path(workdir) / ".snakemake" / "tokendrift" / "drivers"
+
+
+def stops_jobs(workflow) -> bool:
+    """Whether the jobs of this Snakemake stop when it dies: the project's submitit executor running
+    local processes (its watchdog, snakemake_executor_plugin_submitit.jobs). Snakemake's own local
+    executor leaves its jobs running, and cluster jobs run on."""
+    cluster = getattr(workflow.executor_settings, "cluster", None)
+    if cluster is None or workflow.local_exec:
+        return False
+    from snakemake_executor_plugin_submitit import resolve_cluster
+
+    return resolve_cluster(cluster) == "local"
+
+
+def record_driver(workdir: str | Path = ".", stops: bool = False) -> Path:
+    """Record this process as the driver of the runs in ``workdir`` and keep its heartbeat (a daemon
+    thread that dies with it); the records of drivers gone before it are removed. ``stops``: its
+    jobs stop when it dies (``stops_jobs``)."""
+    import socket
+    import threading
+
+    import psutil
+
+    from .utils import atomic_write_json
+
+    for old in read_drivers(workdir):
+        if not old["alive"]:
+            Path(old["file"]).unlink(missing_ok=True)
+    me = psutil.Process()
+    path = drivers_dir(workdir) / f"{socket.gethostname()}-{me.pid}.json"
+    atomic_write_json(
+        path,
+        {
+            "pid": me.pid,
+            "host": socket.gethostname(),
+            "create_time": me.create_time(),
+            "started": time.time(),
+            "stops_jobs": stops,
+        },
+    )
+
+    def beat():
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return  # the run ended (end_driver)
+
+    threading.Thread(target=beat, name="tokendrift-heartbeat", daemon=True).start()
+    return path
+
+
+def end_driver(workdir: str | Path = ".") -> None:
+    """Remove this process's driver record (the run ended, successfully or not)."""
+    import socket
+
+    (drivers_dir(workdir) / f"{socket.gethostname()}-{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def read_drivers(workdir: str | Path = ".", now: float | None = None) -> list[dict]:
+    """The driver records of ``workdir``, each with ``alive`` and ``last_seen`` (its last heartbeat)."""
+    import json
+    import socket
+
+    import psutil
+
+    now = time.time() if now is None else now
+    out = []
+    d = drivers_dir(workdir)
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            rec = json.loads(f.read_text())
+            last = f.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if rec.get("host") == socket.gethostname():
+            try:
+                alive = abs(psutil.Process(rec["pid"]).create_time() - rec["create_time"]) < 1.0
+            except (psutil.Error, KeyError, TypeError):
+                alive = False
+        else:
+            alive = now - last < STALE_S
+        out.append({**rec, "alive": alive, "last_seen": last, "file": str(f)})
+    return out
+
 
 @dataclass(frozen=True)
 class Job:
@@ -59,7 +157,16 @@ class Snapshot:
         meta = self.workdir / ".snakemake"
         self.incomplete = set(self._markers(meta / "incomplete"))
         locks = meta / "locks"
-        self.locked = locks.is_dir() and any(p.name.endswith(".lock") for p in locks.iterdir())
+        self.drivers = read_drivers(self.workdir, self.now)
+        self.gone = [d for d in self.drivers if not d["alive"]]
+        alive = any(d["alive"] for d in self.drivers)
+        # a lock with only dead drivers recorded is stale (left by a killed Snakemake)
+        self.locked = (
+            locks.is_dir() and any(p.name.endswith(".lock") for p in locks.iterdir()) and (alive or not self.gone)
+        )
+        # jobs of a killed driver that ran on this host were stopped with it (the executor's watchdog)
+        self.interrupted = bool(self.gone) and not alive and all(d.get("stops_jobs") for d in self.gone)
+        self.gone = [] if alive else self.gone
         self._cache: dict[Job, str] = {}
 
     @staticmethod
@@ -93,7 +200,8 @@ class Snapshot:
             log_mtime = self.path(job.log).stat().st_mtime
         except FileNotFoundError:
             log_mtime = None
-        if marked and (self.locked or (log_mtime is not None and self.now - log_mtime < self.recent)):
+        recent = log_mtime is not None and self.now - log_mtime < self.recent
+        if marked and (self.locked or (recent and not self.interrupted)):
             return "running"
         return "failed" if log_mtime is not None else "missing"
 
@@ -168,6 +276,7 @@ def study_status(g: Grid, workdir: str | Path = ".", recent: float = 600.0, now:
         "units": units,
         "counts": Counter(s["state"] for s in units.values()),
         "locked": snap.locked,
+        "drivers_gone": snap.gone,
         "outputs_missing": [str(f) for f in outputs if not snap.path(f).exists()],
         "sections": sections(g),
     }
@@ -215,12 +324,27 @@ def render(st: dict, config: str, directory: str | None = None, profile: str | N
         + ", ".join(f"{c.get(s, 0)} {s}" for s in STATES)
         + f"; {len(st['outputs_missing'])} table/figure/probe/MLflow outputs missing"
     )
+    for d in st.get("drivers_gone", []):
+        lines.append(
+            f"driver gone since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['last_seen']))} "
+            f"(last heartbeat): Snakemake pid {d['pid']} on {d['host']}, started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['started']))}, was killed; "
+            + (
+                "its jobs were stopped with it"
+                if d.get("stops_jobs")
+                else "its jobs may still run (cluster jobs, or orphans of Snakemake's own executor)"
+            )
+        )
     todo = c.get("failed", 0) + c.get("missing", 0) + c.get("running", 0)
     if not todo and not st["outputs_missing"]:
         lines.append("nothing to rerun")
         return "\n".join(lines)
     cmd = rerun_command(config, directory, profile)
-    if c.get("running", 0) or st["locked"]:
+    if st.get("drivers_gone") and not st["locked"]:
+        unlock = [x for x in shlex.split(cmd) if x != "all_tables"]
+        lines.append("resume: release its lock, then rerun what it left unfinished (and what depends on it):")
+        lines.append(f"  {shlex.join(unlock[:1] + ['--unlock'] + unlock[1:])}")
+    elif c.get("running", 0) or st["locked"]:
         lines.append(
             "Snakemake is still running here: when it ends (or after `snakemake --unlock` if it was "
             "killed), rerun what is missing with"

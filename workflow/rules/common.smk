@@ -3,6 +3,7 @@
 from snakemake.exceptions import WorkflowError
 
 from tokendrift.grid import FIGURES, workflow_grid
+from tokendrift.status import end_driver, record_driver, stops_jobs
 from tokendrift.utils import TokenDriftError
 
 try:
@@ -18,3 +19,18 @@ CONDA_ENV = "../../envs/tokendrift.yaml"
 # checks: not the Snakemake of one job.
 if not (workflow.remote_exec or workflow.subprocess_exec):
     G.verify_records()
+
+
+# The driver's liveness (tokendrift.status): recorded when this Snakemake starts running jobs, with
+# a heartbeat, and removed when it ends; a record left behind tells `tokendrift status` that the
+# driver was killed.
+onstart:
+    record_driver(stops=stops_jobs(workflow))
+
+
+onsuccess:
+    end_driver()
+
+
+onerror:
+    end_driver()
