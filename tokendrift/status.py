@@ -3,15 +3,20 @@ log to read), running or missing, then the one command that reruns what is missi
 
     tokendrift status CONFIG [--directory D] [--profile P]
 
-It reads only result files and Snakemake's own records in ``D/.snakemake`` (never runs
-Snakemake); every path comes from tokendrift.grid.Grid. The rules, per job:
+It reads only result files, Snakemake's own records in ``D/.snakemake`` and the drivers' records
+(never runs Snakemake; it updates the cache of verified digests); every path comes from
+tokendrift.grid.Grid. The rules, per job:
 
-- **done**: every output exists and none is marked incomplete.
+- **done**: every output exists, none is marked incomplete, and each completion record matches
+  the files it lists (tokendrift.records). A damaged one makes its job **failed**, naming the file:
+  the next Snakemake reruns that job.
 - **running**: an output is marked incomplete (``.snakemake/incomplete/<urlsafe base64 of its
   path>``, written when Snakemake starts or submits the job, removed when it ends: a job queued
   on Slurm counts as running) and either Snakemake holds the working directory (a lock in
   ``.snakemake/locks/``) or the job's log changed in the last ``--recent`` seconds (a cluster job
-  that outlived a killed Snakemake).
+  that outlived a killed Snakemake). A lock left by a killed driver does not count, nor a recent
+  log when that driver's jobs stopped with it (local jobs): "driver gone since ..." is printed,
+  with the commands that resume.
 - **failed**: neither done nor running, and its log exists: it started and ended without its
   outputs (an error, a kill, an interrupted Snakemake). Its log is named.
 - **missing**: none of these: it never started (or waits for another job).
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grid import Grid, Unit, add_grid_args, grid_from_args
+from .records import Verifier
 
 STATES = ("done", "failed", "running", "missing")
 
@@ -150,8 +156,14 @@ class Job:
 class Snapshot:
     """What the working directory says, read once: Snakemake's incomplete markers and locks."""
 
-    def __init__(self, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None):
+    def __init__(
+        self, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None, records=(), cache=None
+    ):
         self.workdir = Path(workdir)
+        # outputs that are completion records (tokendrift.records), checked before a job counts as done
+        self.records = {os.path.normpath(str(r)) for r in records}
+        self.verifier = Verifier(self.path(Path(cache)) if cache else None)
+        self.damaged: dict[Job, str] = {}
         self.recent = recent
         self.now = time.time() if now is None else now
         meta = self.workdir / ".snakemake"
@@ -195,7 +207,17 @@ class Snapshot:
     def _state(self, job: Job) -> str:
         marked = any(os.path.normpath(str(o)) in self.incomplete for o in job.outputs)
         if not marked and all(self.path(o).exists() for o in job.outputs):
-            return "done"
+            bad = [
+                (f, why)
+                for o in job.outputs
+                if os.path.normpath(str(o)) in self.records
+                for f, why in self.verifier.problems(self.path(o))
+            ]
+            if not bad:
+                return "done"
+            f = os.path.relpath(bad[0][0], self.workdir)  # as the workflow names it
+            self.damaged[job] = f"{f}: {bad[0][1]}"  # the next snakemake reruns it
+            return "failed"
         try:
             log_mtime = self.path(job.log).stat().st_mtime
         except FileNotFoundError:
@@ -238,6 +260,9 @@ def unit_status(g: Grid, snap: Snapshot, u: Unit, shared: list[Job] | None = Non
     """{"state", "job" (the job that decides it), "log" (for failed)} of one checkpoint."""
     jobs = chain(g, u, shared)
     states = [snap.state(j) for j in jobs]
+    for j in jobs:  # a damaged output anywhere in the chain: that job and what follows rerun
+        if j in snap.damaged:
+            return {"state": "failed", "job": j.name, "damaged": snap.damaged[j]}
     if states[-1] == "done":
         return {"state": "done"}
     for j, s in zip(jobs, states):
@@ -268,18 +293,22 @@ def sections(g: Grid) -> list[tuple[str, list[tuple[str, list[Unit]]]]]:
 
 
 def study_status(g: Grid, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None) -> dict:
-    snap = Snapshot(workdir, recent, now)
+    records = [r for _, rs in g.job_records() for r in rs]
+    snap = Snapshot(workdir, recent, now, records, g.records_cache)
     shared = {bb: shared_jobs(g, bb) for bb in g.backbones}
     units = {u: unit_status(g, snap, u, shared[u.backbone]) for u in g.units}
     outputs = [Path(f) for f in g.all_outputs()] + [Path(g.tracking_file)]
-    return {
+    st = {
         "units": units,
         "counts": Counter(s["state"] for s in units.values()),
         "locked": snap.locked,
         "drivers_gone": snap.gone,
         "outputs_missing": [str(f) for f in outputs if not snap.path(f).exists()],
         "sections": sections(g),
+        "damaged": [(j.name, why) for j, why in snap.damaged.items()],
     }
+    snap.verifier.save()
+    return st
 
 
 def rerun_command(config: str, directory: str | None, profile: str | None) -> str:
@@ -311,7 +340,7 @@ def render(st: dict, config: str, directory: str | None = None, profile: str | N
             if by["done"]:
                 parts.append("done " + " ".join(str(k) for k, _ in by["done"]))
             for k, s in by["failed"]:
-                parts.append(f"FAILED {k} ({s['job']}: {s['log']})")
+                parts.append(f"FAILED {k} ({s['job']}: {s.get('log') or 'damaged ' + s['damaged']})")
             if by["running"]:
                 parts.append("running " + ", ".join(f"{k} ({s['job']})" for k, s in by["running"]))
             if by["missing"]:
