@@ -492,11 +492,12 @@ class Grid:
 
     # ------------------------------------------------------------------ completion records (tokendrift.records)
 
-    def job_records(self) -> list[tuple[str, list[Path]]]:
-        """(job, its completion records) of every job of the grid that writes one: a training or
-        pretraining run's done.json, an imported model's meta.json, the evaluator's metrics.json,
-        the entropy rate, each sample folder's meta.json, each score and NELBO file."""
-        jobs: list[tuple[str, list[Path]]] = []
+    def job_records(self) -> list[tuple]:
+        """(job, its completion records[, the outputs to rerun it when they are not the records]) of
+        every job of the grid: a training or pretraining run's done.json, an imported model's
+        meta.json, the evaluator's metrics.json, the entropy rate, each sample folder's meta.json,
+        each score and NELBO file, the probe's done.json."""
+        jobs: list[tuple] = []
         for bb in self.backbones:
             rule = "pretrain_start" if "pretrain" in self.config["start"][bb] else "import_start"
             jobs.append((f"{rule} (backbone={bb})", [self.start_done(bb)]))
@@ -517,6 +518,8 @@ class Grid:
             jobs.append(
                 (f"score_{kind} ({w})", [*(self.score_file(u, t, n) for t, n in self.cells(u)), self.nelbo_file(u)])
             )
+        for bb in self.backbones:
+            jobs.append((f"probe (backbone={bb})", [self.probe_dir(bb) / "done.json"], self.probe_outputs(bb)))
         return jobs
 
     @property

@@ -159,20 +159,21 @@ def mark_incomplete(paths: Iterable[str], workdir: str | os.PathLike = ".") -> N
         marker.write_text(json.dumps({"external_jobid": None}))
 
 
-def verify_jobs(jobs: Iterable[tuple[str, list]], cache: str | os.PathLike | None = None, log=None) -> list[str]:
-    """Check the records of ``jobs`` ((job name, its record files)); return the records of the jobs
-    whose record or files do not match, after ``log`` got one line per bad file naming the file,
-    the job and the record (the workflow marks them incomplete: ``mark_incomplete``)."""
+def verify_jobs(jobs: Iterable[tuple], cache: str | os.PathLike | None = None, log=None) -> list[str]:
+    """Check the records of ``jobs`` ((job name, its record files[, its outputs when they are not
+    the records])); return the outputs of the jobs whose record or files do not match, after
+    ``log`` got one line per bad file naming the file, the job and the record (the workflow marks
+    those outputs incomplete: ``mark_incomplete``)."""
     import sys
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     v = Verifier(cache)
     redo: list[str] = []
-    for job, records in jobs:
+    for job, records, *outputs in jobs:
         bad = [(r, f, why) for r in records if Path(r).exists() for f, why in v.problems(r)]
         if not bad:
             continue
-        redo += [str(r) for r in records if Path(r).exists()]
+        redo += [str(o) for o in (outputs[0] if outputs else records) if Path(o).exists()]
         for r, f, why in bad:
             log(f"tokendrift: {f}: {why}; written by job {job} (record {r}): marked incomplete, so it reruns")
     v.save()

@@ -293,7 +293,7 @@ def sections(g: Grid) -> list[tuple[str, list[tuple[str, list[Unit]]]]]:
 
 
 def study_status(g: Grid, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None) -> dict:
-    records = [r for _, rs in g.job_records() for r in rs]
+    records = [r for _, rs, *_ in g.job_records() for r in rs]
     snap = Snapshot(workdir, recent, now, records, g.records_cache)
     shared = {bb: shared_jobs(g, bb) for bb in g.backbones}
     units = {u: unit_status(g, snap, u, shared[u.backbone]) for u in g.units}

@@ -281,6 +281,7 @@ class Importer:
         run_id = self.run(f"probe/{bb}", _digest(files), name=f"probe {bb}", tags={"kind": "probe", "backbone": bb})
         if run_id is None:
             return
+        check(files[0].parent / "done.json", "the probe's record")  # its four files, cut short or altered
         data = read_json(files[0], "probe file")
         metrics = [
             (f"{label}/{key}", r[key]["mean"][d - 1], d)
