@@ -1,7 +1,8 @@
 """Completion records: what a job wrote, with the size and SHA-256 of every file, checked on read.
 
 A job's record is a JSON object it writes last (a training run's ``done.json``, a model or sample
-folder's ``meta.json``, a score or NELBO file itself). Next to its own content it holds
+folder's ``meta.json``, the evaluator's ``metrics.json``, the probe's ``done.json``, a score, NELBO
+or entropy-rate file itself). Next to its own content it holds
 
 - ``files``: ``{path relative to the record's folder: {"size": bytes, "sha256": hex}}`` of every
   other file the job wrote (checkpoints, sample ids and text, metrics);
@@ -9,11 +10,12 @@ folder's ``meta.json``, a score or NELBO file itself). Next to its own content i
   cut short or with one byte changed is found as well as any of its files.
 
 Every reader checks a record before use (``check``); the workflow checks the record of every job
-of the grid when Snakemake starts (``tokendrift.grid.Grid.verify_records``) and removes the
-record of a job whose files do not match it, with a message naming the file and the job, so that
-the run reruns exactly that job. Hashing large files once per Snakemake start is avoided by a
-cache of verified digests keyed by each file's size, mtime, ctime and inode (any write changes
-the ctime, which no user can set).
+of the grid when Snakemake starts (``tokendrift.grid.Grid.verify_records``) and marks the outputs
+of a job whose files do not match its record incomplete, as Snakemake marks a job it started
+(``mark_incomplete``), with a message naming the file and the job: the run reruns exactly that
+job, then what reads its output. Hashing large files at every start is avoided by a cache of
+verified digests keyed by each file's size, mtime, ctime and inode (any write changes the ctime,
+which no user can set); a file is hashed at the first start after its job wrote it.
 """
 
 from __future__ import annotations
