@@ -1,7 +1,8 @@
 """`tokendrift status` on the paper's grid: how long the one-command status of a study takes.
 
 Builds a synthetic results tree for workflow/config/paper.yaml's grid in a temporary folder
-(empty files at the paths tokendrift.grid.Grid names; Snakemake's incomplete markers and a lock
+(an empty completion record at each path tokendrift.grid.Grid names, as a job writes it, so
+that status checks each record; Snakemake's incomplete markers and a lock
 for the running jobs): every shared job done, and per checkpoint about 75% done, 10% failed at
 scoring, 5% running (sampling), 10% missing, and every checkpoint of a tenth of the
 training jobs failed at training. Then times the command as a user
@@ -30,7 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from tokendrift.config import load_file  # noqa: E402
 from tokendrift.grid import Grid  # noqa: E402
+from tokendrift.records import record_text  # noqa: E402
 from tokendrift.status import chain, study_status  # noqa: E402
+
+EMPTY_RECORD = record_text({})
 
 PAPER = REPO / "workflow" / "config" / "paper.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -39,7 +43,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 def touch(wd: Path, p) -> None:
     f = wd / p
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.touch()
+    f.write_text(EMPTY_RECORD)
 
 
 def build(g: Grid, wd: Path) -> dict:

@@ -244,6 +244,8 @@ class Executor(RemoteExecutor):
         # list is empty while a status cycle runs, so cancel_jobs must not rely on it alone
         self._unfinished: dict[str, None] = {}
         self._started = time.monotonic()
+        # local jobs stop when this process dies (jobs.ShellCommand polls it): no orphans after kill -9
+        self._driver = (os.getpid(), psutil.Process().create_time())
         self.logger.info(f"submitit executor: cluster={self.cluster}, files in {self.run_folder}")
 
     # --- command line ----------------------------------------------------------------
@@ -297,6 +299,7 @@ class Executor(RemoteExecutor):
             worker_command=worker,
             gpus_per_node=params.get("gpus_per_node", 0),
             term_grace_s=self.settings.requeue_grace_s,
+            driver=self._driver if self.cluster == "local" else None,
         )
         key = json.dumps([cls.__name__, params], sort_keys=True, default=str)
         return key, params, fn

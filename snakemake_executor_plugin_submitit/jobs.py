@@ -32,11 +32,14 @@ import signal
 import subprocess
 import time
 
+import psutil
 from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 # seconds the processes a finished command left behind get between SIGTERM and SIGKILL
 LEFTOVER_GRACE_S = 2.0
+# seconds between two checks that the driver (the Snakemake that submitted a local job) still runs
+DRIVER_POLL_S = 0.5
 
 
 class CommandFailed(RuntimeError):
@@ -45,6 +48,14 @@ class CommandFailed(RuntimeError):
 
 def _child_setup() -> None:  # pragma: no cover - runs in the forked child
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def driver_alive(pid: int, create_time: float) -> bool:
+    """Whether the process ``pid`` started at ``create_time`` still runs (not a later one with its PID)."""
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < 1e-3
+    except psutil.Error:
+        return False
 
 
 def kill_group(proc: subprocess.Popen | None, grace_s: float) -> None:
@@ -128,6 +139,10 @@ class ShellCommand:
     term_grace_s: seconds between SIGTERM and SIGKILL when the command is stopped.
     usr2_wait_s: after a SIGTERM killed the command, how long to wait for the USR2 that
         follows on preemption before calling the job failed.
+    driver: (PID, start time) of the Snakemake that submitted a local job: when it dies (a
+        ``kill -9``), the command's process group is stopped within ``DRIVER_POLL_S`` plus
+        ``LEFTOVER_GRACE_S`` seconds instead of running on as an orphan. None on a cluster,
+        where a job outlives its driver and the next Snakemake finds its outputs.
     """
 
     def __init__(
@@ -138,6 +153,7 @@ class ShellCommand:
         gpus_per_node: int = 0,
         term_grace_s: float = 30.0,
         usr2_wait_s: float = 5.0,
+        driver: tuple[int, float] | None = None,
     ) -> None:
         self.command = command
         self.cwd = cwd
@@ -145,6 +161,7 @@ class ShellCommand:
         self.gpus_per_node = int(gpus_per_node)
         self.term_grace_s = float(term_grace_s)
         self.usr2_wait_s = float(usr2_wait_s)
+        self.driver = tuple(driver) if driver else None
         self._proc: subprocess.Popen | None = None
         self._sigterm_at: float | None = None
 
@@ -219,11 +236,18 @@ class ShellCommand:
         return 0
 
     def _wait(self) -> int:
-        """Poll (not a blocking wait) so that signal handlers can run and stop the child."""
+        """Poll (not a blocking wait) so that signal handlers can run and stop the child; stop it
+        when the driver is gone."""
+        next_check = time.monotonic() + DRIVER_POLL_S
         while True:
             rc = self._proc.poll()
             if rc is not None:
                 return rc
+            if self.driver and time.monotonic() >= next_check:
+                next_check = time.monotonic() + DRIVER_POLL_S
+                if not driver_alive(*self.driver):
+                    kill_group(self._proc, LEFTOVER_GRACE_S)
+                    raise CommandFailed(f"the driver (Snakemake pid {self.driver[0]}) is gone: command stopped")
             time.sleep(0.1)
 
 

@@ -2,7 +2,6 @@
 plain helpers and constants, imported as ``from tests.conftest import make_init, TINY_SOURCE``.
 No test module imports another."""
 
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ import torch
 from tokendrift.checkpoint import random_model_dir
 from tokendrift.data import make_source
 from tokendrift.grid import Grid, Unit
+from tokendrift.records import write_record
 
 # Tests share a 2-core machine: keep intra-op threads modest and results repeatable.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -83,9 +83,9 @@ def make_grid(tmp_path, **over) -> Grid:
 def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None):
     f = g.score_file(u, t, nfe)
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps({"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe}))
+    write_record(f, {"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe})  # as score jobs write
     if nelbo is not None:
-        g.nelbo_file(u).write_text(json.dumps({"nelbo": nelbo}))
+        write_record(g.nelbo_file(u), {"nelbo": nelbo})
 
 
 # start sweep (per NFE): entropy 4.0 / 5.0 / 6.0 at T 0.5 / 0.8 / 1.0, Gen.-PPL 20 / 50 / 200

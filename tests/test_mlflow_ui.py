@@ -104,13 +104,15 @@ def parent_page(db: Path, experiment: str, table: str) -> str:
 
 def write_scores(g, wd: Path) -> None:
     """Score and NELBO files of every checkpoint of the grid, with distinct values per cell."""
+    from tokendrift.records import write_record
+
     for i, u in enumerate(g.units):
         for t, n in g.cells(u):
             f = wd / g.score_file(u, t, n)
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(json.dumps({"gen_ppl": 300.0 / n * t + 1.37 * i + 0.011 * u.seed, "entropy": 3.0 + 0.2 * t,
-                                     "oracle_gen_ppl": 600.0 / n + i}))
-        (wd / g.nelbo_file(u)).write_text(json.dumps({"nelbo": 2.4 + 0.001 * i}))
+            write_record(f, {"gen_ppl": 300.0 / n * t + 1.37 * i + 0.011 * u.seed, "entropy": 3.0 + 0.2 * t,
+                             "oracle_gen_ppl": 600.0 / n + i})
+        write_record(wd / g.nelbo_file(u), {"nelbo": 2.4 + 0.001 * i})
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift import aggregate
 from tokendrift.aggregate import baseline_gate, model_styles, read_scores, write_table
 from tokendrift.grid import Unit
+from tokendrift.records import write_record
 from tokendrift.tracking import import_results
 
 PAPER_MDLM = {4: (1942.33, 66.80, 5.95, 0.02), 8: (799.52, 24.28, 5.88, 0.02)}  # the paper's Table 1, start row
@@ -118,7 +119,7 @@ def test_every_table_compiles_with_latex(tmp_path, oracle):
     if oracle:  # the synthetic source's extra column
         for f in g.root.rglob("T*_nfe*.json"):
             r = json.loads(f.read_text())
-            f.write_text(json.dumps({**r, "oracle_gen_ppl": r["gen_ppl"] * 2}))
+            write_record(f, {**r, "oracle_gen_ppl": r["gen_ppl"] * 2})
     doc = tmp_path / "doc.tex"
     body = []
     for t in g.tables:

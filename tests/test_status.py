@@ -17,7 +17,8 @@ from tests.conftest import CI, REPO, SCHEMA
 from tokendrift import cli
 from tokendrift.config import load_file
 from tokendrift.grid import FIGURES, Grid, Unit
-from tokendrift.status import chain, study_status
+from tokendrift.records import record_text
+from tokendrift.status import chain, drivers_dir, study_status
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def grid():
 def touch(wd: Path, p, mtime=None):
     f = wd / p
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text("{}")
+    f.write_text(record_text({}))  # an empty completion record (tokendrift.records)
     if mtime is not None:
         os.utime(f, (mtime, mtime))
 
@@ -162,3 +163,60 @@ def test_the_logs_status_names_are_the_rules_logs(grid, tmp_path):
     named |= {str(g.log_file("probe", bb=bb)) for bb in g.backbones}
     named |= {g.log("aggregate", name=n) for n in [*g.tables, *FIGURES]} | {g.log("entropy_rate"), g.log("track")}
     assert planned == named
+
+
+def test_a_damaged_record_makes_its_job_failed_naming_the_file(tree, capsys):
+    g, wd, now = tree
+    u = Unit("mdlm", "tokendrift", 0, g.long)
+    f = g.score_file(u, 1.0, g.nfes[0])
+    data = bytearray((wd / f).read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of the score file
+    (wd / f).write_bytes(bytes(data))
+    st = study_status(g, wd, now=now)
+    assert st["units"][u]["state"] == "failed" and st["units"][u]["job"] == "score"
+    assert str(f) in st["units"][u]["damaged"] and "record_sha256" in st["units"][u]["damaged"]
+    assert cli.main(["status", str(CI), "--schema", str(SCHEMA), "--directory", str(wd)]) == 0
+    assert f"FAILED 0 (score: damaged {f}" in capsys.readouterr().out
+
+
+def driver(wd, pid, create_time, stops=True, beat=None):
+    import json
+    import socket
+
+    d = drivers_dir(wd)
+    d.mkdir(parents=True, exist_ok=True)
+    f = d / f"{socket.gethostname()}-{pid}.json"
+    f.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "create_time": create_time,
+                             "started": time.time() - 60, "stops_jobs": stops}))
+    if beat is not None:
+        os.utime(f, (beat, beat))
+
+
+def test_a_killed_driver_is_gone_and_its_local_jobs_are_not_running(tree, capsys):
+    g, wd, now = tree
+    lock(wd)  # left behind by the killed Snakemake
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # a PID that no longer runs
+    driver(wd, p.pid, time.time() - 60, beat=now - 30)
+    st = study_status(g, wd, recent=600, now=now)
+    # marked incomplete with a fresh log, but its driver is gone and stopped it: not running
+    assert st["units"][Unit("mdlm", "continuation", 0, g.long)]["state"] == "failed"
+    assert not st["locked"] and [d["pid"] for d in st["drivers_gone"]] == [p.pid]
+    assert cli.main(["status", str(CI), "--schema", str(SCHEMA), "--directory", str(wd)]) == 0
+    out = capsys.readouterr().out
+    assert f"driver gone since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now - 30))}" in out
+    assert f"Snakemake pid {p.pid}" in out and "its jobs were stopped with it" in out
+    assert f"  snakemake --unlock --configfile {CI} --rerun-triggers mtime --directory {wd}" in out
+    assert out.strip().splitlines()[-1] == f"  snakemake all_tables --configfile {CI} --rerun-triggers mtime --directory {wd}"
+
+
+def test_a_live_driver_keeps_its_lock_and_its_jobs_running(tree):
+    import psutil
+
+    g, wd, now = tree
+    lock(wd)
+    driver(wd, os.getpid(), psutil.Process().create_time())
+    st = study_status(g, wd, recent=600, now=now)
+    assert st["locked"] and st["drivers_gone"] == []
+    assert states(st, Unit("mdlm", "continuation", 0, g.long), Unit("mdlm", "continuation", 1, g.long)) == \
+        ["running", "running"]

@@ -372,6 +372,10 @@ def test_truncated_and_misshaped_checkpoints_are_refused(tmp_path, init_mdlm, ca
         state = load_file(shaped / f)
         state["vocab_embed.embedding"] = state["vocab_embed.embedding"][:-1].contiguous()
         save_file(state, str(shaped / f))
+    from tokendrift.records import job_files, record_text
+
+    meta = json.loads((shaped / "meta.json").read_text())  # a consistent folder (its record matches), mis-shaped
+    (shaped / "meta.json").write_text(record_text(meta, shaped, job_files(shaped, "meta.json")))
     rc = cli(["train", "--config", _write_cfg(tmp_path, job(shaped)), "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err
     assert rc == 2 and "vocab_embed.embedding" in err and not (tmp_path / "o2").exists()

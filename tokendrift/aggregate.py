@@ -33,7 +33,8 @@ from pathlib import Path
 import pandas as pd
 
 from .grid import Grid, add_grid_args, grid_from_args, paper_tables
-from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, figure_bytes, read_json
+from .records import check
+from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, figure_bytes
 
 METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl")
 DASH = "—"
@@ -49,7 +50,7 @@ def read_scores(g: Grid, units) -> pd.DataFrame:
         for t, n in g.cells(u):
             f = g.score_file(u, t, n)
             if f.exists():
-                r = read_json(f, "score file")
+                r = check(f, "its own record")  # cut short or altered: named, never read as numbers
                 try:
                     rows.append(
                         {
@@ -78,7 +79,7 @@ def read_nelbo(g: Grid, units) -> pd.DataFrame:
                     "model": u.model,
                     "seed": u.seed,
                     "step": u.step,
-                    "nelbo": _num(read_json(f, "NELBO file").get("nelbo")),
+                    "nelbo": _num(check(f, "its own record").get("nelbo")),
                 }
             )
     return pd.DataFrame(rows, columns=["backbone", "model", "seed", "step", "nelbo"])
@@ -93,7 +94,7 @@ def entropy_floor(g: Grid) -> float | None:
     None for a text source, or while that job has not run (`tokendrift aggregate` of partial results)."""
     if not g.entropy_rate_file or not Path(g.entropy_rate_file[0]).exists():
         return None
-    return math.exp(read_json(g.entropy_rate_file[0], "entropy rate file")["entropy_rate"])
+    return math.exp(check(g.entropy_rate_file[0], "its own record")["entropy_rate"])
 
 
 # --------------------------------------------------------------------------- statistics

@@ -31,6 +31,7 @@ from .data import make_source
 from .diffusion import make_diffusion
 from .fetch import provenance
 from .model import DiT, DiTConfig
+from .records import DIGEST, RecordError, check, job_files, record_text
 from .utils import TokenDriftError, atomic_dir, file_digest, read_json
 
 
@@ -187,7 +188,8 @@ def write_model_files(folder, model_state: dict, ema_state: dict | None, meta: d
     save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(folder / "model.safetensors"))
     if ema_state is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, str(folder / "ema.safetensors"))
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    # last, with the size and SHA-256 of the weights and of what the caller wrote before (train_state.pt)
+    (folder / "meta.json").write_text(record_text(meta, folder, job_files(folder, "meta.json")))
 
 
 def save_model_dir(path, model_state: dict, ema_state: dict | None, meta: dict, config=None) -> None:
@@ -203,6 +205,11 @@ def load_model_dir(path, *, weights: str = "ema", device="cpu") -> tuple[DiT, di
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path}")
     meta = read_json(meta_file, "model folder metadata", CheckpointError)
+    if DIGEST in meta:  # our own folders: their weights checked against the record before use
+        try:
+            check(meta_file, "the model folder's record")
+        except RecordError as e:
+            raise CheckpointError(str(e)) from None
     if "model" not in meta or "diffusion" not in meta:
         raise CheckpointError(f"{meta_file}: lacks the 'model' or 'diffusion' entry")
     f = path / "ema.safetensors"

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .prepare import normalize, prepared_dir, source_json
-from .utils import TokenDriftError, atomic_write_json, read_json
+from .records import write_record
+from .utils import TokenDriftError, read_json
 
 SPLITS = {"train": 0, "valid": 1}
 
@@ -258,9 +259,7 @@ def write_entropy_rate(cfg: dict, out) -> float:
     if kind != "synthetic":
         raise TokenDriftError(f"source: kind {kind} has no exact likelihood, hence no entropy rate (only synthetic)")
     source = make_source(cfg)
-    atomic_write_json(
-        out, {"entropy_rate": source.entropy_rate, "entropy_rate_se": source.entropy_rate_se, "source": cfg}
-    )
+    write_record(out, {"entropy_rate": source.entropy_rate, "entropy_rate_se": source.entropy_rate_se, "source": cfg})
     return source.entropy_rate
 
 

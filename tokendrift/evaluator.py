@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .utils import atomic_dir, atomic_write_json, config_digest
+from .records import job_files, write_record
+from .utils import atomic_dir, config_digest
 
 
 def _inputs(source, split: str, index: int, batch_size: int) -> torch.Tensor:
@@ -135,6 +136,6 @@ def train_evaluator(
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    atomic_write_json(out / "metrics.json", metrics)
+    write_record(out / "metrics.json", metrics, job_files(out / "model"))
     shutil.rmtree(resume, ignore_errors=True)
     return metrics

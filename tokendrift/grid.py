@@ -491,6 +491,53 @@ class Grid:
     def probe_outputs(self, bb: str) -> list[str]:
         return [self.probe_file(bb, f) for f in ("probe.json", "probe.png", "probe.pdf", "top3.md")]
 
+    # ------------------------------------------------------------------ completion records (tokendrift.records)
+
+    def job_records(self) -> list[tuple]:
+        """(job, its completion records[, the outputs to rerun it when they are not the records]) of
+        every job of the grid: a training or pretraining run's done.json, an imported model's
+        meta.json, the evaluator's metrics.json, the entropy rate, each sample folder's meta.json,
+        each score and NELBO file, the probe's done.json."""
+        jobs: list[tuple] = []
+        for bb in self.backbones:
+            rule = "pretrain_start" if "pretrain" in self.config["start"][bb] else "import_start"
+            jobs.append((f"{rule} (backbone={bb})", [self.start_done(bb)]))
+        if "pretrain" in self.config["evaluator"]:
+            jobs.append(("pretrain_evaluator", [Path(self.evaluator_done)]))
+        jobs += [("entropy_rate", [Path(f)]) for f in self.entropy_rate_file]
+        for bb, rid in self.runs:
+            for s in self.seeds:
+                jobs.append(
+                    (f"train (backbone={bb}, model={rid}, seed={s})", [self.train_dir(bb, rid, s) / "done.json"])
+                )
+        for u in self.units:
+            if u.model == "start":
+                kind, w = "start", f"backbone={u.backbone}, seed={u.seed}"
+            else:
+                kind, w = "run", f"backbone={u.backbone}, model={u.model}, seed={u.seed}, step={u.step}"
+            jobs.append((f"sample_{kind} ({w})", [d / "meta.json" for d in self.sample_dirs(u)]))
+            jobs.append(
+                (f"score_{kind} ({w})", [*(self.score_file(u, t, n) for t, n in self.cells(u)), self.nelbo_file(u)])
+            )
+        for bb in self.backbones:
+            jobs.append((f"probe (backbone={bb})", [self.probe_dir(bb) / "done.json"], self.probe_outputs(bb)))
+        return jobs
+
+    @property
+    def records_cache(self) -> Path:
+        """Digests already verified, by file size, mtime, ctime and inode (tokendrift.records.Verifier)."""
+        return self.root / ".verified_digests.json"
+
+    def verify_records(self, log=None) -> list[str]:
+        """Check every job's record when Snakemake starts (tokendrift.records.verify_jobs) and mark the
+        outputs of the jobs whose files do not match incomplete, so that Snakemake reruns exactly those
+        jobs (and what depends on them). Returns those outputs."""
+        from .records import mark_incomplete, verify_jobs
+
+        redo = verify_jobs(self.job_records(), self.records_cache, log)
+        mark_incomplete(redo)
+        return redo
+
     # ------------------------------------------------------------------ job logs (the rules' log: files)
 
     def log(self, rule: str, **fields) -> str:

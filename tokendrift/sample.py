@@ -18,6 +18,7 @@ from . import config as configlib
 from .checkpoint import OpenCheckpoint, open_checkpoint
 from .diffusion import make_diffusion
 from .fetch import provenance
+from .records import record_text
 from .utils import TokenDriftError, atomic_dir, file_digest, resolve_device, temp_str
 
 OPTIONS = configlib.defaults("sample")  # tokendrift/schemas/sample.schema.yaml
@@ -166,7 +167,8 @@ def _sample_one(
     with atomic_dir(out) as tmp:
         save_file({"ids": ids.contiguous()}, str(tmp / "ids.safetensors"))
         (tmp / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        (tmp / "meta.json").write_text(json.dumps(sample_meta, indent=2, sort_keys=True) + "\n")
+        files = [tmp / "ids.safetensors", tmp / "text.jsonl"]
+        (tmp / "meta.json").write_text(record_text(sample_meta, tmp, files))  # written last, with their digests
     return sample_meta
 
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from . import config as configlib
 from .fetch import provenance
-from .utils import TokenDriftError, atomic_write_json, read_json, resolve_device
+from .records import check, write_record
+from .utils import TokenDriftError, read_json, resolve_device
 
 OPTIONS = configlib.defaults("score")  # tokendrift/schemas/score.schema.yaml
 NELBO = configlib.defaults("nelbo")  # tokendrift/schemas/nelbo.schema.yaml
@@ -180,6 +181,7 @@ def read_samples(folder) -> tuple[torch.Tensor, list[str], dict]:
     """Read and cross-check a sample folder (ids, text, meta), naming the bad file."""
     folder = Path(folder)
     meta = read_json(folder / "meta.json", "sample metadata")
+    check(folder / "meta.json", "the sample folder's record")
     try:
         ids = load_file(folder / "ids.safetensors")["ids"]
     except FileNotFoundError:
@@ -266,7 +268,7 @@ def score_samples(
         },
         "provenance": provenance(),
     }
-    atomic_write_json(out, result)
+    write_record(out, result)
     return result
 
 
@@ -305,7 +307,7 @@ def checkpoint_nelbo(
         "provenance": provenance(),
     }
     if out:
-        atomic_write_json(out, result)
+        write_record(out, result)
     return result
 
 

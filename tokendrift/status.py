@@ -3,15 +3,20 @@ log to read), running or missing, then the one command that reruns what is missi
 
     tokendrift status CONFIG [--directory D] [--profile P]
 
-It reads only result files and Snakemake's own records in ``D/.snakemake`` (never runs
-Snakemake); every path comes from tokendrift.grid.Grid. The rules, per job:
+It reads only result files, Snakemake's own records in ``D/.snakemake`` and the drivers' records
+(never runs Snakemake; it updates the cache of verified digests); every path comes from
+tokendrift.grid.Grid. The rules, per job:
 
-- **done**: every output exists and none is marked incomplete.
+- **done**: every output exists, none is marked incomplete, and each completion record matches
+  the files it lists (tokendrift.records). A damaged one makes its job **failed**, naming the file:
+  the next Snakemake reruns that job.
 - **running**: an output is marked incomplete (``.snakemake/incomplete/<urlsafe base64 of its
   path>``, written when Snakemake starts or submits the job, removed when it ends: a job queued
   on Slurm counts as running) and either Snakemake holds the working directory (a lock in
   ``.snakemake/locks/``) or the job's log changed in the last ``--recent`` seconds (a cluster job
-  that outlived a killed Snakemake).
+  that outlived a killed Snakemake). A lock left by a killed driver does not count, nor a recent
+  log when that driver's jobs stopped with it (local jobs): "driver gone since ..." is printed,
+  with the commands that resume.
 - **failed**: neither done nor running, and its log exists: it started and ended without its
   outputs (an error, a kill, an interrupted Snakemake). Its log is named.
 - **missing**: none of these: it never started (or waits for another job).
@@ -38,8 +43,107 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grid import Grid, Unit, add_grid_args, grid_from_args
+from .records import Verifier
 
 STATES = ("done", "failed", "running", "missing")
+
+# --------------------------------------------------------------------------- the driver's liveness
+# Each Snakemake that runs jobs here (not a dry run, not the Snakemake of one job) records itself
+# in .snakemake/tokendrift/drivers/<host>-<pid>.json when it starts (the workflow's onstart) and
+# touches that file every HEARTBEAT_S seconds; it removes it when it ends (onsuccess, onerror). A
+# record left behind is a driver that was killed: on its own host, its PID is gone (or reused by a
+# process started later); on another host, its heartbeat is older than STALE_S.
+HEARTBEAT_S = 10.0
+STALE_S = 6 * HEARTBEAT_S
+
+
+def drivers_dir(workdir: str | Path = ".") -> Path:
+    return Path(workdir) / ".snakemake" / "tokendrift" / "drivers"
+
+
+def stops_jobs(workflow) -> bool:
+    """Whether the jobs of this Snakemake stop when it dies: the project's submitit executor running
+    local processes (its watchdog, snakemake_executor_plugin_submitit.jobs). Snakemake's own local
+    executor leaves its jobs running, and cluster jobs run on."""
+    cluster = getattr(workflow.executor_settings, "cluster", None)
+    if cluster is None or workflow.local_exec:
+        return False
+    from snakemake_executor_plugin_submitit import resolve_cluster
+
+    return resolve_cluster(cluster) == "local"
+
+
+def record_driver(workdir: str | Path = ".", stops: bool = False) -> Path:
+    """Record this process as the driver of the runs in ``workdir`` and keep its heartbeat (a daemon
+    thread that dies with it); the records of drivers gone before it are removed. ``stops``: its
+    jobs stop when it dies (``stops_jobs``)."""
+    import socket
+    import threading
+
+    import psutil
+
+    from .utils import atomic_write_json
+
+    for old in read_drivers(workdir):
+        if not old["alive"]:
+            Path(old["file"]).unlink(missing_ok=True)
+    me = psutil.Process()
+    path = drivers_dir(workdir) / f"{socket.gethostname()}-{me.pid}.json"
+    atomic_write_json(
+        path,
+        {
+            "pid": me.pid,
+            "host": socket.gethostname(),
+            "create_time": me.create_time(),
+            "started": time.time(),
+            "stops_jobs": stops,
+        },
+    )
+
+    def beat():
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return  # the run ended (end_driver)
+
+    threading.Thread(target=beat, name="tokendrift-heartbeat", daemon=True).start()
+    return path
+
+
+def end_driver(workdir: str | Path = ".") -> None:
+    """Remove this process's driver record (the run ended, successfully or not)."""
+    import socket
+
+    (drivers_dir(workdir) / f"{socket.gethostname()}-{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def read_drivers(workdir: str | Path = ".", now: float | None = None) -> list[dict]:
+    """The driver records of ``workdir``, each with ``alive`` and ``last_seen`` (its last heartbeat)."""
+    import json
+    import socket
+
+    import psutil
+
+    now = time.time() if now is None else now
+    out = []
+    d = drivers_dir(workdir)
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            rec = json.loads(f.read_text())
+            last = f.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if rec.get("host") == socket.gethostname():
+            try:
+                alive = abs(psutil.Process(rec["pid"]).create_time() - rec["create_time"]) < 1.0
+            except (psutil.Error, KeyError, TypeError):
+                alive = False
+        else:
+            alive = now - last < STALE_S
+        out.append({**rec, "alive": alive, "last_seen": last, "file": str(f)})
+    return out
 
 
 @dataclass(frozen=True)
@@ -52,14 +156,29 @@ class Job:
 class Snapshot:
     """What the working directory says, read once: Snakemake's incomplete markers and locks."""
 
-    def __init__(self, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None):
+    def __init__(
+        self, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None, records=(), cache=None
+    ):
         self.workdir = Path(workdir)
+        # outputs that are completion records (tokendrift.records), checked before a job counts as done
+        self.records = {os.path.normpath(str(r)) for r in records}
+        self.verifier = Verifier(self.path(Path(cache)) if cache else None)
+        self.damaged: dict[Job, str] = {}
         self.recent = recent
         self.now = time.time() if now is None else now
         meta = self.workdir / ".snakemake"
         self.incomplete = set(self._markers(meta / "incomplete"))
         locks = meta / "locks"
-        self.locked = locks.is_dir() and any(p.name.endswith(".lock") for p in locks.iterdir())
+        self.drivers = read_drivers(self.workdir, self.now)
+        self.gone = [d for d in self.drivers if not d["alive"]]
+        alive = any(d["alive"] for d in self.drivers)
+        # a lock with only dead drivers recorded is stale (left by a killed Snakemake)
+        self.locked = (
+            locks.is_dir() and any(p.name.endswith(".lock") for p in locks.iterdir()) and (alive or not self.gone)
+        )
+        # jobs of a killed driver that ran on this host were stopped with it (the executor's watchdog)
+        self.interrupted = bool(self.gone) and not alive and all(d.get("stops_jobs") for d in self.gone)
+        self.gone = [] if alive else self.gone
         self._cache: dict[Job, str] = {}
 
     @staticmethod
@@ -88,12 +207,23 @@ class Snapshot:
     def _state(self, job: Job) -> str:
         marked = any(os.path.normpath(str(o)) in self.incomplete for o in job.outputs)
         if not marked and all(self.path(o).exists() for o in job.outputs):
-            return "done"
+            bad = [
+                (f, why)
+                for o in job.outputs
+                if os.path.normpath(str(o)) in self.records
+                for f, why in self.verifier.problems(self.path(o))
+            ]
+            if not bad:
+                return "done"
+            f = os.path.relpath(bad[0][0], self.workdir)  # as the workflow names it
+            self.damaged[job] = f"{f}: {bad[0][1]}"  # the next snakemake reruns it
+            return "failed"
         try:
             log_mtime = self.path(job.log).stat().st_mtime
         except FileNotFoundError:
             log_mtime = None
-        if marked and (self.locked or (log_mtime is not None and self.now - log_mtime < self.recent)):
+        recent = log_mtime is not None and self.now - log_mtime < self.recent
+        if marked and (self.locked or (recent and not self.interrupted)):
             return "running"
         return "failed" if log_mtime is not None else "missing"
 
@@ -130,6 +260,9 @@ def unit_status(g: Grid, snap: Snapshot, u: Unit, shared: list[Job] | None = Non
     """{"state", "job" (the job that decides it), "log" (for failed)} of one checkpoint."""
     jobs = chain(g, u, shared)
     states = [snap.state(j) for j in jobs]
+    for j in jobs:  # a damaged output anywhere in the chain: that job and what follows rerun
+        if j in snap.damaged:
+            return {"state": "failed", "job": j.name, "damaged": snap.damaged[j]}
     if states[-1] == "done":
         return {"state": "done"}
     for j, s in zip(jobs, states):
@@ -160,17 +293,22 @@ def sections(g: Grid) -> list[tuple[str, list[tuple[str, list[Unit]]]]]:
 
 
 def study_status(g: Grid, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None) -> dict:
-    snap = Snapshot(workdir, recent, now)
+    records = [r for _, rs, *_ in g.job_records() for r in rs]
+    snap = Snapshot(workdir, recent, now, records, g.records_cache)
     shared = {bb: shared_jobs(g, bb) for bb in g.backbones}
     units = {u: unit_status(g, snap, u, shared[u.backbone]) for u in g.units}
     outputs = [Path(f) for f in g.all_outputs()] + [Path(g.tracking_file)]
-    return {
+    st = {
         "units": units,
         "counts": Counter(s["state"] for s in units.values()),
         "locked": snap.locked,
+        "drivers_gone": snap.gone,
         "outputs_missing": [str(f) for f in outputs if not snap.path(f).exists()],
         "sections": sections(g),
+        "damaged": [(j.name, why) for j, why in snap.damaged.items()],
     }
+    snap.verifier.save()
+    return st
 
 
 def rerun_command(config: str, directory: str | None, profile: str | None) -> str:
@@ -202,7 +340,7 @@ def render(st: dict, config: str, directory: str | None = None, profile: str | N
             if by["done"]:
                 parts.append("done " + " ".join(str(k) for k, _ in by["done"]))
             for k, s in by["failed"]:
-                parts.append(f"FAILED {k} ({s['job']}: {s['log']})")
+                parts.append(f"FAILED {k} ({s['job']}: {s.get('log') or 'damaged ' + s['damaged']})")
             if by["running"]:
                 parts.append("running " + ", ".join(f"{k} ({s['job']})" for k, s in by["running"]))
             if by["missing"]:
@@ -215,12 +353,27 @@ def render(st: dict, config: str, directory: str | None = None, profile: str | N
         + ", ".join(f"{c.get(s, 0)} {s}" for s in STATES)
         + f"; {len(st['outputs_missing'])} table/figure/probe/MLflow outputs missing"
     )
+    for d in st.get("drivers_gone", []):
+        lines.append(
+            f"driver gone since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['last_seen']))} "
+            f"(last heartbeat): Snakemake pid {d['pid']} on {d['host']}, started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d['started']))}, was killed; "
+            + (
+                "its jobs were stopped with it"
+                if d.get("stops_jobs")
+                else "its jobs may still run (cluster jobs, or orphans of Snakemake's own executor)"
+            )
+        )
     todo = c.get("failed", 0) + c.get("missing", 0) + c.get("running", 0)
     if not todo and not st["outputs_missing"]:
         lines.append("nothing to rerun")
         return "\n".join(lines)
     cmd = rerun_command(config, directory, profile)
-    if c.get("running", 0) or st["locked"]:
+    if st.get("drivers_gone") and not st["locked"]:
+        unlock = [x for x in shlex.split(cmd) if x != "all_tables"]
+        lines.append("resume: release its lock, then rerun what it left unfinished (and what depends on it):")
+        lines.append(f"  {shlex.join(unlock[:1] + ['--unlock'] + unlock[1:])}")
+    elif c.get("running", 0) or st["locked"]:
         lines.append(
             "Snakemake is still running here: when it ends (or after `snakemake --unlock` if it was "
             "killed), rerun what is missing with"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import config as configlib
 from .grid import FIGURES, Grid, Unit, add_grid_args, grid_from_args
+from .records import check
 from .utils import TokenDriftError, atomic_write_json, read_json
 
 KEY = "tokendrift.key"
@@ -170,12 +171,12 @@ class Importer:
             for n in g.nfes:
                 f = g.score_file(u, 1.0, n)
                 if f.exists():
-                    r = read_json(f, "score file")
+                    r = check(f, "its own record")
                     for m in ("gen_ppl", "entropy", "oracle_gen_ppl"):
                         if r.get(m) is not None:
                             values.setdefault(f"{m}/nfe{n}/{u.model}", []).append(r[m])
             if g.nelbo_file(u).exists():
-                values.setdefault(f"nelbo/{u.model}", []).append(read_json(g.nelbo_file(u), "NELBO file")["nelbo"])
+                values.setdefault(f"nelbo/{u.model}", []).append(check(g.nelbo_file(u), "its own record")["nelbo"])
         self.log(parent, {}, [(k, sum(v) / len(v), 0) for k, v in values.items()])
         self.client.set_tag(parent, SUMMARY, digest)
 
@@ -209,10 +210,10 @@ class Importer:
         for n in g.nfes:
             f = g.score_file(u, 1.0, n)
             if f.exists():
-                r = read_json(f, "score file")
+                r = check(f, "its own record")
                 metrics += [(f"{m}/nfe{n}", r.get(m), 0) for m in ("gen_ppl", "entropy", "oracle_gen_ppl")]
         if g.nelbo_file(u).exists():
-            metrics.append(("nelbo", read_json(g.nelbo_file(u), "NELBO file").get("nelbo"), 0))
+            metrics.append(("nelbo", check(g.nelbo_file(u), "its own record").get("nelbo"), 0))
         self.log(run_id, params, metrics)
         text = g.sample_dir(u, 1.0, g.nfes[0]) / "text.jsonl"
         if text.exists():
@@ -280,6 +281,7 @@ class Importer:
         run_id = self.run(f"probe/{bb}", _digest(files), name=f"probe {bb}", tags={"kind": "probe", "backbone": bb})
         if run_id is None:
             return
+        check(files[0].parent / "done.json", "the probe's record")  # its four files, cut short or altered
         data = read_json(files[0], "probe file")
         metrics = [
             (f"{label}/{key}", r[key]["mean"][d - 1], d)

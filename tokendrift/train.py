@@ -53,6 +53,7 @@ from .objective import (
     pooled_features,
     soft_lift,
 )
+from .records import RecordError, check, job_files, write_record
 from .utils import (
     TokenDriftError,
     atomic_dir,
@@ -435,8 +436,8 @@ class TrainState:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         meta = dict(meta, step=self.step, model=model.config.to_dict(), ema_num_updates=self.ema.num_updates)
         with atomic_dir(path) as tmp:
-            write_model_files(tmp, model.state_dict(), self.ema.shadow, meta)
             torch.save(state, tmp / "train_state.pt")
+            write_model_files(tmp, model.state_dict(), self.ema.shadow, meta)  # its meta.json records both
 
     def load(self, path: Path, meta: dict) -> None:
         """Restore everything ``save`` wrote to ``path``; refuses a checkpoint of another config
@@ -512,9 +513,41 @@ def _same_run(record: dict, s: Setup) -> bool:
     return (record.get("config_digest"), record.get("code_digest")) == (s.meta["config_digest"], s.meta["code_digest"])
 
 
+def discard_damaged(out: Path) -> None:
+    """Delete every checkpoint under ``out`` whose files do not match its meta.json's record (cut
+    short or altered: tokendrift.records) and every later one, so that the run resumes from the last
+    intact one before it and writes the later ones again."""
+
+    def step(d: Path) -> int | None:
+        if d.name.startswith("step_") and d.name[5:].isdigit():
+            return int(d.name[5:])
+        try:
+            return int(json.loads((d / "meta.json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    folders = sorted(d for d in (out / "checkpoints").glob("*") if d.is_dir() and not d.name.startswith("."))
+    damaged = []
+    for d in folders:
+        try:
+            check(d / "meta.json", "the checkpoint's record")
+        except RecordError as e:
+            print(f"damaged checkpoint: {e}", flush=True)
+            damaged.append(d)
+    first = min((st for st in map(step, damaged) if st is not None), default=None)
+    for d in folders:
+        st = step(d)
+        if d in damaged or (first is not None and (st is None or st >= first)):
+            print(f"discarding checkpoint {d} (damaged, or later than a damaged one)", flush=True)
+            shutil.rmtree(d)
+
+
 def resume(out: Path, s: Setup, state: TrainState, discard_stale: bool) -> None:
     """Load the latest checkpoint under ``out`` into ``state``, if there is one. ``discard_stale``:
-    first delete the checkpoints (and metrics, done.json) of another config or code version."""
+    first delete the checkpoints (and metrics, done.json) of another config or code version.
+    Damaged checkpoints are discarded first (``discard_damaged``)."""
+    if out.exists() and s.rank == 0:
+        discard_damaged(out)
     ckpt = latest_checkpoint(out) if out.exists() else None
     if ckpt is not None and discard_stale and s.rank == 0:
         if not _same_run(json.loads((ckpt / "meta.json").read_text()), s):
@@ -688,7 +721,7 @@ def train(
             break
     bar.close()
     if state.step >= cfg["steps"] and s.rank == 0:
-        atomic_write_json(
+        write_record(  # last, with the size and SHA-256 of every file of the run (tokendrift.records)
             out / "done.json",
             {
                 "step": state.step,
@@ -698,6 +731,7 @@ def train(
                 "provenance": s.meta["provenance"],
                 "checkpoint": str(out / "checkpoints" / f"step_{state.step:06d}"),
             },
+            job_files(out),
         )
     return last
 

@@ -3,6 +3,7 @@
 from snakemake.exceptions import WorkflowError
 
 from tokendrift.grid import FIGURES, workflow_grid
+from tokendrift.status import end_driver, record_driver, stops_jobs
 from tokendrift.utils import TokenDriftError
 
 try:
@@ -20,8 +21,24 @@ JOB_ENV = "export {params.env:q} OMP_NUM_THREADS={threads} MKL_NUM_THREADS={thre
 FETCH_ENV = "export {params.env:q};"
 
 
-wildcard_constraints:
-    backbone="mdlm|duo",
-    model="[a-z0-9_]+",
-    seed=r"\d+",
-    step=r"\d+",
+# Every job's completion record checked against the files it lists (size, SHA-256): the outputs of
+# a job whose files were cut short or altered are marked incomplete, so that this run reruns that
+# job (and what depends on it), with a message naming the file and the job. The driver alone
+# checks: not the Snakemake of one job.
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    G.verify_records()
+
+
+# The driver's liveness (tokendrift.status): recorded when this Snakemake starts running jobs, with
+# a heartbeat, and removed when it ends; a record left behind tells `tokendrift status` that the
+# driver was killed.
+onstart:
+    record_driver(stops=stops_jobs(workflow))
+
+
+onsuccess:
+    end_driver()
+
+
+onerror:
+    end_driver()
