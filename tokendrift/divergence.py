@@ -87,36 +87,52 @@ def position_average(source, n: int) -> np.ndarray:
 def exact_marginal(source, grams: np.ndarray) -> np.ndarray:
     """p_n(w) = π̄ᵀ diag(E[:, w₁]) T diag(E[:, w₂]) ⋯ T E[:, wₙ]: the probability that a window of n
     tokens, at a start position drawn uniformly, reads w (forward algorithm over the window)."""
-    alpha = position_average(source, grams.shape[1])[None] * source.E[:, grams[:, 0]].T
+    emit = np.ascontiguousarray(source.E.T)  # [V, S]: a token's emission probability in every state
+    alpha = position_average(source, grams.shape[1])[None] * emit[grams[:, 0]]
     for j in range(1, grams.shape[1]):
-        alpha = (alpha @ source.T) * source.E[:, grams[:, j]].T
+        alpha = (alpha @ source.T) * emit[grams[:, j]]
     return alpha.sum(1)
 
 
 def ngram_kl(ids: torch.Tensor, source, n: int) -> float:
     """KL(p̂_n ‖ p_n) in nats: the samples' pooled n-gram frequencies p̂_n against the source's exact
     marginal p_n (finite: the emission smoothing gives every n-gram p_n > 0)."""
-    grams, counts = np.unique(ngrams(ids, n), axis=0, return_counts=True)
+    V = int(source.vocab_size)
+    codes, counts = np.unique(ngrams(ids, n) @ V ** np.arange(n - 1, -1, -1), return_counts=True)
+    grams = (codes[:, None] // V ** np.arange(n - 1, -1, -1)) % V  # each distinct n-gram once
     p_hat = counts / counts.sum()
     return float(np.sum(p_hat * (np.log(p_hat) - np.log(exact_marginal(source, grams)))))
 
 
-def ngram_divergence(ids: torch.Tensor, source, max_order: int, draws: int, seed: int) -> dict:
-    """KL(p̂_n ‖ p_n) for n = 1..max_order, each with its noise floor: mean and SD of the same
-    statistic over ``draws`` sets of source samples of the samples' count (fixed by the seed)."""
+def noise_floor(source, count: int, max_order: int, draws: int, seed: int) -> dict:
+    """KL(p̂_n ‖ p_n) of ``draws`` sets of ``count`` source samples (fixed by the source seed and the
+    sample seed): its mean and SD per order n = 1..max_order, and the random stream's key."""
     key = [int(source.config["seed"]), 2602, int(seed)]
     rng = np.random.default_rng(key)
-    floor_sets = [source.sample(ids.shape[0], rng) for _ in range(draws)]
+    sets = [source.sample(count, rng) for _ in range(draws)]
+    floor = {n: [ngram_kl(x, source, n) for x in sets] for n in range(1, max_order + 1)}
+    return {
+        "rng_key": key,
+        "mean": {n: float(np.mean(v)) for n, v in floor.items()},
+        "sd": {n: float(np.std(v, ddof=1)) for n, v in floor.items()},
+    }
+
+
+def ngram_divergence(ids: torch.Tensor, source, max_order: int, draws: int, seed: int, floor: dict | None = None):
+    """KL(p̂_n ‖ p_n) for n = 1..max_order, each with its noise floor: mean and SD of the same
+    statistic over ``draws`` sets of source samples of the samples' count (``noise_floor``; pass
+    ``floor`` to reuse it for every cell of a seed)."""
+    floor = floor or noise_floor(source, ids.shape[0], max_order, draws, seed)
     out = {}
     for n in range(1, max_order + 1):
-        floor = [ngram_kl(x, source, n) for x in floor_sets]
         out[str(n)] = {
             "kl": ngram_kl(ids, source, n),
-            "floor_mean": float(np.mean(floor)),
-            "floor_sd": float(np.std(floor, ddof=1)) if draws > 1 else None,
+            "floor_mean": floor["mean"][n],
+            "floor_sd": floor["sd"][n],
             "windows": int(ids.shape[0] * (ids.shape[1] - n + 1)),
             "cells": int(source.vocab_size) ** n,
         }
+    key = floor["rng_key"]
     return {
         "statistic": "KL(p̂_n ‖ p_n), nats: pooled n-gram frequencies of the samples against the source's exact "
         "position-averaged n-gram marginal; floor = the same for source samples of the same count",

@@ -224,7 +224,8 @@ def score_samples(
 ) -> dict:
     """Score one sample folder; ``evaluator`` is a name/folder or a loaded (model, tokenizer).
     ``options`` holds the score options ``mauve_*`` and ``ngram_*`` (defaults: the schema's);
-    ``references`` caches the reference texts' features across the folders of one job."""
+    ``references`` caches the reference texts' features (and the n-gram noise floor) across the
+    folders of one job."""
     from . import divergence
     from .data import make_source
 
@@ -258,8 +259,13 @@ def score_samples(
     oracle, ngram = None, None
     if hasattr(source, "T"):  # a hidden Markov source: exact likelihood and n-gram marginals
         oracle = oracle_gen_ppl(ids, source)
+        fkey = ("floor", key[0], ids.shape[0])
+        if fkey not in references:  # the same noise floor for every cell of a seed
+            references[fkey] = divergence.noise_floor(
+                source, ids.shape[0], opts["ngram_max_order"], opts["ngram_floor_draws"], key[0]
+            )
         ngram = divergence.ngram_divergence(
-            ids, source, opts["ngram_max_order"], opts["ngram_floor_draws"], int(meta.get("seed") or 0)
+            ids, source, opts["ngram_max_order"], opts["ngram_floor_draws"], key[0], references[fkey]
         )
     result = {
         "gen_ppl": ppl["gen_ppl"],
