@@ -155,7 +155,12 @@ def gen_ppl(
         n_tokens += int(counted.sum())
     if n_tokens == 0:
         raise TokenDriftError("samples: no token left to score after retokenization")
-    result = {"gen_ppl": math.exp(nll_sum / n_tokens), "nll_sum": nll_sum, "n_tokens": n_tokens, "n_samples": len(texts)}
+    result = {
+        "gen_ppl": math.exp(nll_sum / n_tokens),
+        "nll_sum": nll_sum,
+        "n_tokens": n_tokens,
+        "n_samples": len(texts),
+    }
     if layer is not None:
         result["features"] = torch.cat(feats).numpy()
     return result
@@ -276,6 +281,7 @@ def score_samples(
         "mauve": mv["mauve"],
         "ngram_kl2": ngram["orders"]["2"]["kl"] if ngram and "2" in ngram["orders"] else None,
         "ngram_kl2_floor": ngram["orders"]["2"]["floor_mean"] if ngram and "2" in ngram["orders"] else None,
+        "ngram_kl2_floor_sd": ngram["orders"]["2"]["floor_sd"] if ngram and "2" in ngram["orders"] else None,
         "evaluator": evaluator_name,
         "samples": str(samples),
         **{
@@ -408,7 +414,8 @@ def run_score(a) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "score",
-        help="Gen.-PPL, entropy, MAUVE, oracle Gen.-PPL and n-gram divergence of sample folders (and a checkpoint's NELBO)",
+        help="Gen.-PPL, entropy, MAUVE, oracle Gen.-PPL and n-gram divergence of sample folders "
+        "(and a checkpoint's NELBO)",
     )
     p.add_argument("samples", nargs="+", help="sample folder(s) written by `tokendrift sample`")
     p.add_argument("--evaluator", required=True, help="causal LM name or local folder (paper: gpt2-large)")
