@@ -80,10 +80,10 @@ def make_grid(tmp_path, **over) -> Grid:
     return Grid(cfg, SCHEMA)
 
 
-def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None):
+def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None, **more):
     f = g.score_file(u, t, nfe)
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps({"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe}))
+    f.write_text(json.dumps({"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe, **more}))
     if nelbo is not None:
         g.nelbo_file(u).write_text(json.dumps({"nelbo": nelbo}))
 

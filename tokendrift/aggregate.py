@@ -813,11 +813,16 @@ FIGURE_TEXT = {
     "figure2": "Figure 2: Gen.-PPL (log scale) against continual-training step, one panel per backbone and NFE "
     "(step 0 = the start checkpoint; mean ± SD over seeds; panels of one metric share their y-limits). "
     "The dashed line is the start checkpoint: a curve that falls below it improved, but read it with "
-    "the tables' matched-entropy ratio, since a model that only sharpens also falls.",
+    "the tables' matched-entropy ratio, since a model that only sharpens also falls. Below the Gen.-PPL rows: "
+    "MAUVE against the reference texts (higher is closer) and, for a synthetic source, the exact bigram "
+    "divergence KL₂ with its sampling-noise floor (dotted), on linear axes.",
     "quality_diversity": "Quality against diversity: Gen.-PPL (log scale) against sample entropy per NFE. The black "
     "curve is the start checkpoint's temperature sweep (the sharpening frontier); each model of "
     "the tables is one colour and marker (mean ± SD over seeds). A point below the curve beats "
-    "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL.",
+    "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL. The MAUVE panels "
+    "(linear axis, higher is closer to the reference texts) ask the same of the distributional score: a point "
+    "above the curve beats sharpening there; for a synthetic source the KL₂ panels give the exact bigram "
+    "divergence (lower is better; dotted: source samples of the same count).",
     "ratio_steps": "Matched-entropy ratio against training step, per NFE: each trained model's Gen.-PPL over the "
     "start checkpoint's temperature-sweep frontier at the model's entropy (evaluator, then oracle on "
     "synthetic sources; point = the tables' ratio, bar = SD of the per-seed ratios), its entropy, and "
@@ -840,11 +845,26 @@ def _save(fig, name: str, g: Grid) -> None:
             atomic_write_text(g.report_html(name), _html_page(f"td-{name}", name, body))
 
 
-def _plot_metrics(scores: pd.DataFrame) -> list[tuple[str, str]]:
+def _plot_metrics(scores: pd.DataFrame, distributional: bool = False) -> list[tuple[str, str]]:
+    """The figures' metrics: Gen.-PPL (and the oracle's); with ``distributional``, MAUVE (and the
+    exact bigram divergence) too, wherever a score file has them."""
     out = [("gen_ppl", "Gen.-PPL (evaluator)")]
     if scores["oracle_gen_ppl"].notna().any():
         out.append(("oracle_gen_ppl", "oracle Gen.-PPL"))
+    if distributional and scores["mauve"].notna().any():
+        out.append(("mauve", "MAUVE ↑ (vs reference)"))
+    if distributional and scores["ngram_kl2"].notna().any():
+        out.append(("ngram_kl2", "bigram KL₂ ↓ (exact)"))
     return out
+
+
+LOG_SCALE = {"gen_ppl", "oracle_gen_ppl"}  # MAUVE and KL₂ are drawn on a linear axis
+
+
+def _floor_line(ax, scores: pd.DataFrame, metric: str) -> None:
+    """KL₂'s sampling-noise floor (source samples of the same count) as a dotted line."""
+    if metric == "ngram_kl2" and scores["ngram_kl2_floor"].notna().any():
+        ax.axhline(scores["ngram_kl2_floor"].mean(), color="k", lw=0.8, ls=":", label="KL₂ of source samples")
 
 
 def _share_ylim(axes) -> None:
@@ -877,7 +897,7 @@ def figure2(g: Grid) -> None:
 
     scores = read_scores(g, g.figure2_units())
     scores = scores[scores.temperature == 1.0]
-    metrics = _plot_metrics(scores)
+    metrics = _plot_metrics(scores, distributional=True)
     rows = [(bb, m) for bb in g.backbones for m in metrics]
     fig, axes = plt.subplots(len(rows), len(g.nfes), figsize=(4 * len(g.nfes), 3 * len(rows)), squeeze=False)
     floor = entropy_floor(g)
@@ -907,7 +927,8 @@ def figure2(g: Grid) -> None:
                 )
             if metric == "oracle_gen_ppl" and floor:
                 ax.axhline(floor, color="k", lw=0.8, ls=":", label="entropy-rate floor")
-            ax.set_yscale("log")
+            _floor_line(ax, sel, metric)
+            ax.set_yscale("log" if metric in LOG_SCALE else "linear")
             ax.set_title(f"{bb.upper()}, NFE {n}")
             ax.set_xlabel("training step")
             ax.set_ylabel(name)
@@ -945,7 +966,7 @@ def quality_diversity(g: Grid) -> None:
 
     units = sorted({u for t in g.tables for u in g.table_units(t)})
     scores = read_scores(g, units)
-    metrics = _plot_metrics(scores)
+    metrics = _plot_metrics(scores, distributional=True)
     rows = [(bb, m) for bb in g.backbones if any(g.tables[t]["backbone"] == bb for t in g.tables) for m in metrics]
     fig, axes = plt.subplots(
         max(1, len(rows)), len(g.nfes), figsize=(4.5 * len(g.nfes), 3.5 * max(1, len(rows))), squeeze=False
@@ -992,11 +1013,14 @@ def quality_diversity(g: Grid) -> None:
                     markeredgewidth=0.4,
                     label=f"{bb.upper()} {model} @{step}",
                 )
-            ax.set_yscale("log")
+            _floor_line(ax, scores[(scores.backbone == bb) & (scores.nfe == n)], metric)
+            ax.set_yscale("log" if metric in LOG_SCALE else "linear")
             ax.set_xlabel("sample entropy (nats)")
             ax.set_ylabel(name)
             ax.set_title(f"{bb.upper()}, NFE {n}")
-    fig.suptitle("Quality vs diversity: below the black curve beats sharpening the start checkpoint")
+    fig.suptitle(
+        "Quality vs diversity: below the black curve (above it for MAUVE) beats sharpening the start checkpoint"
+    )
     fig.tight_layout()
     _legend_outside(fig, axes.flat, fontsize=7, title="model @ step")
     _save(fig, "quality_diversity", g)
