@@ -79,6 +79,43 @@ def per_cell(results: Path, unit: str, reps: int) -> dict:
     return row
 
 
+def separation(results: Path, counts=(64, 256)) -> list[dict]:
+    """What each score tells apart, with the default's evaluator and options: MAUVE and KL₂ (with
+    its floor) of fresh source samples, uniform random tokens and the marginal trap (the fresh
+    samples with each position's tokens shuffled across samples: right marginals, independent
+    tokens), each against ``n`` reference samples of the source."""
+    import numpy as np
+    import torch
+
+    from tokendrift import divergence
+    from tokendrift.data import make_source
+    from tokendrift.grid import workflow_grid
+    from tokendrift.score import OPTIONS, decode_samples, gen_ppl, load_evaluator
+
+    source = make_source(workflow_grid({}, str(REPO), []).config["source"])
+    ev = load_evaluator(str(results / "evaluator" / "pretrain" / "model"))
+    rows = []
+    for n in counts:
+        fresh = source.sample(n, 2)
+        trap = fresh.clone()
+        g = torch.Generator().manual_seed(0)
+        for t in range(trap.shape[1]):
+            trap[:, t] = fresh[torch.randperm(n, generator=g), t]
+        sets = {"fresh source samples": fresh, "marginal trap": trap,
+                "uniform random tokens": torch.from_numpy(np.random.default_rng(3).integers(0, source.vocab_size,
+                                                                                          fresh.shape))}
+        feats = lambda ids: gen_ppl(decode_samples(ids, source.hf_tokenizer()), ev, batch_size=64,  # noqa: E731
+                                    max_length=1024, layer=-1)["features"]
+        ref = feats(source.sample(n, 1))
+        floor = divergence.noise_floor(source, n, 2, 16, 0)
+        for name, ids in sets.items():
+            kl = divergence.ngram_divergence(ids, source, 2, 16, 0, floor)["orders"]
+            rows.append({"n": n, "set": name, "mauve": divergence.mauve(feats(ids), ref, OPTIONS)["mauve"],
+                         "kl1": kl["1"]["kl"], "kl2": kl["2"]["kl"], "kl2_floor": kl["2"]["floor_mean"],
+                         "kl2_floor_sd": kl["2"]["floor_sd"]})
+    return rows
+
+
 def score_job(code: Path, results: Path, unit: str, out: Path) -> tuple[float, float]:
     """Wall time and peak RSS (polled every 20 ms) of one `tokendrift score` job under ``code``."""
     folders = sorted(str(d) for d in (results / "samples" / unit).iterdir())
@@ -113,6 +150,8 @@ def main() -> None:
     ap.add_argument("--base", default="99acfdc", help="commit before MAUVE (the job's baseline)")
     args = ap.parse_args()
     results = Path(args.results).resolve()
+    sep = separation(results)
+    print(json.dumps(sep, indent=1))
     cell = per_cell(results, args.unit, args.reps)
     print(json.dumps(cell, indent=1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,7 +175,7 @@ def main() -> None:
     print(json.dumps(job, indent=1))
     out = REPO / "bench" / "results" / "mauve_cost.json"
     load = os.getloadavg()
-    out.write_text(json.dumps({"args": vars(args), "loadavg": load, "cpu_count": os.cpu_count(), "per_cell": cell,
+    out.write_text(json.dumps({"args": vars(args), "loadavg": load, "cpu_count": os.cpu_count(), "separation": sep, "per_cell": cell,
                                "score_job": job, "target": "the score job at most 2x its time before MAUVE"},
                               indent=2) + "\n")
     print(f"wrote {out}")
