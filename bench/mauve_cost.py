@@ -30,6 +30,9 @@ from pathlib import Path
 
 import psutil
 
+# one thread, as the score job runs (its OMP_NUM_THREADS): set before numpy and torch are imported
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
