@@ -80,12 +80,13 @@ def test_every_table_shows_mauve_and_the_exact_divergence(finished):
     assert 0 < r["mauve"] <= 1 and r["mauve_details"]["reference"]["n"] == 8 and r["ngram_kl2_floor"] > 0
 
 
-def test_real_data_scores_higher_than_nfe4_samples_of_the_start_checkpoint(finished, tmp_path):
+def test_real_data_scores_better_than_nfe4_samples_of_the_start_checkpoint(finished, tmp_path):
     """Through the score job's code path, on the run's start checkpoint and evaluator: 256 samples at
-    NFE 4 against 256 samples of the source itself, both against the seed's 256 reference texts
-    (26 clusters; at the tables' 8 or 64 texts MAUVE cannot resolve the difference: in the embedded
-    default, fresh source samples score 0.975 ± 0.025 over 8 sets of 64, the start's NFE-4 samples
-    0.949, while at 512 texts they score 0.956-0.959 against 0.939, docs/evaluation.md)."""
+    NFE 4 against 256 samples of the source itself, both against the seed's 256 reference texts.
+    The exact bigram divergence orders them; MAUVE is only checked to be a score: on the embedded
+    default it does not order them at these counts (256 texts: real data 0.959, the start's NFE-4
+    samples 0.985; 512 texts: 0.956-0.959 against 0.939; docs/evaluation.md), so asserting its
+    order here would test chance."""
     from safetensors.torch import save_file
 
     from tokendrift.cli import main as cli
@@ -109,8 +110,8 @@ def test_real_data_scores_higher_than_nfe4_samples_of_the_start_checkpoint(finis
     ev = str(wd / g.evaluator())
     a = score_samples(start, ev, tmp_path / "start.json", references=refs)
     b = score_samples(real, ev, tmp_path / "real.json", references=refs)
-    assert b["mauve"] > a["mauve"], (b["mauve"], a["mauve"])
-    assert b["ngram_kl2"] < a["ngram_kl2"]
+    assert b["ngram_kl2"] < b["ngram_kl2_floor"] + 4 * b["ngram_kl2_floor_sd"] < a["ngram_kl2"]
+    assert 0 < a["mauve"] <= 1 and 0 < b["mauve"] <= 1 and a["mauve_details"]["num_buckets"] == 26
 
 
 def test_rerun_has_nothing_to_do(finished):
