@@ -80,10 +80,10 @@ def make_grid(tmp_path, **over) -> Grid:
     return Grid(cfg, SCHEMA)
 
 
-def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None):
+def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None, **more):
     f = g.score_file(u, t, nfe)
     f.parent.mkdir(parents=True, exist_ok=True)
-    write_record(f, {"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe})  # as score jobs write
+    write_record(f, {"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe, **more})  # as score jobs write
     if nelbo is not None:
         write_record(g.nelbo_file(u), {"nelbo": nelbo})
 

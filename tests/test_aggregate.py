@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TD, make_grid, put
+from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift.aggregate import at_entropy, figure2, quality_diversity, ratio_steps, write_table
 from tokendrift.grid import Unit
 from tokendrift.tracking import compare, import_results
@@ -158,3 +158,48 @@ def test_unreachable_store_is_a_clear_error_and_touches_no_result(filled, monkey
     with pytest.raises(TokenDriftError, match=r"http://127\.0\.0\.1:9.*unreachable"):
         import_results(g)
     assert sorted(p.name for p in g.root.rglob("*")) == before
+
+
+def test_mauve_and_the_exact_divergence_in_the_table_the_sweep_the_figures_and_mlflow(filled):
+    """MAUVE beside the oracle/ratio block (mean ± SD over seeds), the start's MAUVE at the
+    method's entropy and along its sweep, KL₂ with its noise floor, the figures' panels, MLflow."""
+    g = filled
+    sweep_mauve = {0.5: 0.2, 0.8: 0.6, 1.0: 0.9}
+    for s in g.seeds:
+        for t, (p, e) in SWEEP.items():
+            put(g, Unit("mdlm", "start", s, 0), t, 4, p, e, nelbo=3.0, mauve=sweep_mauve[t], ngram_kl2=0.5 + t,
+                ngram_kl2_floor=0.35, ngram_kl2_floor_sd=0.02)
+        put(g, Unit("mdlm", "tokendrift", s, 4), 1.0, 4, *TD[s], nelbo=3.5 + s, mauve=0.3 + 0.1 * s, ngram_kl2=2.0,
+            ngram_kl2_floor=0.35, ngram_kl2_floor_sd=0.02)
+    write_table(g, "table1")
+    by = {(r["row"], r["nfe"]): r for r in rows(g, "table1")}
+    assert float(by[("TokenDrift", "4")]["mauve"]) == pytest.approx(0.4)
+    assert float(by[("TokenDrift", "4")]["mauve_sd"]) == pytest.approx(0.1)
+    # at the method's entropy 4.5, halfway between T=0.5 and T=0.8 on the frontier (log-linear)
+    assert float(by[("start at matched entropy", "4")]["mauve"]) == pytest.approx(math.sqrt(0.2 * 0.6))
+    assert float(by[("start, T = 0.8", "4")]["mauve"]) == pytest.approx(0.6)
+    assert by[("start, T = 0.8", "8")]["mauve"] == ""  # NFE 8 has no MAUVE in these files
+    md = Path(g.table_outputs("table1")[0]).read_text()
+    assert "MAUVE ↑" in md and "0.400 ± 0.100" in md and "KL₂ ↓" in md and "2.000 ± 0.000" in md
+    assert "give 0.350 ± 0.020 (its sampling-noise floor)" in md
+    assert "| start, T = 0.5 | 20.00 ± 0.00 | 4.00 ± 0.00 | 0.200 ± 0.000 | 1.000 ± 0.000 |" in md
+    tex = Path(g.table_outputs("table1")[1]).read_text()
+    assert r"KL$_2$ $\downarrow$" in tex
+    figure2(g)
+    quality_diversity(g)
+    assert Path(g.figure_outputs("quality_diversity")[0]).read_bytes()[:4] == b"\x89PNG"
+    import mlflow
+
+    mlflow.set_tracking_uri(import_results(g)["tracking_uri"])
+    cells = mlflow.search_runs(experiment_names=["tokendrift-t"], filter_string="tags.kind = 'cell'")
+    td = cells[(cells["tags.table"] == "table1") & (cells["tags.variant"] == "tokendrift")]
+    assert sorted(td["metrics.mauve/nfe4"]) == pytest.approx([0.3, 0.4, 0.5])
+    assert set(td["metrics.ngram_kl2/nfe4"]) == {2.0}
+    assert "mauve/nfe4" in compare(g, "table1").columns
+
+
+def test_tables_without_distributional_scores_show_dashes(filled):
+    """Score files written before MAUVE: the column is there, every cell "—"; no KL₂ column."""
+    write_table(filled, "table1")
+    md = Path(filled.table_outputs("table1")[0]).read_text()
+    assert "MAUVE ↑" in md and "KL₂" not in md

@@ -51,7 +51,7 @@ def test_main_table_has_the_papers_columns_and_its_values_under_each_row(filled)
     g = filled
     write_table(g, "table1")
     md = Path(g.table_outputs("table1")[0]).read_text()
-    main, honesty = md_tables(md)
+    main, honesty, sweep = md_tables(md)
     assert main[0] == ["Method", "NFE 4 Gen.-PPL ↓", "NFE 4 Entropy ↑", "NFE 8 Gen.-PPL ↓", "NFE 8 Entropy ↑"]
     assert all(len(r) == len(main[0]) for r in main) and all(len(r) == len(honesty[0]) for r in honesty)
     labels = [r[0] for r in main]
@@ -59,13 +59,17 @@ def test_main_table_has_the_papers_columns_and_its_values_under_each_row(filled)
     assert labels[i + 1] == "↳ *paper*" and main[i + 1][1] == "**208.87 ± 11.51**"  # paper's best, bold
     assert main[i][1] == "**42.00 ± 2.00**" and main[i][2] == "4.50 ± 0.10"  # ours: Gen.-PPL ± SD, entropy ± SD
     assert "SDTT (reported, paper)" in labels and "start at matched entropy" not in labels
-    # the honesty columns follow in the same file: ratio, the matched row, NELBO
+    # the honesty columns follow in the same file: MAUVE (none in these files), ratio, the matched row, NELBO
+    assert honesty[0][1:3] == ["NFE 4 MAUVE ↑", "NFE 4 Ratio ↓"]
     assert honesty[0][-1] == "NELBO ↓" and [r[0] for r in honesty][-1] == "start at matched entropy"
     td = next(r for r in honesty if r[0] == "TokenDrift")
-    assert td[1] == f"{42.0 / 31.6227766:.2f}" and td[-1] == "4.500 ± 1.000"
-    assert honesty[-1][1] == "31.62 @ T=0.65"
+    assert td[1] == "—" and td[2] == f"{42.0 / 31.6227766:.2f}" and td[-1] == "4.500 ± 1.000"
+    assert honesty[-1][2] == "31.62 @ T=0.65"
+    # then the start checkpoint along its sweep
+    assert [r[0] for r in sweep[1:]] == ["start, T = 0.5", "start, T = 0.8", "start, T = 1"]
+    assert sweep[1][1:3] == ["20.00 ± 0.00", "4.00 ± 0.00"]
     page = Path(g.table_outputs("table1")[3]).read_text()
-    assert page.count("<table>") == 2 and "<strong>42.00 ± 2.00</strong>" in page
+    assert page.count("<table>") == 3 and "<strong>42.00 ± 2.00</strong>" in page
 
 
 def test_a_label_with_a_pipe_does_not_break_the_markdown_table(filled):

@@ -36,7 +36,7 @@ from .grid import Grid, add_grid_args, grid_from_args, paper_tables
 from .records import check
 from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, figure_bytes
 
-METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl")
+METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl", "mauve", "ngram_kl2", "ngram_kl2_floor", "ngram_kl2_floor_sd")
 DASH = "—"
 
 
@@ -44,7 +44,8 @@ DASH = "—"
 
 
 def read_scores(g: Grid, units) -> pd.DataFrame:
-    """One line per existing score file: unit, temperature, NFE and the three metrics."""
+    """One line per existing score file: unit, temperature, NFE and the metrics (None where a
+    score file predates one)."""
     rows = []
     for u in units:
         for t, n in g.cells(u):
@@ -161,7 +162,7 @@ def table_frame(g: Grid, table: str) -> pd.DataFrame:
     scores, nelbo = read_scores(g, units), read_nelbo(g, units)
     has_oracle = scores["oracle_gen_ppl"].notna().any()
     metrics = ["gen_ppl", "oracle_gen_ppl"] if has_oracle else ["gen_ppl"]
-    fronts = {(n, m): frontier(scores, bb, n, m) for n in g.nfes for m in metrics}
+    fronts = {(n, m): frontier(scores, bb, n, m) for n in g.nfes for m in [*metrics, "mauve"]}
     lines = []
     method_entropy = {}
     for row in t["rows"]:
@@ -191,6 +192,9 @@ def table_frame(g: Grid, table: str) -> pd.DataFrame:
                 where = dict(model=model, step=step, nfe=n, temperature=1.0)
                 ent = cell(scores, "entropy", **where)
                 line.update(entropy=ent.mean, entropy_sd=ent.sd)
+                for m in DISTRIBUTIONAL:
+                    st = cell(scores, m, **where)
+                    line.update({m: st.mean, f"{m}_sd": st.sd})
                 for m in metrics:
                     st = cell(scores, m, **where)
                     line.update({m: st.mean, f"{m}_sd": st.sd})
@@ -212,11 +216,27 @@ def table_frame(g: Grid, table: str) -> pd.DataFrame:
             "step": 0,
             "entropy": method_entropy.get(n),
         }
-        for m in metrics:
+        for m in [*metrics, "mauve"]:
             ref, temp, flag = at_entropy(fronts[(n, m)], method_entropy.get(n))
             line.update({m: ref, f"{m}_matched_temperature": temp, f"{m}_ratio_note": flag})
         lines.append(line)
+    for t_ in g.sweep():  # the start checkpoint along its temperature sweep
+        for n in g.nfes:
+            where = dict(model="start", step=0, nfe=n, temperature=t_)
+            line = {"table": table, "row": f"start, T = {t_:g}", "model": "start", "kind": "sweep", "nfe": n}
+            line["temperature"], line["step"] = t_, 0
+            for m in ("gen_ppl", "entropy", *metrics[1:], *DISTRIBUTIONAL):
+                st = cell(scores, m, **where)
+                line.update({m: st.mean, f"{m}_sd": st.sd})
+                line["n_seeds"] = max(line.get("n_seeds", 0), st.n)
+            lines.append(line)
     return pd.DataFrame(lines)
+
+
+# Distributional scores beside Gen.-PPL (tokendrift.divergence): MAUVE against reference texts
+# (higher is closer), the exact bigram divergence KL(p̂_2 ‖ p_2) of a synthetic source and its
+# sampling-noise floor (source samples of the same count).
+DISTRIBUTIONAL = ("mauve", "ngram_kl2", "ngram_kl2_floor", "ngram_kl2_floor_sd")
 
 
 def _fmt(v, sd=None, n=None, want=None, digits=2) -> str:
@@ -406,7 +426,7 @@ def main_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
     best = {n: _best(_g(r, "gen_ppl") for r in ours[ours.nfe == n].to_dict("records")) for n in g.nfes}
     best_paper = {n: _best((_paper(r, n) or [None])[0] for r in t["rows"] if not _suspect(r, n)) for n in g.nfes}
     rows, section = [], False
-    for label, lines in df[df.kind != "matched"].groupby("row", sort=False):
+    for label, lines in df[df.kind.isin(["ours", "reported"])].groupby("row", sort=False):
         recs = {int(r["nfe"]): r for r in lines.to_dict("records")}
         spec = by_label[label]
         paper_cells = []
@@ -442,12 +462,16 @@ def main_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
     return Block([f"NFE = {n}" for n in g.nfes], ["Gen.-PPL ↓", "Entropy ↑"], [], rows)
 
 
+def _has_kl(df: pd.DataFrame) -> bool:
+    return "ngram_kl2" in df.columns and df["ngram_kl2"].notna().any()
+
+
 def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
-    """What the paper does not report: oracle Gen.-PPL, the matched-entropy ratio, the start
-    checkpoint at the method's entropy, held-out NELBO."""
-    has_oracle = "oracle_gen_ppl" in df.columns
+    """What the paper does not report: oracle Gen.-PPL, MAUVE, the exact bigram divergence, the
+    matched-entropy ratio, the start checkpoint at the method's entropy, held-out NELBO."""
+    has_oracle, has_kl = "oracle_gen_ppl" in df.columns, _has_kl(df)
     rows = []
-    for label, lines in df[df.kind != "reported"].groupby("row", sort=False):
+    for label, lines in df[df.kind.isin(["ours", "matched"])].groupby("row", sort=False):
         recs = {int(r["nfe"]): r for r in lines.to_dict("records")}
         kind, cells = recs[g.nfes[0]]["kind"], []
         for n in g.nfes:
@@ -455,13 +479,20 @@ def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
             if has_oracle:
                 cells.append(_fmt(_g(r, "oracle_gen_ppl"), _g(r, "oracle_gen_ppl_sd")))
             if kind == "matched":
+                cells.append(_fmt(_g(r, "mauve"), digits=3) if _g(r, "mauve") is not None else DASH)
+                if has_kl:
+                    cells.append("")
                 ppl, temp = _g(r, "gen_ppl"), _g(r, "gen_ppl_matched_temperature")
                 cells.append(
                     f"{ppl:.2f} @ T={temp:.2f}"
                     if ppl is not None and temp is not None
                     else (r.get("gen_ppl_ratio_note") or DASH)
                 )
-            elif r["model"] == "start":
+                continue
+            cells.append(_fmt(_g(r, "mauve"), _g(r, "mauve_sd"), digits=3))
+            if has_kl:
+                cells.append(_fmt(_g(r, "ngram_kl2"), _g(r, "ngram_kl2_sd"), digits=3))
+            if r["model"] == "start":
                 cells.append("1 (frontier)")
             else:
                 ratio = _g(r, "gen_ppl_ratio")
@@ -473,8 +504,30 @@ def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
         nl = recs[g.nfes[0]]
         cells.append(_fmt(_g(nl, "nelbo"), _g(nl, "nelbo_sd"), digits=3) if kind == "ours" else "")
         rows.append(("matched" if kind == "matched" else "ours", label, cells))
-    sub = (["Oracle Gen.-PPL ↓"] if has_oracle else []) + ["Ratio ↓"]
+    sub = (["Oracle Gen.-PPL ↓"] if has_oracle else []) + ["MAUVE ↑"] + (["KL₂ ↓"] if has_kl else []) + ["Ratio ↓"]
     return Block([f"NFE = {n}" for n in g.nfes], sub, ["NELBO ↓"], rows)
+
+
+def sweep_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+    """The start checkpoint along its temperature sweep: Gen.-PPL, entropy, MAUVE (and the exact
+    bigram divergence), the frontier that the ratio and the matched row read."""
+    has_kl = _has_kl(df)
+    rows = []
+    for label, lines in df[df.kind == "sweep"].groupby("row", sort=False):
+        recs = {int(r["nfe"]): r for r in lines.to_dict("records")}
+        cells = []
+        for n in g.nfes:
+            r = recs[n]
+            cells += [
+                _fmt(_g(r, "gen_ppl"), _g(r, "gen_ppl_sd")),
+                _fmt(_g(r, "entropy"), _g(r, "entropy_sd")),
+                _fmt(_g(r, "mauve"), _g(r, "mauve_sd"), digits=3),
+            ]
+            if has_kl:
+                cells.append(_fmt(_g(r, "ngram_kl2"), _g(r, "ngram_kl2_sd"), digits=3))
+        rows.append(("ours", label, cells))
+    sub = ["Gen.-PPL ↓", "Entropy ↑", "MAUVE ↑"] + (["KL₂ ↓"] if has_kl else [])
+    return Block([f"NFE = {n}" for n in g.nfes], sub, [], rows)
 
 
 def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> dict:
@@ -507,10 +560,15 @@ def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate:
         "<range/>range = outside the sweep (not extrapolated). "
         + f"*start at matched entropy* = the start checkpoint sampled at the temperature T whose entropy "
         f"equals {method}'s (its Gen.-PPL @ T in the Ratio column), the denominator of {method}'s ratio. "
-        "NELBO = held-out NELBO per token (the likelihood side sharpening cannot game)."
+        "NELBO = held-out NELBO per token (the likelihood side sharpening cannot game). " + _distributional_text(g, df)
+    )
+    sweep = (
+        "**The start checkpoint along its temperature sweep** (the frontier that Ratio and the matched row "
+        "read): whether plain sharpening also moves the distributional scores."
     )
     return {
         "caption": caption,
+        "sweep": sweep,
         "gate": gate["summary"] if gate["status"] != "not applicable" else "",
         "gate_fail": gate["status"] == "fail",
         "honesty": honesty,
@@ -518,14 +576,36 @@ def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate:
     }
 
 
+def _distributional_text(g: Grid, df: pd.DataFrame) -> str:
+    """The legend of the MAUVE and KL₂ columns, with the bigram statistic's noise floor."""
+    text = (
+        "MAUVE ↑ = MAUVE (the authors' `mauve-text`, score options `mauve_*`) of the samples against as many "
+        + ("samples of the source" if g.source["kind"] == "synthetic" else "held-out validation blocks")
+        + ", fixed per seed, on the evaluator's last hidden state: 1 = indistinguishable as a distribution "
+        "(in the start row at T = 1 too, and along the sweep below; at the matched row: the sweep at the method's "
+        "entropy)."
+    )
+    if _has_kl(df):
+        floor, sd = Stat.of(df["ngram_kl2_floor"].tolist()), Stat.of(df["ngram_kl2_floor_sd"].tolist())
+        text += (
+            " KL₂ ↓ = KL divergence (nats) of the samples' bigram frequencies from the source's exact bigram "
+            "marginal; samples of the source itself, of the same count, give "
+            + (f"{floor.mean:.3f} ± {sd.mean:.3f}" if floor.mean is not None and sd.mean is not None else DASH)
+            + " (its sampling-noise floor), so only the excess over it is the samples' error."
+        )
+    return text
+
+
 def render(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> tuple[str, str, str]:
     """Markdown, LaTeX and HTML of one table: the paper's table, then the honesty columns."""
-    main, honesty = main_block(g, table, df), honesty_block(g, table, df)
+    main, honesty, sweep = main_block(g, table, df), honesty_block(g, table, df), sweep_block(g, table, df)
     text = table_text(g, table, df, floor, gate)
     gate_line = (
         f"**{text['gate'].split(':', 1)[0]}:**{text['gate'].split(':', 1)[1]}" if text["gate_fail"] else text["gate"]
     )
-    parts = [text["caption"], gate_line, main, text["honesty"], honesty, text["notes"]]
+    parts = [text["caption"], gate_line, main, text["honesty"], honesty]
+    parts += [text["sweep"], sweep] if sweep.rows else []
+    parts += [text["notes"]]
     parts = [p for p in parts if p != ""]
     md = "\n\n".join(_md_block(p) if isinstance(p, Block) else p for p in parts) + "\n"
     tex = (
@@ -593,6 +673,7 @@ TEX = {
     "×": r"$\times$",
     "’": "'",
     "φ": r"$\phi$",
+    "₂": r"$_2$",
 }
 
 
@@ -733,11 +814,16 @@ FIGURE_TEXT = {
     "figure2": "Figure 2: Gen.-PPL (log scale) against continual-training step, one panel per backbone and NFE "
     "(step 0 = the start checkpoint; mean ± SD over seeds; panels of one metric share their y-limits). "
     "The dashed line is the start checkpoint: a curve that falls below it improved, but read it with "
-    "the tables' matched-entropy ratio, since a model that only sharpens also falls.",
+    "the tables' matched-entropy ratio, since a model that only sharpens also falls. Below the Gen.-PPL rows: "
+    "MAUVE against the reference texts (higher is closer) and, for a synthetic source, the exact bigram "
+    "divergence KL₂ with its sampling-noise floor (dotted), on linear axes.",
     "quality_diversity": "Quality against diversity: Gen.-PPL (log scale) against sample entropy per NFE. The black "
     "curve is the start checkpoint's temperature sweep (the sharpening frontier); each model of "
     "the tables is one colour and marker (mean ± SD over seeds). A point below the curve beats "
-    "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL.",
+    "sharpening (matched-entropy ratio < 1); on it, the model only traded entropy for Gen.-PPL. The MAUVE panels "
+    "(linear axis, higher is closer to the reference texts) ask the same of the distributional score: a point "
+    "above the curve beats sharpening there; for a synthetic source the KL₂ panels give the exact bigram "
+    "divergence (lower is better; dotted: source samples of the same count).",
     "ratio_steps": "Matched-entropy ratio against training step, per NFE: each trained model's Gen.-PPL over the "
     "start checkpoint's temperature-sweep frontier at the model's entropy (evaluator, then oracle on "
     "synthetic sources; point = the tables' ratio, bar = SD of the per-seed ratios), its entropy, and "
@@ -760,11 +846,26 @@ def _save(fig, name: str, g: Grid) -> None:
             atomic_write_text(g.report_html(name), _html_page(f"td-{name}", name, body))
 
 
-def _plot_metrics(scores: pd.DataFrame) -> list[tuple[str, str]]:
+def _plot_metrics(scores: pd.DataFrame, distributional: bool = False) -> list[tuple[str, str]]:
+    """The figures' metrics: Gen.-PPL (and the oracle's); with ``distributional``, MAUVE (and the
+    exact bigram divergence) too, wherever a score file has them."""
     out = [("gen_ppl", "Gen.-PPL (evaluator)")]
     if scores["oracle_gen_ppl"].notna().any():
         out.append(("oracle_gen_ppl", "oracle Gen.-PPL"))
+    if distributional and scores["mauve"].notna().any():
+        out.append(("mauve", "MAUVE ↑ (vs reference)"))
+    if distributional and scores["ngram_kl2"].notna().any():
+        out.append(("ngram_kl2", "bigram KL₂ ↓ (exact)"))
     return out
+
+
+LOG_SCALE = {"gen_ppl", "oracle_gen_ppl"}  # MAUVE and KL₂ are drawn on a linear axis
+
+
+def _floor_line(ax, scores: pd.DataFrame, metric: str) -> None:
+    """KL₂'s sampling-noise floor (source samples of the same count) as a dotted line."""
+    if metric == "ngram_kl2" and scores["ngram_kl2_floor"].notna().any():
+        ax.axhline(scores["ngram_kl2_floor"].mean(), color="k", lw=0.8, ls=":", label="KL₂ of source samples")
 
 
 def _share_ylim(axes) -> None:
@@ -797,7 +898,7 @@ def figure2(g: Grid) -> None:
 
     scores = read_scores(g, g.figure2_units())
     scores = scores[scores.temperature == 1.0]
-    metrics = _plot_metrics(scores)
+    metrics = _plot_metrics(scores, distributional=True)
     rows = [(bb, m) for bb in g.backbones for m in metrics]
     fig, axes = plt.subplots(len(rows), len(g.nfes), figsize=(4 * len(g.nfes), 3 * len(rows)), squeeze=False)
     floor = entropy_floor(g)
@@ -827,7 +928,8 @@ def figure2(g: Grid) -> None:
                 )
             if metric == "oracle_gen_ppl" and floor:
                 ax.axhline(floor, color="k", lw=0.8, ls=":", label="entropy-rate floor")
-            ax.set_yscale("log")
+            _floor_line(ax, sel, metric)
+            ax.set_yscale("log" if metric in LOG_SCALE else "linear")
             ax.set_title(f"{bb.upper()}, NFE {n}")
             ax.set_xlabel("training step")
             ax.set_ylabel(name)
@@ -865,7 +967,7 @@ def quality_diversity(g: Grid) -> None:
 
     units = sorted({u for t in g.tables for u in g.table_units(t)})
     scores = read_scores(g, units)
-    metrics = _plot_metrics(scores)
+    metrics = _plot_metrics(scores, distributional=True)
     rows = [(bb, m) for bb in g.backbones if any(g.tables[t]["backbone"] == bb for t in g.tables) for m in metrics]
     fig, axes = plt.subplots(
         max(1, len(rows)), len(g.nfes), figsize=(4.5 * len(g.nfes), 3.5 * max(1, len(rows))), squeeze=False
@@ -912,11 +1014,14 @@ def quality_diversity(g: Grid) -> None:
                     markeredgewidth=0.4,
                     label=f"{bb.upper()} {model} @{step}",
                 )
-            ax.set_yscale("log")
+            _floor_line(ax, scores[(scores.backbone == bb) & (scores.nfe == n)], metric)
+            ax.set_yscale("log" if metric in LOG_SCALE else "linear")
             ax.set_xlabel("sample entropy (nats)")
             ax.set_ylabel(name)
             ax.set_title(f"{bb.upper()}, NFE {n}")
-    fig.suptitle("Quality vs diversity: below the black curve beats sharpening the start checkpoint")
+    fig.suptitle(
+        "Quality vs diversity: below the black curve (above it for MAUVE) beats sharpening the start checkpoint"
+    )
     fig.tight_layout()
     _legend_outside(fig, axes.flat, fontsize=7, title="model @ step")
     _save(fig, "quality_diversity", g)

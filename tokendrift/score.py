@@ -136,20 +136,27 @@ def gen_ppl(
     max_length: int = OPTIONS["max_length"],
     device: str = "cpu",
     progress: bool = False,
+    layer: int | None = None,
 ) -> dict:
     """Token-weighted Gen.-PPL of ``texts`` under a causal LM (name, folder, or (model, tokenizer)).
 
     Texts are retokenized and padded one evaluation batch at a time, as the reference pads each
     call of its Gen.-PPL function (one sampling batch): a row shorter than its batch's longest
-    gets the pad (= EOS) counted as its first EOS, so the padding unit is part of the metric."""
+    gets the pad (= EOS) counted as its first EOS, so the padding unit is part of the metric.
+    With ``layer``, the same forward pass also gives MAUVE's features (``features``: [N, d]): the
+    hidden state at that layer (-1 = the last, as MAUVE's featurizer) of each text's last token."""
     model, tok = load_evaluator(evaluator, device) if isinstance(evaluator, (str, Path)) else evaluator
     texts = list(texts)
     eos = tok.eos_token_id
-    nll_sum, n_tokens = 0.0, 0
+    nll_sum, n_tokens, feats = 0.0, 0, []
     for i in tqdm(range(0, len(texts), batch_size), desc="score", disable=not progress, mininterval=2.0):
         enc = retokenize(texts[i : i + batch_size], tok, max_length)
-        x = enc["input_ids"].to(device)
-        logits = model(x, attention_mask=enc["attention_mask"].to(device), use_cache=False).logits.float()
+        x, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        out = model(x, attention_mask=mask, use_cache=False, output_hidden_states=layer is not None)
+        logits = out.logits.float()
+        if layer is not None:  # right padding: the last attended position is each text's last token
+            last = mask.sum(1) - 1
+            feats.append(out.hidden_states[layer][torch.arange(len(x), device=device), last].float().cpu())
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none").view_as(x[:, 1:])
         first_eos = (x == eos).cumsum(-1) == 1
         counted = (first_eos | (x != eos))[:, 1:]
@@ -157,7 +164,15 @@ def gen_ppl(
         n_tokens += int(counted.sum())
     if n_tokens == 0:
         raise TokenDriftError("samples: no token left to score after retokenization")
-    return {"gen_ppl": math.exp(nll_sum / n_tokens), "nll_sum": nll_sum, "n_tokens": n_tokens, "n_samples": len(texts)}
+    result = {
+        "gen_ppl": math.exp(nll_sum / n_tokens),
+        "nll_sum": nll_sum,
+        "n_tokens": n_tokens,
+        "n_samples": len(texts),
+    }
+    if layer is not None:
+        result["features"] = torch.cat(feats).numpy()
+    return result
 
 
 def sample_entropy(ids: torch.Tensor) -> float:
@@ -219,29 +234,68 @@ def score_samples(
     device: str = "cpu",
     max_length: int = OPTIONS["max_length"],
     evaluator_name: str | None = None,
+    options: dict | None = None,
+    references: dict | None = None,
 ) -> dict:
-    """Score one sample folder; ``evaluator`` is a name/folder or a loaded (model, tokenizer)."""
-    ids, texts, meta = read_samples(samples)
-    oracle, source, pad_id = None, None, None
-    if meta.get("source"):
-        from .data import make_source
+    """Score one sample folder; ``evaluator`` is a name/folder or a loaded (model, tokenizer).
+    ``options`` holds the score options ``mauve_*`` and ``ngram_*`` (defaults: the schema's);
+    ``references`` caches the reference texts' features (and the n-gram noise floor) across the
+    folders of one job."""
+    from . import divergence
+    from .data import make_source
 
-        source = make_source(meta["source"])
-        pad_id = int(meta["vocab_size"]) - 1 if meta.get("duo_pad_mass") == "model" else None
-        texts = decode_samples(ids, source.hf_tokenizer(), pad_id)  # the reference's round trip, from the ids
-    ppl = gen_ppl(texts, evaluator, batch_size=batch_size, max_length=max_length, device=device, progress=True)
-    if source is not None and not (pad_id is not None and bool((ids == pad_id).any())):
-        try:  # (none for samples holding DUO's pad: the source gives it probability 0)
-            oracle = oracle_gen_ppl(ids, source)
-        except NotImplementedError:
-            oracle = None
+    opts = {**OPTIONS, **(options or {})}
+    evaluator_name = evaluator_name or (str(evaluator) if isinstance(evaluator, (str, Path)) else None)
+    if isinstance(evaluator, (str, Path)):
+        evaluator = load_evaluator(evaluator, device)
+    ids, texts, meta = read_samples(samples)
+    source = make_source(meta["source"])
+    pad_id = int(meta["vocab_size"]) - 1 if meta.get("duo_pad_mass") == "model" else None
+    texts = decode_samples(ids, source.hf_tokenizer(), pad_id)  # the reference's round trip, from the ids
+    layer = _feature_layer(evaluator[0], opts["mauve_layer"])
+    ppl = gen_ppl(
+        texts, evaluator, batch_size=batch_size, max_length=max_length, device=device, progress=True, layer=layer
+    )
+    n_ref = opts["mauve_n_reference"] or ids.shape[0]
+    key = (int(meta.get("seed") or 0), n_ref)
+    references = {} if references is None else references
+    if key not in references:  # the same reference texts for every cell of a seed
+        ref_ids, record = divergence.reference_ids(source, n_ref, key[0])
+        ref = gen_ppl(
+            decode_samples(ref_ids, source.hf_tokenizer()),
+            evaluator,
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+            layer=layer,
+        )
+        references[key] = (ref["features"], {**record, "n": n_ref, "gen_ppl": ref["gen_ppl"]})
+    ref_features, ref_record = references[key]
+    mv = divergence.mauve(ppl["features"], ref_features, opts)
+    oracle, ngram = None, None
+    # A hidden Markov source: exact likelihood and n-gram marginals (none for samples holding
+    # DUO's pad: the source gives it probability 0).
+    if hasattr(source, "T") and not (pad_id is not None and bool((ids == pad_id).any())):
+        oracle = oracle_gen_ppl(ids, source)
+        fkey = ("floor", key[0], ids.shape[0])
+        if fkey not in references:  # the same noise floor for every cell of a seed
+            references[fkey] = divergence.noise_floor(
+                source, ids.shape[0], opts["ngram_max_order"], opts["ngram_floor_draws"], key[0]
+            )
+        ngram = divergence.ngram_divergence(
+            ids, source, opts["ngram_max_order"], opts["ngram_floor_draws"], key[0], references[fkey]
+        )
     result = {
         "gen_ppl": ppl["gen_ppl"],
         "n_tokens": ppl["n_tokens"],
         "n_samples": ppl["n_samples"],
         "entropy": sample_entropy(ids),
         "oracle_gen_ppl": oracle,
-        "evaluator": evaluator_name or str(evaluator),
+        "mauve": mv["mauve"],
+        "ngram_kl2": ngram["orders"]["2"]["kl"] if ngram and "2" in ngram["orders"] else None,
+        "ngram_kl2_floor": ngram["orders"]["2"]["floor_mean"] if ngram and "2" in ngram["orders"] else None,
+        "ngram_kl2_floor_sd": ngram["orders"]["2"]["floor_sd"] if ngram and "2" in ngram["orders"] else None,
+        "evaluator": evaluator_name,
         "samples": str(samples),
         **{
             k: meta.get(k)
@@ -261,15 +315,38 @@ def score_samples(
             )
         },
         "text_round_trip": {
-            "decode": DECODE_OPTIONS if source is not None else "text.jsonl as written",
+            "decode": DECODE_OPTIONS,
             "retokenize": RETOKENIZE_OPTIONS,
             "batch_size": batch_size,
             "max_length": max_length,
         },
+        "mauve_details": {
+            **mv,
+            "library": f"mauve-text {_version('mauve-text')}",
+            "features": f"evaluator hidden state {layer} of each text's last token (retokenized as for Gen.-PPL)",
+            "settings": {k: opts[k] for k in OPTIONS if k.startswith("mauve_")},
+            "reference": ref_record,
+        },
+        "ngram": ngram,
         "provenance": provenance(),
     }
     write_record(out, result)
     return result
+
+
+def _feature_layer(model, layer: int) -> int:
+    """The hidden-state index of MAUVE's features, checked against the evaluator's depth
+    (hidden_states holds the embeddings and every block's output: n_layer + 1 entries)."""
+    n = model.config.num_hidden_layers + 1
+    if not -n <= layer < n:
+        raise TokenDriftError(f"score.mauve_layer: {layer} is outside the evaluator's hidden states [-{n}, {n})")
+    return layer
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
 
 
 def checkpoint_nelbo(
@@ -321,6 +398,8 @@ def run_score(a) -> int:
         read_samples(samples)
     device = resolve_device(a.device)
     evaluator = load_evaluator(a.evaluator, device=device)
+    options = {k: getattr(a, k) for k in OPTIONS}
+    references: dict = {}
     for samples, out in zip(a.samples, a.out):
         score_samples(
             samples,
@@ -330,6 +409,8 @@ def run_score(a) -> int:
             device=device,
             max_length=a.max_length,
             evaluator_name=a.evaluator,
+            options=options,
+            references=references,
         )
     if a.checkpoint:
         checkpoint_nelbo(
@@ -346,7 +427,9 @@ def run_score(a) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "score", help="Gen.-PPL, entropy and oracle Gen.-PPL of sample folders (and a checkpoint's NELBO)"
+        "score",
+        help="Gen.-PPL, entropy, MAUVE, oracle Gen.-PPL and n-gram divergence of sample folders "
+        "(and a checkpoint's NELBO)",
     )
     p.add_argument("samples", nargs="+", help="sample folder(s) written by `tokendrift sample`")
     p.add_argument("--evaluator", required=True, help="causal LM name or local folder (paper: gpt2-large)")

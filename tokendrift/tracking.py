@@ -31,6 +31,9 @@ from .utils import TokenDriftError, atomic_write_json, read_json
 
 KEY = "tokendrift.key"
 DIGEST = "tokendrift.digest"
+# The score file's numbers logged as MLflow metrics (per NFE): Gen.-PPL, entropy, oracle Gen.-PPL,
+# MAUVE, and the exact bigram divergence of a synthetic source with its noise floor.
+SCORE_METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl", "mauve", "ngram_kl2", "ngram_kl2_floor")
 SUMMARY = "tokendrift.summary_digest"  # digest of the score files behind a parent run's row means
 ARTIFACTS = "tokendrift.artifacts_digest"  # ... and of its table and figure artifacts
 
@@ -155,7 +158,8 @@ class Importer:
 
     def summary(self, table: str):
         """The table on its parent run's page: each row's mean over its seeds per NFE (metrics
-        ``gen_ppl/nfeN/<model>``, ``entropy/nfeN/<model>``, ``oracle_gen_ppl/nfeN/<model>``, ``nelbo/<model>``)."""
+        ``gen_ppl/nfeN/<model>``, ``entropy/nfeN/<model>``, ``oracle_gen_ppl/nfeN/<model>``, ``mauve/nfeN/<model>``,
+        ``ngram_kl2/nfeN/<model>``, ``nelbo/<model>``)."""
         g = self.g
         units = sorted(set(g.table_units(table)))
         files = [g.score_file(u, 1.0, n) for u in units for n in g.nfes] + [g.nelbo_file(u) for u in units]
@@ -172,7 +176,7 @@ class Importer:
                 f = g.score_file(u, 1.0, n)
                 if f.exists():
                     r = check(f, "its own record")
-                    for m in ("gen_ppl", "entropy", "oracle_gen_ppl"):
+                    for m in SCORE_METRICS:
                         if r.get(m) is not None:
                             values.setdefault(f"{m}/nfe{n}/{u.model}", []).append(r[m])
             if g.nelbo_file(u).exists():
@@ -211,7 +215,7 @@ class Importer:
             f = g.score_file(u, 1.0, n)
             if f.exists():
                 r = check(f, "its own record")
-                metrics += [(f"{m}/nfe{n}", r.get(m), 0) for m in ("gen_ppl", "entropy", "oracle_gen_ppl")]
+                metrics += [(f"{m}/nfe{n}", r.get(m), 0) for m in SCORE_METRICS]
         if g.nelbo_file(u).exists():
             metrics.append(("nelbo", check(g.nelbo_file(u), "its own record").get("nelbo"), 0))
         self.log(run_id, params, metrics)
@@ -331,7 +335,7 @@ def compare(g: Grid, table: str):
     df = pd.DataFrame(rows)
     order = [r["model"] for r in g.tables[table]["rows"] if r.get("model")]
     cols = [
-        c for n in g.nfes for c in (f"gen_ppl/nfe{n}", f"entropy/nfe{n}", f"oracle_gen_ppl/nfe{n}") if c in df.columns
+        c for n in g.nfes for c in (f"{m}/nfe{n}" for m in SCORE_METRICS if m != "ngram_kl2_floor") if c in df.columns
     ] + (["nelbo"] if "nelbo" in df.columns else [])
     mean = df.groupby("variant")[cols].mean()
     sd = df.groupby("variant")[cols].std()
