@@ -12,6 +12,7 @@ import torch
 
 from tokendrift import divergence
 from tokendrift.data import make_source
+from tokendrift.records import write_record
 from tokendrift.score import OPTIONS, decode_samples, gen_ppl, load_evaluator, score_samples
 
 # the embedded default's language (workflow/config/default.yaml), shortened to 32 tokens
@@ -106,7 +107,7 @@ def test_score_file_records_mauve_and_the_exact_divergence(tmp_path, source, eva
         save_file({"ids": ids.contiguous()}, str(d / "ids.safetensors"))
         (d / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in source.decode(ids)))
         meta = {"source": SOURCE, "n_samples": ids.shape[0], "length": 32, "vocab_size": 257, "seed": seed}
-        (d / "meta.json").write_text(json.dumps(meta))
+        write_record(d / "meta.json", meta, [d / "ids.safetensors", d / "text.jsonl"])  # as the sample job
         return d
 
     refs: dict = {}
@@ -134,7 +135,8 @@ def test_a_layer_the_evaluator_lacks_is_named(tmp_path, source, evaluator):
 
     save_file({"ids": ids}, str(d / "ids.safetensors"))
     (d / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in source.decode(ids)))
-    (d / "meta.json").write_text(json.dumps({"source": SOURCE, "n_samples": 4, "length": 32, "vocab_size": 257}))
+    meta = {"source": SOURCE, "n_samples": 4, "length": 32, "vocab_size": 257}
+    write_record(d / "meta.json", meta, [d / "ids.safetensors", d / "text.jsonl"])
     with pytest.raises(TokenDriftError, match="score.mauve_layer: 5"):
         score_samples(d, evaluator, tmp_path / "x.json", options={"mauve_layer": 5})
     assert not (tmp_path / "x.json").exists()
