@@ -79,7 +79,11 @@ def job_records(wd: Path) -> list[dict]:
         m = json.loads(f.read_text())
         if m.get("starttime") is None or m.get("endtime") is None:
             continue
-        key = (m["rule"], m["starttime"], json.dumps(m.get("log")))
+        key = (m["rule"], json.dumps(m.get("log")) if m.get("log") else f.name)  # every job has its own log
+        if key in jobs:  # the job's outputs: its start is the earliest record, its end the latest
+            jobs[key]["start"] = min(jobs[key]["start"], m["starttime"])
+            jobs[key]["end"] = max(jobs[key]["end"], m["endtime"])
+            continue
         jobs[key] = {"rule": m["rule"], "start": m["starttime"], "end": m["endtime"],
                      "output": base64.b64decode(f.name.replace("@", "/")).decode(errors="replace")}
     return list(jobs.values())
@@ -116,19 +120,26 @@ def result_files(wd: Path) -> list[Path]:
                   if p.is_file())
 
 
-def time_variant(variant: dict, config: Path | None, keep: Path | None) -> dict:
+def launch(variant: dict, config: Path | None, keep: Path | None) -> dict:
+    """Start `all_tables` for one variant in a fresh working directory."""
     wd = Path(tempfile.mkdtemp(prefix=f"td-bench-{variant['name']}-", dir=keep))
     repo = variant["repo"]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "all_tables",
            "--profile", str(repo / "profiles" / "local"),
            "--configfile", str(config or repo / "workflow" / "config" / "default.yaml"), "--directory", str(wd)]
-    forks0 = _forks()
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=variant["env"], capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    forks = _forks() - forks0
-    if r.returncode != 0:
-        raise SystemExit(f"{variant['name']}: snakemake failed\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    log = open(wd / "snakemake.log", "w")  # noqa: SIM115 (closed by finish)
+    proc = subprocess.Popen(cmd, env=variant["env"], stdout=log, stderr=subprocess.STDOUT)
+    return {"variant": variant, "wd": wd, "proc": proc, "log": log, "t0": time.perf_counter()}
+
+
+def finish(run: dict) -> dict:
+    """Wait for a launched run; its figures (wall time, jobs and job-seconds by stage, start-up share)."""
+    run["proc"].wait()
+    wall = time.perf_counter() - run["t0"]
+    run["log"].close()
+    variant, wd = run["variant"], run["wd"]
+    if run["proc"].returncode != 0:
+        raise SystemExit(f"{variant['name']}: snakemake failed, see {wd / 'snakemake.log'}")
     jobs = job_records(wd)
     by_stage: dict[str, dict] = {}
     startups = {c: startup_seconds(variant, c) for c in sorted({COMMANDS[j["rule"]] for j in jobs if j["rule"] in COMMANDS})}
@@ -142,16 +153,8 @@ def time_variant(variant: dict, config: Path | None, keep: Path | None) -> dict:
     job_s = sum(d["job_s"] for d in by_stage.values())
     return {"variant": variant["name"], "workdir": str(wd), "wall_s": wall, "jobs": len(jobs), "job_s": job_s,
             "stages": by_stage, "startup_s_per_command": startups, "startup_job_s": startup_total,
-            "startup_share": startup_total / job_s, "processes_started_machine_wide": forks,
+            "startup_share": startup_total / job_s, "loadavg_at_end": os.getloadavg()[0],
             "span_s": max(j["end"] for j in jobs) - min(j["start"] for j in jobs)}
-
-
-def _forks() -> int:
-    """Processes started on this machine since boot (/proc/stat): by everyone, not only the run."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("processes "):
-            return int(line.split()[1])
-    return 0
 
 
 def time_main(args) -> None:
@@ -168,10 +171,16 @@ def time_main(args) -> None:
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
     runs = []
+    config = Path(args.config).resolve() if args.config else None
     for i in range(args.runs):
-        for v in variants:
-            res = time_variant(v, Path(args.config).resolve() if args.config else None, keep)
+        if args.concurrent:  # every variant at once: the same load on all of them
+            launched = [launch(v, config, keep) for v in variants]
+            results = [finish(r) for r in launched]
+        else:
+            results = (finish(launch(v, config, keep)) for v in variants)
+        for v, res in zip(variants, results):
             res["round"] = i
+            res["concurrent"] = args.concurrent
             print(f"round {i} {v['name']}: {res['wall_s']:.0f} s wall, {res['jobs']} jobs, {res['job_s']:.0f} job-s, "
                   f"start-up {100 * res['startup_share']:.0f}%", flush=True)
             runs.append(res)
@@ -214,6 +223,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
                     help="--time: variants of this checkout (baseline comes with --baseline)")
     ap.add_argument("--baseline", help="--time: another checkout to time as the variant 'baseline'")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="--time: run a round's variants at the same time (each with its 2 job slots) instead of in turn")
     ap.add_argument("--keep", help="--time: keep each run's working directory under this folder")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "embedded_default_time.json"))
     ap.add_argument("--config", default=None, help="the config (default: workflow/config/default.yaml)")

@@ -126,7 +126,10 @@ def run_warm(argv: list[str]) -> int | None:
     try:
         sock.connect(str(path))
         socket.send_fds(sock, [json.dumps({"argv": argv}).encode()], [0, 1, 2])
-        _send(sock, {"env": dict(os.environ), "cwd": os.getcwd()})
+        umask = os.umask(0)
+        os.umask(umask)
+        context = {"env": dict(os.environ), "cwd": os.getcwd(), "umask": umask, "cpus": sorted(os.sched_getaffinity(0))}
+        _send(sock, context)
         reply = _recv(sock)
     except OSError:
         reply = None
@@ -207,49 +210,63 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
             if not path.exists():
                 break  # socket removed: stop taking jobs
             for key, _ in sel.select(timeout=1.0):
-                if key.data is None:
-                    conn, _ = listener.accept()
-                    job = _start_job(conn, listener, sel, log, jobs)
-                    if job is None:
-                        conn.close()
-                        continue
-                    pid, pidfd, argv = job
-                    print(f"{time.strftime('%H:%M:%S')} start {pid} tokendrift {' '.join(argv)}", file=log)
-                    jobs[pidfd] = (conn, pid)
-                    sel.register(pidfd, selectors.EVENT_READ, ("exit", pidfd))
-                    sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
-                elif key.data[0] == "client":
-                    conn, pid = jobs[key.data[1]]
-                    try:
-                        msg = _recv(conn)
-                    except OSError:
-                        msg = None
-                    if msg is None:  # the job's process is gone (killed outright): end the fork
-                        sel.unregister(conn)
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                    elif "signal" in msg:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, int(msg["signal"]))
-                else:
-                    pidfd = key.data[1]
-                    conn, pid = jobs.pop(pidfd)
-                    _, wstatus = os.waitpid(pid, 0)
-                    status = -os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else os.WEXITSTATUS(wstatus)
-                    sel.unregister(pidfd)
-                    os.close(pidfd)
-                    with contextlib.suppress(KeyError, ValueError):
-                        sel.unregister(conn)
-                    print(f"{time.strftime('%H:%M:%S')} end {pid} status {status}", file=log)
-                    with contextlib.suppress(OSError):
-                        _send(conn, {"status": status})
-                    conn.close()
+                try:
+                    _handle(key, listener, sel, log, jobs)
+                except Exception as e:  # one client's trouble: the server goes on
+                    print(f"{time.strftime('%H:%M:%S')} error {e!r}", file=log)
+                if key.data is not None and key.data[0] == "exit":
                     idle_since = time.monotonic()
     finally:
+        for conn, pid in jobs.values():  # never leave a fork without the process that waits for it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
             if path.exists() and os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino:
                 path.unlink()
         listener.close()
+
+
+def _handle(key, listener, sel, log, jobs: dict) -> None:
+    """One ready event: a new job, a message from a job's process, or a fork's end."""
+    if key.data is None:
+        conn, _ = listener.accept()
+        job = _start_job(conn, listener, sel, log, jobs)
+        if job is None:
+            conn.close()
+            return
+        pid, pidfd, argv = job
+        print(f"{time.strftime('%H:%M:%S')} start {pid} tokendrift {' '.join(argv)}", file=log)
+        jobs[pidfd] = (conn, pid)
+        sel.register(pidfd, selectors.EVENT_READ, ("exit", pidfd))
+        sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
+    elif key.data[0] == "client":
+        if key.data[1] not in jobs:  # its fork ended in this same round
+            return
+        conn, pid = jobs[key.data[1]]
+        try:
+            msg = _recv(conn)
+        except OSError:
+            msg = None
+        if msg is None:  # the job's process is gone (killed outright): end the fork
+            sel.unregister(conn)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        elif "signal" in msg:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, int(msg["signal"]))
+    else:
+        pidfd = key.data[1]
+        conn, pid = jobs.pop(pidfd)
+        _, wstatus = os.waitpid(pid, 0)
+        status = -os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else os.WEXITSTATUS(wstatus)
+        sel.unregister(pidfd)
+        os.close(pidfd)
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(conn)
+        print(f"{time.strftime('%H:%M:%S')} end {pid} status {status}", file=log)
+        with contextlib.suppress(OSError):
+            _send(conn, {"status": status})
+        conn.close()
 
 
 def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dict) -> tuple[int, int, list[str]] | None:
@@ -280,9 +297,11 @@ def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dic
             for i, fd in enumerate(fds):
                 os.dup2(fd, i)
                 os.close(fd)
-            for sig in FORWARDED:
-                signal.signal(sig, signal.SIG_DFL)
+            for sig in FORWARDED:  # Python's own start-up handlers: Ctrl-C raises KeyboardInterrupt
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
             os.setpgid(0, 0)
+            os.umask(context["umask"])
+            os.sched_setaffinity(0, context["cpus"])
             os.chdir(context["cwd"])
             os.environ.clear()
             os.environ.update(context["env"])
@@ -292,6 +311,11 @@ def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dic
             status = main(request["argv"], warm=False)
         except SystemExit as e:  # argparse's usage errors
             status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except KeyboardInterrupt:  # end by SIGINT, as Python does
+            traceback.print_exc()
+            sys.stderr.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         except BaseException:
             traceback.print_exc()
         finally:
