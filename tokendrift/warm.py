@@ -38,7 +38,9 @@ import time
 import traceback
 from pathlib import Path
 
-IDLE_S = 60.0  # the server exits after this long without a job
+IDLE_S = 300.0  # the server exits after this long without a job (the default's pretraining takes 2 minutes)
+RETRY_S = 120.0  # a job starts a server only if none was started in this many seconds
+MAX_SOCKET_PATH = 107  # bytes in a Unix socket's name (Linux: sun_path of 108 with its NUL)
 # commands that import torch (the others start fast and gain nothing)
 WARM_COMMANDS = {"train", "pretrain", "sample", "score", "nelbo", "probe", "entropy-rate", "checkpoint"}
 # variables read when torch, transformers or the interpreter start: a job runs warm only on a
@@ -135,7 +137,7 @@ def run_warm(argv: list[str]) -> int | None:
         reply = None
     if not (isinstance(reply, dict) and "pid" in reply):
         sock.close()
-        start_server()
+        start_server(path)
         return None
     # from here the fork runs the job: pass on signals, wait for its status
     for sig in FORWARDED:
@@ -158,11 +160,20 @@ def run_warm(argv: list[str]) -> int | None:
     return status
 
 
-def start_server() -> None:
-    """Start a detached server for this environment and code (it exits at once if one runs)."""
+def start_server(path: Path) -> None:
+    """Start a detached server on ``path`` (it exits at once if one runs). Not when a server was
+    started there in the last RETRY_S seconds (it may still be importing, or it failed: then the
+    jobs run cold instead of each importing torch twice), nor where the socket's name is too long."""
+    lock = Path(f"{path}.lock")
     with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime < RETRY_S:
+            return
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return
+    with contextlib.suppress(OSError):
+        lock.touch()
         subprocess.Popen(
-            [sys.executable, "-c", SERVER, json.dumps(sys.path), str(socket_path())],
+            [sys.executable, "-c", SERVER, json.dumps(sys.path), str(path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -185,7 +196,7 @@ def preload() -> None:
 
 def serve(path: Path, idle_s: float = IDLE_S) -> None:
     """Accept jobs on the socket ``path`` until idle for ``idle_s`` seconds."""
-    lock = open(f"{path}.lock", "w")  # noqa: SIM115 (held for the server's life)
+    lock = open(f"{path}.lock", "a")  # noqa: SIM115 (held for the server's life)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -199,6 +210,7 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     os.chmod(path, 0o600)
+    inode = os.stat(path).st_ino  # the socket's name is removed at the end only if still this server's
     listener.listen(64)
     log = open(f"{path}.log", "a", buffering=1)  # noqa: SIM115 (one line per job: its arguments and status)
     sel = selectors.DefaultSelector()
@@ -221,7 +233,7 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
-            if path.exists() and os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino:
+            if os.stat(path).st_ino == inode:
                 path.unlink()
         listener.close()
 
