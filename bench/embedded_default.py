@@ -21,7 +21,8 @@ start-up, timed apart, times its job count, over the job-seconds), and whether e
 figure and score file is byte-identical to the first variant's. Writes
 bench/results/embedded_default_time.json (or --out).
 
-    python bench/embedded_default.py --time [--runs 1] [--baseline /path/to/old/checkout] [--config CI_CONFIG]
+    python bench/embedded_default.py --time [--runs 1] [--baseline /path/to/old/checkout] [--concurrent] [--config CI_CONFIG]
+    python bench/embedded_default.py --analyze before=/old/checkout after=/some/workdir   # runs finished elsewhere
 """
 
 from __future__ import annotations
@@ -140,9 +141,15 @@ def finish(run: dict) -> dict:
     variant, wd = run["variant"], run["wd"]
     if run["proc"].returncode != 0:
         raise SystemExit(f"{variant['name']}: snakemake failed, see {wd / 'snakemake.log'}")
+    return {"variant": variant["name"], "wall_s": wall, **breakdown(wd, variant)}
+
+
+def breakdown(wd: Path, variant: dict | None) -> dict:
+    """Jobs and job-seconds by stage of a finished run in ``wd``; with ``variant``, the start-up share."""
     jobs = job_records(wd)
     by_stage: dict[str, dict] = {}
-    startups = {c: startup_seconds(variant, c) for c in sorted({COMMANDS[j["rule"]] for j in jobs if j["rule"] in COMMANDS})}
+    commands = sorted({COMMANDS[j["rule"]] for j in jobs if j["rule"] in COMMANDS})
+    startups = {c: startup_seconds(variant, c) for c in commands} if variant else {}
     startup_total = 0.0
     for j in jobs:
         stage = STAGES.get(j["rule"], "aggregation")
@@ -151,10 +158,28 @@ def finish(run: dict) -> dict:
         d["job_s"] += j["end"] - j["start"]
         startup_total += startups.get(COMMANDS.get(j["rule"], ""), 0.0)
     job_s = sum(d["job_s"] for d in by_stage.values())
-    return {"variant": variant["name"], "workdir": str(wd), "wall_s": wall, "jobs": len(jobs), "job_s": job_s,
+    return {"workdir": str(wd), "jobs": len(jobs), "job_s": job_s,
             "stages": by_stage, "startup_s_per_command": startups, "startup_job_s": startup_total,
-            "startup_share": startup_total / job_s, "loadavg_at_end": os.getloadavg()[0],
+            "startup_share": startup_total / job_s if variant else None, "loadavg_at_end": os.getloadavg()[0],
             "span_s": max(j["end"] for j in jobs) - min(j["start"] for j in jobs)}
+
+
+def analyze_main(args) -> None:
+    """--analyze LABEL=DIR ...: the breakdown of runs finished elsewhere (wall time: Snakemake's
+    "Elapsed time" in its last log there, else the span from the first job's start to the last's end)."""
+    runs = []
+    for item in args.analyze:
+        label, wd = item.split("=", 1)
+        res = {"variant": label, "round": 0, **breakdown(Path(wd), None)}
+        logs = sorted((Path(wd) / ".snakemake" / "log").glob("*.snakemake.log"))
+        elapsed = [line for line in logs[-1].read_text().splitlines() if line.startswith("Elapsed time:")] if logs else []
+        if elapsed:
+            h, m, sec = elapsed[-1].split(": ", 1)[1].split(":")
+            res["wall_s"] = int(h) * 3600 + int(m) * 60 + float(sec)
+        else:
+            res["wall_s"] = res["span_s"]
+        runs.append(res)
+    compare_and_write(args, runs, rounds=1)
 
 
 def time_main(args) -> None:
@@ -184,8 +209,13 @@ def time_main(args) -> None:
             print(f"round {i} {v['name']}: {res['wall_s']:.0f} s wall, {res['jobs']} jobs, {res['job_s']:.0f} job-s, "
                   f"start-up {100 * res['startup_share']:.0f}%", flush=True)
             runs.append(res)
-    # byte identity of every table, figure and score file against the round's first variant
-    for i in range(args.runs):
+    compare_and_write(args, runs, rounds=args.runs, remove=not keep)
+
+
+def compare_and_write(args, runs: list[dict], rounds: int, remove: bool = False) -> None:
+    """Byte identity of every table, figure and score file against each round's first run; the
+    JSON and the Markdown table."""
+    for i in range(rounds):
         first, *others = [r for r in runs if r["round"] == i]
         ref = Path(first["workdir"])
         files = result_files(ref)
@@ -197,7 +227,7 @@ def time_main(args) -> None:
             r["files_identical"] = len(same)
             r["files_differing"] = [str(f) for f in files if f not in same]
             r["files_extra"] = [str(f) for f in result_files(wd) if f not in files]
-    if not keep:
+    if remove:
         for r in runs:
             shutil.rmtree(r["workdir"], ignore_errors=True)
     out = Path(args.out)
@@ -211,8 +241,9 @@ def time_main(args) -> None:
     for r in runs:
         cells = [f"{r['stages'].get(s, {}).get('job_s', 0):.0f} s ({r['stages'].get(s, {}).get('jobs', 0)})" for s in stages]
         ident = f"{r['files_identical']}/{r['files_compared']}" if "files_compared" in r else "reference"
+        share = f"{100 * r['startup_share']:.0f}%" if r.get("startup_share") is not None else "n/a"
         print(f"| {r['round']} {r['variant']} | {r['wall_s']:.0f} s | {r['jobs']} | {r['job_s']:.0f} | " + " | ".join(cells)
-              + f" | {100 * r['startup_share']:.0f}% | {ident} |")
+              + f" | {share} | {ident} |")
     print(f"\nwrote {out}")
 
 
@@ -225,6 +256,8 @@ def main() -> None:
     ap.add_argument("--baseline", help="--time: another checkout to time as the variant 'baseline'")
     ap.add_argument("--concurrent", action="store_true",
                     help="--time: run a round's variants at the same time (each with its 2 job slots) instead of in turn")
+    ap.add_argument("--analyze", nargs="+", metavar="LABEL=DIR",
+                    help="the breakdown of runs finished in these working directories (no timing run)")
     ap.add_argument("--keep", help="--time: keep each run's working directory under this folder")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "embedded_default_time.json"))
     ap.add_argument("--config", default=None, help="the config (default: workflow/config/default.yaml)")
@@ -232,6 +265,8 @@ def main() -> None:
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 1.0])
     ap.add_argument("--n-samples", type=int, default=256, help="samples per (NFE, temperature) cell")
     args = ap.parse_args()
+    if args.analyze:
+        return analyze_main(args)
     if args.time:
         return time_main(args)
     args.config = args.config or "workflow/config/default.yaml"
