@@ -88,7 +88,7 @@ def test_errors_and_exit_status_pass_through(server, tmp_path):
     env, sock = server
     r = tokendrift(env, "sample", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), *SAMPLE)
     assert r.returncode == 2 and "error:" in r.stderr and str(tmp_path / "missing") in r.stderr
-    assert f"tokendrift sample {tmp_path / 'missing'}" in server_log(sock)
+    assert f": tokendrift sample {tmp_path / 'missing'}" in server_log(sock)
     r = tokendrift(env, "sample", "--no-such-flag")  # argparse's usage error, on the server too
     assert r.returncode == 2 and "usage: tokendrift sample" in r.stderr
     assert not (tmp_path / "o").exists()

@@ -246,8 +246,8 @@ def _handle(key, listener, sel, log, jobs: dict) -> None:
         if job is None:
             conn.close()
             return
-        pid, pidfd, argv = job
-        print(f"{time.strftime('%H:%M:%S')} start {pid} tokendrift {' '.join(argv)}", file=log)
+        pid, pidfd, what = job
+        print(f"{time.strftime('%H:%M:%S')} start {pid} {what}", file=log)
         jobs[pidfd] = (conn, pid)
         sel.register(pidfd, selectors.EVENT_READ, ("exit", pidfd))
         sel.register(conn, selectors.EVENT_READ, ("client", pidfd))
@@ -281,8 +281,8 @@ def _handle(key, listener, sel, log, jobs: dict) -> None:
         conn.close()
 
 
-def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dict) -> tuple[int, int, list[str]] | None:
-    """Read one job's request and fork it: (pid, pidfd, arguments), or None for a bad request."""
+def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dict) -> tuple[int, int, str] | None:
+    """Read one job's request and fork it: (pid, pidfd, its line in the log), or None for a bad request."""
     try:
         conn.settimeout(10.0)
         msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
@@ -338,7 +338,7 @@ def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dic
     for fd in fds:
         os.close(fd)
     _send(conn, {"pid": pid})
-    return pid, os.pidfd_open(pid), request["argv"]
+    return pid, os.pidfd_open(pid), f"in {context['cwd']}: tokendrift {' '.join(request['argv'])}"
 
 
 def main(args: list[str]) -> None:
