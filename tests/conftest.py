@@ -117,6 +117,13 @@ def snakemake(*args, cwd=REPO, check=True):
     return r
 
 
+@pytest.fixture(scope="session")
+def ci_dry_run(tmp_path_factory) -> str:
+    """`snakemake all_tables -n` of the CI config in an empty folder, run once for every test that
+    reads its plan (tests/test_ablations.py, tests/test_status.py): its standard output."""
+    return snakemake("all_tables", "-n", "--configfile", str(CI), "--directory", str(tmp_path_factory.mktemp("ci_dry"))).stdout
+
+
 def planned_jobs(out: str) -> list[dict]:
     """Each planned job of a dry run: its rule and wildcards."""
     jobs = []

@@ -23,14 +23,14 @@ from tokendrift.utils import TokenDriftError
 OWN = REPO / "tests" / "configs" / "own_table.yaml"
 
 
-def test_a_config_adds_one_run_and_one_table_to_the_papers_grid(tmp_path):
+def test_a_config_adds_one_run_and_one_table_to_the_papers_grid(ci_dry_run):
     g = Grid(load_file(CI), SCHEMA)
     assert list(g.tables) == ["table1", "table2", "table3", "table4", "table5", "table6", "alpha"]
     assert g.tables["alpha"]["method"] == "tokendrift"  # the first row that is not the start checkpoint
     assert g.train_config("mdlm", "alpha_3", 1)["objective"]["alpha"] == 3.0
     assert "alpha" not in g.train_config("mdlm", "tokendrift", 1)["objective"]  # the schema default, 1
     # the real DAG: the new run once per seed, the shared tokendrift run once per seed, the table's rule
-    jobs = planned_jobs(snakemake_dry("all_tables", "-n", "--configfile", str(CI), "--directory", str(tmp_path)).stdout)
+    jobs = planned_jobs(ci_dry_run)
     train = [(j["backbone"], j["model"], j["seed"]) for j in jobs if j["rule"] == "train"]
     assert len(train) == len(set(train)) == 17 * 2
     assert {("mdlm", "alpha_3", "0"), ("mdlm", "alpha_3", "1"), ("mdlm", "tokendrift", "0")} <= set(train)

@@ -156,3 +156,15 @@ def test_report_shows_every_table_and_figure_in_a_browser(finished, tmp_path):
 
     png = base64.b64decode(fig2[0]["src"].split(",", 1)[1])
     assert png == (wd / g.figure_outputs("figure2")[0]).read_bytes()
+
+
+def test_the_local_profiles_jobs_start_warm(finished):
+    """profiles/local runs its torch jobs forked from the warm-start server (tokendrift.warm)."""
+    import tempfile
+
+    wd, _, _ = finished
+    lines = [line for log in Path(tempfile.gettempdir()).glob("tokendrift-warm-*.sock.log")
+             for line in log.read_text().splitlines() if f" in {wd}: tokendrift " in line]
+    for command in ("train", "sample", "score"):
+        assert any(f": tokendrift {command} " in line for line in lines), command
+

@@ -12,6 +12,8 @@ import os
 import sys
 
 from .utils import TokenDriftError
+from .warm import WARM_COMMANDS
+from .warm import enabled as warm_enabled
 
 # The sub-commands in --help order; `command_module` names the module that defines each.
 COMMANDS = [
@@ -109,8 +111,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
+    """Run one command; with ``warm`` (not inside the warm-start server's fork) a command that
+    imports torch runs on the warm-start server when it is on (tokendrift.warm)."""
     argv = sys.argv[1:] if argv is None else argv
+    if warm and argv and argv[0] in WARM_COMMANDS and warm_enabled():
+        from .warm import run_warm
+
+        rc = run_warm(argv)
+        if rc is not None:
+            return rc
     tune_allocator()
     args = build_parser(argv).parse_args(argv)
     try:

@@ -139,9 +139,20 @@ def config_digest(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# Modules that only read results (tables, figures, MLflow, the probe, the CLI, paths): editing
-# them must not make trained models or their scores stale.
-REPORTING = ("aggregate.py", "tracking.py", "probe.py", "grid.py", "cli.py", "cost.py", "status.py", "paper_grid.yaml")
+# Modules that only read results (tables, figures, MLflow, the probe, the CLI, paths) or only start
+# jobs (the warm-start server: a fork runs the same code): editing them must not make trained
+# models or their scores stale.
+REPORTING = (
+    "aggregate.py",
+    "tracking.py",
+    "probe.py",
+    "grid.py",
+    "cli.py",
+    "cost.py",
+    "status.py",
+    "paper_grid.yaml",
+    "warm.py",
+)
 
 
 def code_digest(reporting: bool = True) -> str:
