@@ -6,6 +6,8 @@ log paths it names are the ones the rules write (a dry run of the DAG lists them
 import base64
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
