@@ -99,12 +99,13 @@ def test_a_config_with_only_its_own_table_builds_everything_a_paper_table_has(tm
     assert tables == ["base_loss.csv", "base_loss.md", "base_loss.tex"]  # no paper table
     md = (g.root / "tables" / "base_loss.md").read_text()
     assert "TokenDrift + base loss (alpha 0.5)" in md and "start at matched entropy" in md
-    assert "Oracle Gen.-PPL" in md and "NELBO" in md and "Ratio" in md
+    assert "Oracle Gen.-PPL" in md and "NELBO" in md and "Ratio" in md and "MAUVE" in md
     rows = list(csv.DictReader(open(g.root / "tables" / "base_loss.csv")))
     ours = next(r for r in rows if r["model"] == "drift_base")
     assert ours["step"] == "3" and float(ours["n_seeds"]) == 2 and float(ours["nelbo"]) > 0 and ours["entropy"]
     assert ours["gen_ppl_ratio"] or ours["gen_ppl_ratio_note"]  # a ratio, or why there is none
-    assert (g.root / "tables" / "base_loss.tex").read_text().count(r"\begin{tabular}") == 2
+    # three blocks: the paper's shape, the honesty block (oracle, ratio, MAUVE, NELBO), the start's sweep
+    assert (g.root / "tables" / "base_loss.tex").read_text().count(r"\begin{tabular}") == 3
     # the ratio figure's numbers: the table's step and every curve step, the start at step 0
     steps = {int(r["step"]) for r in csv.DictReader(open(g.figure_outputs("ratio_steps")[2])) if r["model"] == "drift_base"}
     assert steps == {1, 2, 3, 4}
