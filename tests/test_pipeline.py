@@ -91,6 +91,7 @@ def test_real_data_scores_better_than_nfe4_samples_of_the_start_checkpoint(finis
 
     from tokendrift.cli import main as cli
     from tokendrift.data import make_source
+    from tokendrift.records import write_record
     from tokendrift.score import score_samples
 
     wd, g, _ = finished
@@ -105,7 +106,7 @@ def test_real_data_scores_better_than_nfe4_samples_of_the_start_checkpoint(finis
     ids = source.sample(256, 123)
     save_file({"ids": ids}, str(real / "ids.safetensors"))
     (real / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in source.decode(ids)))
-    (real / "meta.json").write_text(json.dumps(meta))
+    write_record(real / "meta.json", meta, [real / "ids.safetensors", real / "text.jsonl"])  # as the sample job
     refs: dict = {}
     ev = str(wd / g.evaluator())
     a = score_samples(start, ev, tmp_path / "start.json", references=refs)
