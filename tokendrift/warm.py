@@ -172,8 +172,9 @@ def start_server(path: Path) -> None:
         return
     with contextlib.suppress(OSError):
         lock.touch()
-        subprocess.Popen(
-            [sys.executable, "-c", SERVER, json.dumps(sys.path), str(path)],
+        subprocess.Popen(  # in "/": a detached server holds no job's folder (each fork enters its job's)
+            [sys.executable, "-c", SERVER, json.dumps([p or os.getcwd() for p in sys.path]), str(path)],
+            cwd="/",
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
