@@ -1022,7 +1022,7 @@ def quality_diversity(g: Grid) -> None:
     fig.suptitle(
         "Quality vs diversity: below the black curve (above it for MAUVE) beats sharpening the start checkpoint"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the top row
     _legend_outside(fig, axes.flat, fontsize=7, title="model @ step")
     _save(fig, "quality_diversity", g)
     plt.close(fig)
