@@ -12,7 +12,7 @@ import os
 import sys
 
 from .utils import TokenDriftError
-from .warm import WARM_COMMANDS
+from .warm import WARM_COMMANDS, run_warm
 from .warm import enabled as warm_enabled
 
 # The sub-commands in --help order; `command_module` names the module that defines each.
@@ -116,8 +116,6 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
     imports torch runs on the warm-start server when it is on (tokendrift.warm)."""
     argv = sys.argv[1:] if argv is None else argv
     if warm and argv and argv[0] in WARM_COMMANDS and warm_enabled():
-        from .warm import run_warm
-
         rc = run_warm(argv)
         if rc is not None:
             return rc

@@ -98,20 +98,23 @@ class Verifier:
 
     def problems(self, path: str | os.PathLike) -> list[tuple[Path, str]]:
         """(file, what is wrong) for a record and each file it lists; [] when all match."""
-        path = Path(path)
+        return self._read(Path(path))[1]
+
+    def _read(self, path: Path) -> tuple[dict | None, list[tuple[Path, str]]]:
+        """The record parsed from one read of its bytes, and what is wrong with it or its files."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            return [(path, "missing")]
+            return None, [(path, "missing")]
         try:
             obj = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return [(path, f"not valid JSON, cut short or altered ({e})")]
+            return None, [(path, f"not valid JSON, cut short or altered ({e})")]
         if not isinstance(obj, dict) or DIGEST not in obj:
-            return [(path, f"no {DIGEST}: not a completion record (written by an older version, or altered)")]
+            return None, [(path, f"no {DIGEST}: not a completion record (written by an older version, or altered)")]
         body = {k: v for k, v in obj.items() if k != DIGEST}
         if obj[DIGEST] != _body_digest(body) or raw != record_text(obj).encode():
-            return [(path, "content does not match its record_sha256 (altered or cut short)")]
+            return None, [(path, "content does not match its record_sha256 (altered or cut short)")]
         out = []
         for rel, want in (obj.get("files") or {}).items():
             f = path.parent / rel
@@ -124,15 +127,15 @@ class Verifier:
                 out.append((f, f"size {st.st_size} bytes, recorded {want['size']} (cut short or altered)"))
             elif self.digest(f, st) != want["sha256"]:
                 out.append((f, "SHA-256 differs from the recorded one (altered)"))
-        return out
+        return obj, out
 
     def check(self, path: str | os.PathLike, what: str = "record") -> dict:
         """The parsed record, or a RecordError naming the first bad file."""
-        bad = self.problems(path)
+        obj, bad = self._read(Path(path))
         if bad:
             f, why = bad[0]
             raise RecordError(f"{f}: {why} (checked against {what} {path}); delete it and rerun the job that wrote it")
-        return json.loads(Path(path).read_text())
+        return obj
 
     def save(self) -> None:
         if self.cache_path and self._dirty:
