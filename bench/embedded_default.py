@@ -44,12 +44,12 @@ from pathlib import Path
 
 import yaml
 
-from tokendrift.data import make_source
+from tokendrift.core.data import make_source
+from tokendrift.core.utils import atomic_write_json
 from tokendrift.grid import Grid
-from tokendrift.pretrain import pretrain_backbone, pretrain_evaluator
-from tokendrift.sample import sample_checkpoint
-from tokendrift.score import checkpoint_nelbo, load_evaluator, sample_entropy, score_samples
-from tokendrift.utils import atomic_write_json
+from tokendrift.jobs.pretrain import pretrain_backbone, pretrain_evaluator
+from tokendrift.jobs.sample import sample_checkpoint
+from tokendrift.jobs.score import checkpoint_nelbo, load_evaluator, sample_entropy, score_samples
 
 REPO = Path(__file__).resolve().parents[1]
 # stage of each rule (the tables' and figures' rules are named after them: "aggregation")

@@ -5,7 +5,7 @@
                                    # bench/results/gpu_dry_cpu.json (CUDA-only parts skipped, saying so)
 
 Then `tokendrift grid workflow/config/paper.yaml --cost bench/results/gpu.json` prints the
-paper grid's GPU-hours from these figures (tokendrift/cost.py).
+paper grid's GPU-hours from these figures (tokendrift/report/cost.py).
 
 Parts, in order; each has its own cap in seconds (--cap PART=S) inside a total budget
 (--budget). A part that runs past its cap is recorded "timeout" with what it measured so far,
@@ -21,7 +21,7 @@ rewritten after every part, so a killed run keeps what it measured.
   micro-steps per optimizer step), their ratio, peak memory, and the continuation step's model
   FLOPs utilization (MFU). Inputs are random token ids (drawing the synthetic source at vocabulary
   50257 costs seconds per batch on the CPU; the step's work does not depend on the ids).
-- drift: the drift field (tokendrift.objective.drift_field, 3 temperatures, features 2d = 1536)
+- drift: the drift field (tokendrift.core.objective.drift_field, 3 temperatures, features 2d = 1536)
   with the paper's gathered anchors and full queues, and its share of the TokenDrift micro-step.
   Reading of the paper ("Drifting Objectives for Refining Discrete Diffusion Language Models",
   App. F, "Drift reference sets"): per-device batch 2 on 4 GPUs, so each micro-step all-gathers
@@ -78,7 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/gp
 
 from bench.sample_score_overhead import time_sampler, timed
 from bench.step_overhead import drift_time, machine, make_init, setup, step
-from tokendrift.utils import atomic_write_json
+from tokendrift.core.utils import atomic_write_json
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -380,8 +380,8 @@ class Bench:
             free()
 
     def sampler(self, rec: dict) -> None:
-        from tokendrift.checkpoint import load_model_dir
-        from tokendrift.diffusion import make_diffusion
+        from tokendrift.core.checkpoint import load_model_dir
+        from tokendrift.core.diffusion import make_diffusion
 
         rows = rec["rows"] = {}
         n = self.args.sample_batch
@@ -412,7 +412,7 @@ class Bench:
     def scorer(self, rec: dict) -> None:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        from tokendrift.score import gen_ppl
+        from tokendrift.jobs.score import gen_ppl
 
         cfg = GPT2Config(vocab_size=50257, n_positions=self.z["length"], **self.z["scorer"])
         with torch.device(self.device):
@@ -445,7 +445,7 @@ class Bench:
     def attention(self, rec: dict) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        from tokendrift.checkpoint import load_model_dir
+        from tokendrift.core.checkpoint import load_model_dir
 
         bb = self.args.backbones[0]
         model, _ = load_model_dir(self.init(bb), device=self.device)

@@ -48,9 +48,9 @@ def median_time(fn, reps: int) -> float:
 def per_cell(results: Path, unit: str, reps: int) -> dict:
     import torch
 
-    from tokendrift import divergence
-    from tokendrift.data import make_source
-    from tokendrift.score import OPTIONS, decode_samples, gen_ppl, load_evaluator, read_samples
+    from tokendrift.core import divergence
+    from tokendrift.core.data import make_source
+    from tokendrift.jobs.score import OPTIONS, decode_samples, gen_ppl, load_evaluator, read_samples
 
     torch.set_num_threads(1)
     ev = load_evaluator(str(results / "evaluator" / "pretrain" / "model"))
@@ -90,10 +90,10 @@ def separation(results: Path, counts=(64, 256)) -> list[dict]:
     import numpy as np
     import torch
 
-    from tokendrift import divergence
-    from tokendrift.data import make_source
+    from tokendrift.core import divergence
+    from tokendrift.core.data import make_source
     from tokendrift.grid import workflow_grid
-    from tokendrift.score import OPTIONS, decode_samples, gen_ppl, load_evaluator
+    from tokendrift.jobs.score import OPTIONS, decode_samples, gen_ppl, load_evaluator
 
     source = make_source(workflow_grid({}, str(REPO), []).config["source"])
     ev = load_evaluator(str(results / "evaluator" / "pretrain" / "model"))

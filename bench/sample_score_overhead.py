@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from bench.step_overhead import add_allocator_arg, allocator, make_init, write_results
-from tokendrift.checkpoint import load_model_dir
-from tokendrift.data import make_source
-from tokendrift.diffusion import make_diffusion
-from tokendrift.evaluator import train_evaluator
-from tokendrift.score import gen_ppl, load_evaluator
+from tokendrift.core.checkpoint import load_model_dir
+from tokendrift.core.data import make_source
+from tokendrift.core.diffusion import make_diffusion
+from tokendrift.jobs.evaluator import train_evaluator
+from tokendrift.jobs.score import gen_ppl, load_evaluator
 
 
 def timed(fn, device) -> float:

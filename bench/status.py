@@ -29,10 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tokendrift.config import load_file  # noqa: E402
+from tokendrift.core.config import load_file  # noqa: E402
+from tokendrift.core.records import record_text  # noqa: E402
 from tokendrift.grid import Grid  # noqa: E402
-from tokendrift.records import record_text  # noqa: E402
-from tokendrift.status import chain, study_status  # noqa: E402
+from tokendrift.report.status import chain, study_status  # noqa: E402
 
 EMPTY_RECORD = record_text({})
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from tokendrift import train as T
-from tokendrift.checkpoint import random_model_dir
 from tokendrift.cli import tune_allocator
-from tokendrift.objective import drift_field
+from tokendrift.core.checkpoint import random_model_dir
+from tokendrift.core.objective import drift_field
+from tokendrift.jobs import train as T
 
 
 def machine(device: str) -> dict:
@@ -69,7 +69,7 @@ def write_results(stem: str, args, malloc: str, rows, targets: dict) -> None:
 
 
 def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
-    from tokendrift.data import make_source
+    from tokendrift.core.data import make_source
 
     src = make_source({"kind": "synthetic", "length": length, **({"vocab_size": 50257} if preset == "small" else {})})
     return random_model_dir(folder, diffusion, src.config, src.vocab_size + 1, length, preset)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokendrift.checkpoint import random_model_dir
-from tokendrift.data import make_source
+from tokendrift.core.checkpoint import random_model_dir
+from tokendrift.core.data import make_source
+from tokendrift.core.records import write_record
 from tokendrift.grid import Grid, Unit
-from tokendrift.records import write_record
 
 # Tests share a 2-core machine: keep intra-op threads modest and results repeatable.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -146,8 +146,8 @@ def write_gpt2_evaluator(folder, tokenizer, n_layer: int = 1, n_embd: int = 32, 
 
 def released_state(diffusion: str, model_cfg: dict, seed: int = 0):
     """(model, state) of a randomly initialized DiT with every zero-initialized weight drawn
-    from N(0, 0.02), as ``tokendrift.checkpoint.random_model_dir`` does."""
-    from tokendrift.model import DiT, DiTConfig
+    from N(0, 0.02), as ``tokendrift.core.checkpoint.random_model_dir`` does."""
+    from tokendrift.core.model import DiT, DiTConfig
 
     cfg = dict(model_cfg)
     torch.manual_seed(seed)

@@ -16,9 +16,9 @@ import yaml
 
 from tests.conftest import CI, REPO, SCHEMA, planned_jobs
 from tests.conftest import snakemake as snakemake_dry
-from tokendrift.config import load_file
+from tokendrift.core.config import load_file
+from tokendrift.core.utils import TokenDriftError
 from tokendrift.grid import FIGURES, Grid, Unit
-from tokendrift.utils import TokenDriftError
 
 OWN = REPO / "tests" / "configs" / "own_table.yaml"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SWEEP, TD, make_grid, put
-from tokendrift.aggregate import at_entropy, figure2, quality_diversity, ratio_steps, write_table
+from tokendrift.core.utils import TokenDriftError
 from tokendrift.grid import Unit
-from tokendrift.tracking import compare, import_results
-from tokendrift.utils import TokenDriftError
+from tokendrift.report.aggregate import at_entropy, figure2, quality_diversity, ratio_steps, write_table
+from tokendrift.report.tracking import compare, import_results
 
 
 def rows(g, table):
@@ -88,7 +88,8 @@ def test_ratio_against_step_is_the_tables_ratio_with_the_seeds_spread(filled):
 
 
 def test_every_figure_of_the_grid_is_drawn():
-    from tokendrift import aggregate, grid
+    from tokendrift import grid
+    from tokendrift.report import aggregate
 
     assert set(aggregate.DRAW) == set(grid.FIGURES)
 

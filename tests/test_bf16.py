@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from tests.conftest import job, make_init
-from tokendrift import train as trainlib
-from tokendrift.checkpoint import load_model_dir
-from tokendrift.diffusion import make_diffusion
+from tokendrift.core.checkpoint import load_model_dir
+from tokendrift.core.diffusion import make_diffusion
+from tokendrift.jobs import train as trainlib
 
 RTOL = 0.02
 
@@ -81,7 +81,7 @@ def test_data_parallel_dropout_scales_by_exactly_one_over_keep_and_keeps_only_it
     """Rank 1 of 4: this rank's rows of the all-rank draw, kept entries scaled by exactly
     1 / (1 - p) and rounded once (before, the mask was divided in bf16: 1.109375 for p = 0.1),
     and only a mask of this rank's size saved for the backward (before, a view of the 4x draw)."""
-    from tokendrift.model import dropout
+    from tokendrift.core.model import dropout
 
     p, B, world, rank = 0.1, 2, 4, 1
     x = torch.randn(B, 8, 16, dtype=dtype, requires_grad=True)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tokendrift.checkpoint import CheckpointError, load_into, load_model_dir, read_external, save_model_dir
 from tokendrift.cli import main as cli
-from tokendrift.model import DiT, DiTConfig
+from tokendrift.core.checkpoint import CheckpointError, load_into, load_model_dir, read_external, save_model_dir
+from tokendrift.core.model import DiT, DiTConfig
 
 CFG = DiTConfig.preset("tiny", vocab_size=13, length=8, hidden_size=32, n_heads=4, cond_dim=16)
 MARKER = os.path.join(os.path.dirname(__file__), "..", ".pickle_code_ran")
@@ -129,7 +129,7 @@ def test_import_command(tmp_path, capsys):
 
 
 def test_import_into_model_folder(tmp_path, monkeypatch):
-    from tokendrift import checkpoint as ck
+    from tokendrift.core import checkpoint as ck
 
     raw, ema = random_model(5), random_model(6)
     write_lightning(tmp_path / "mdlm.ckpt", raw, ema)

@@ -15,10 +15,10 @@ from tokendrift.cli import user_malloc_settings
 STEPS = """
 import resource, sys, tempfile, torch
 from pathlib import Path
-from tokendrift import train as T
-from tokendrift.checkpoint import random_model_dir
+from tokendrift.jobs import train as T
+from tokendrift.core.checkpoint import random_model_dir
 from tokendrift.cli import tune_allocator
-from tokendrift.data import make_source
+from tokendrift.core.data import make_source
 print(tune_allocator() if sys.argv[1] == "tuned" else False)
 torch.manual_seed(0)
 src = make_source({"kind": "synthetic", "length": 64})

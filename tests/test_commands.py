@@ -7,11 +7,12 @@ import math
 import pytest
 
 from tests.conftest import CI, SCHEMA, TINY_SOURCE, make_init
-from tokendrift import aggregate, cli
-from tokendrift import config as configlib
-from tokendrift.checkpoint import open_checkpoint
-from tokendrift.data import make_source
+from tokendrift import cli
+from tokendrift.core import config as configlib
+from tokendrift.core.checkpoint import open_checkpoint
+from tokendrift.core.data import make_source
 from tokendrift.grid import Grid
+from tokendrift.report import aggregate
 
 
 def test_every_command_of_the_table_is_defined_by_its_module_and_none_is_missing():

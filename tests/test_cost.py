@@ -1,4 +1,4 @@
-"""The grid's cost (tokendrift/cost.py, `tokendrift grid CONFIG --cost RESULTS.json`)."""
+"""The grid's cost (tokendrift/report/cost.py, `tokendrift grid CONFIG --cost RESULTS.json`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from tests.conftest import PAPER, REPO, SCHEMA
-from tokendrift import cost
-from tokendrift.config import load_file
+from tokendrift.core.config import load_file
+from tokendrift.core.utils import TokenDriftError
 from tokendrift.grid import Grid
-from tokendrift.utils import TokenDriftError
+from tokendrift.report import cost
 
 PROFILE = REPO / "profiles" / "slurm" / "profile.yaml"
 DRY = REPO / "bench" / "results" / "gpu_dry_cpu.json"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokendrift.data import SyntheticHMM, _blocks, make_source
-from tokendrift.prepare import prepare
-from tokendrift.utils import TokenDriftError
+from tokendrift.core.data import SyntheticHMM, _blocks, make_source
+from tokendrift.core.utils import TokenDriftError
+from tokendrift.jobs.prepare import prepare
 
 TINY = {"kind": "synthetic", "n_states": 3, "vocab_size": 4, "length": 4, "tokens_per_state": 2, "n_successors": 1,
         "seed": 1, "mc_samples": 2000}

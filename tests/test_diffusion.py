@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokendrift.diffusion import (
+from tokendrift.core.diffusion import (
     DUO,
     MDLM,
     NEG_INF,
@@ -18,7 +18,7 @@ from tokendrift.diffusion import (
     race_noise,
     sample_categorical,
 )
-from tokendrift.utils import TokenDriftError
+from tokendrift.core.utils import TokenDriftError
 
 P = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)  # an i.i.d. source over 3 data ids (model vocab 4)
 H = float(-(P * P.log()).sum())

@@ -1,5 +1,5 @@
 """MAUVE through mauve-text on the evaluator's features, and the exact n-gram divergence of the
-synthetic source with its sampling-noise floor (tokendrift/divergence.py)."""
+synthetic source with its sampling-noise floor (tokendrift/core/divergence.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokendrift import divergence
-from tokendrift.data import make_source
-from tokendrift.records import write_record
-from tokendrift.score import OPTIONS, decode_samples, gen_ppl, load_evaluator, score_samples
+from tokendrift.core import divergence
+from tokendrift.core.data import make_source
+from tokendrift.core.records import write_record
+from tokendrift.jobs.score import OPTIONS, decode_samples, gen_ppl, load_evaluator, score_samples
 
 # the embedded default's language (workflow/config/default.yaml), shortened to 32 tokens
 SOURCE = {"kind": "synthetic", "seed": 0, "stickiness": 0.7, "tokens_per_state": 6, "smoothing": 0.005, "length": 32}
@@ -70,7 +70,7 @@ def test_the_floor_is_fixed_by_the_seed(source):
 
 @pytest.fixture(scope="module")
 def evaluator(source, tmp_path_factory):
-    from tokendrift.evaluator import train_evaluator
+    from tokendrift.jobs.evaluator import train_evaluator
 
     out = tmp_path_factory.mktemp("ev")
     train_evaluator(source, out, steps=60, batch_size=16, n_layer=1, n_head=2, n_embd=32)
@@ -126,7 +126,7 @@ def test_score_file_records_mauve_and_the_exact_divergence(tmp_path, source, eva
 
 
 def test_a_layer_the_evaluator_lacks_is_named(tmp_path, source, evaluator):
-    from tokendrift.utils import TokenDriftError
+    from tokendrift.core.utils import TokenDriftError
 
     d = tmp_path / "s"
     d.mkdir()

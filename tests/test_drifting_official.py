@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokendrift import objective as O
-from tokendrift.train import resolve_config
-from tokendrift.utils import TokenDriftError
+from tokendrift.core import objective as O
+from tokendrift.core.utils import TokenDriftError
+from tokendrift.jobs.train import resolve_config
 
 DATA = json.loads((Path(__file__).parent / "data" / "drifting_official.json").read_text())
 
@@ -87,7 +87,7 @@ def test_config_preset_refuses_a_conflicting_option(key, value):
                                        {"loss": "logit_kl", "preset": "drifting_official"}])
 def test_training_runs_with_the_preset_and_the_displacement_reading(tmp_path, objective):
     from tests.conftest import job, make_init
-    from tokendrift import train as trainlib
+    from tokendrift.jobs import train as trainlib
 
     init = make_init(tmp_path / "init", "mdlm")
     last = trainlib.train(job(init, steps=2, objective=objective), tmp_path / "run", progress=False)

@@ -8,9 +8,9 @@ import math
 import torch
 from safetensors.torch import load_file
 
-from tokendrift.data import make_source
-from tokendrift.evaluator import train_evaluator
-from tokendrift.score import load_evaluator
+from tokendrift.core.data import make_source
+from tokendrift.jobs.evaluator import train_evaluator
+from tokendrift.jobs.score import load_evaluator
 
 SOURCE = {"kind": "synthetic", "vocab_size": 32, "n_states": 4, "length": 16, "tokens_per_state": 4}
 KW = dict(steps=60, batch_size=16, n_layer=1, n_head=2, n_embd=32, lr=3e-3, warmup_steps=5, ckpt_every=20)

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from tests.conftest import TINY_SOURCE, make_init
-from tokendrift.data import make_source
-from tokendrift.evaluator import train_evaluator
+from tokendrift.core.data import make_source
+from tokendrift.jobs.evaluator import train_evaluator
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_atomic_writes_get_the_umask_permissions_not_tempfile_private_ones(tmp_path):
-    from tokendrift.utils import atomic_dir, atomic_write_json
+    from tokendrift.core.utils import atomic_dir, atomic_write_json
 
     mask = os.umask(0o022)
     os.umask(mask)

@@ -13,9 +13,9 @@ import torch
 
 from bench import gpu
 from tests.conftest import REPO
-from tokendrift import cost
-from tokendrift.config import load_file
+from tokendrift.core.config import load_file
 from tokendrift.grid import Grid
+from tokendrift.report import cost
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_the_dry_result_prices_the_paper_grid(dry, tmp_path):
 
 
 def test_flops_count_of_the_170m_dit():
-    from tokendrift.model import DiT, DiTConfig
+    from tokendrift.core.model import DiT, DiTConfig
 
     model = DiT(DiTConfig.preset("small"))
     d, V, L = 768, 50258, 1024

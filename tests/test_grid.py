@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.conftest import PAPER, REPO, SCHEMA, planned_jobs, snakemake
+from tokendrift.core.utils import TokenDriftError
 from tokendrift.grid import Grid
-from tokendrift.utils import TokenDriftError
 
 # The paper's grid (docs/grid.md), written out independently of tokendrift/paper_grid.yaml:
 # (backbone, run) -> (steps, the options that make the run what it is)
@@ -154,7 +154,7 @@ def test_counts_bounds_and_unprintable_text_are_refused_naming_the_key(change, e
 def test_every_size_and_count_of_the_schemas_has_an_upper_bound_and_says_why():
     """Each integer option of the workflow and job schemas (a size, count or step: seeds are ids)
     and each array has a maximum, and its description gives the reason (memory or time)."""
-    from tokendrift import config as configlib
+    from tokendrift.core import config as configlib
 
     def walk(node, path, desc=""):
         if isinstance(node, dict):

@@ -104,7 +104,7 @@ def parent_page(db: Path, experiment: str, table: str) -> str:
 
 def write_scores(g, wd: Path) -> None:
     """Score and NELBO files of every checkpoint of the grid, with distinct values per cell."""
-    from tokendrift.records import write_record
+    from tokendrift.core.records import write_record
 
     for i, u in enumerate(g.units):
         for t, n in g.cells(u):
@@ -117,7 +117,7 @@ def write_scores(g, wd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from tokendrift.config import load_file
+    from tokendrift.core.config import load_file
     from tokendrift.grid import Grid
 
     wd = tmp_path_factory.mktemp("mlflow_ui")
@@ -154,7 +154,7 @@ def test_the_parent_run_page_lists_every_row_and_seed_with_gen_ppl(study):
 
 def screenshot(wd: Path, config: Path, out: Path, table: str = "table1") -> None:
     """The page of `table`'s parent run for the study under wd, as PNG."""
-    from tokendrift.config import load_file
+    from tokendrift.core.config import load_file
     from tokendrift.grid import Grid
 
     g = Grid(load_file(config), SCHEMA)

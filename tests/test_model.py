@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokendrift.model import DiT, DiTConfig
-from tokendrift.utils import TokenDriftError
+from tokendrift.core.model import DiT, DiTConfig
+from tokendrift.core.utils import TokenDriftError
 
 
 def tiny(**kw) -> DiT:

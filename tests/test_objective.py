@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokendrift import objective as O
-from tokendrift.utils import TokenDriftError
+from tokendrift.core import objective as O
+from tokendrift.core.utils import TokenDriftError
 
 SETTINGS = settings(max_examples=30, deadline=None)
 OPTIONS = st.sampled_from([
@@ -237,7 +237,7 @@ def check_objective(**options):
     """Validate an ``objective`` section as a train job does: the schema, then ``DriftOptions``."""
     import json
 
-    from tokendrift.config import validate
+    from tokendrift.core.config import validate
 
     O.DriftOptions.from_config(validate("train", {"objective": json.loads(json.dumps(options))})["objective"])
 
@@ -287,7 +287,7 @@ def _paper_g(logits, E, W, x_bar, predicted, V):
 
 def _train_path_teacher(logits, E, W, x_bar, predicted, V, eta):
     """The teacher as training calls it: normalized logits log p (the backbone's log_probs), the
-    lift fed with their exp (tokendrift.train.micro_step)."""
+    lift fed with their exp (tokendrift.jobs.train.micro_step)."""
     raw = logits.clone().requires_grad_(True)
     log_p = raw.log_softmax(-1)
     h = _features(log_p.exp(), x_bar, predicted, E, W)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from tests.paper_files import write_corpus_tar, write_gpt2_tokenizer, write_parquet
-from tokendrift import owt, prepare
-from tokendrift.fetch import fetch_dataset
-from tokendrift.utils import TokenDriftError
+from tokendrift.core import owt
+from tokendrift.core.utils import TokenDriftError
+from tokendrift.jobs import prepare
+from tokendrift.jobs.fetch import fetch_dataset
 
 N_DOCS = 60
 SHA = "0123456789abcdef0123456789abcdef01234567"  # a commit of the fake Hub listings below

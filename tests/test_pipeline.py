@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CI, REPO
-from tokendrift.config import load_file
+from tokendrift.core.config import load_file
 from tokendrift.grid import Grid, Unit
 
 pytestmark = pytest.mark.slow
@@ -90,9 +90,9 @@ def test_real_data_scores_better_than_nfe4_samples_of_the_start_checkpoint(finis
     from safetensors.torch import save_file
 
     from tokendrift.cli import main as cli
-    from tokendrift.data import make_source
-    from tokendrift.records import write_record
-    from tokendrift.score import score_samples
+    from tokendrift.core.data import make_source
+    from tokendrift.core.records import write_record
+    from tokendrift.jobs.score import score_samples
 
     wd, g, _ = finished
     ckpt = wd / g.checkpoint("mdlm", "start", 0, 0)

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from tests.paper_files import write_corpus, write_gpt2_tokenizer, write_hf_release, write_lightning_release
-from tokendrift import prepare
-from tokendrift.checkpoint import random_model_dir
-from tokendrift.data import _blocks, make_source
-from tokendrift.fetch import fetch_checkpoint, fetch_dataset, fetch_pretrained, join_manifests
-from tokendrift.sample import sample_checkpoint
-from tokendrift.utils import TokenDriftError
+from tokendrift.core.checkpoint import random_model_dir
+from tokendrift.core.data import _blocks, make_source
+from tokendrift.core.utils import TokenDriftError
+from tokendrift.jobs import prepare
+from tokendrift.jobs.fetch import fetch_checkpoint, fetch_dataset, fetch_pretrained, join_manifests
+from tokendrift.jobs.sample import sample_checkpoint
 
 
 @pytest.fixture(scope="module")

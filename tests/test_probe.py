@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.conftest import TINY_MODEL, TINY_SOURCE
-from tokendrift.checkpoint import save_model_dir
 from tokendrift.cli import main as cli
-from tokendrift.data import make_source
-from tokendrift.model import DiT, DiTConfig
-from tokendrift.probe import frequent_ids, position_stats, probe_checkpoint
+from tokendrift.core.checkpoint import save_model_dir
+from tokendrift.core.data import make_source
+from tokendrift.core.model import DiT, DiTConfig
+from tokendrift.jobs.probe import frequent_ids, position_stats, probe_checkpoint
 
 
 def constant_model(path, diffusion: str, bias: torch.Tensor):

@@ -1,6 +1,6 @@
 """Intermediates are verified on read, and a killed run reads as killed.
 
-- Completion records (tokendrift.records): a record and each file it lists, cut short or with one
+- Completion records (tokendrift.core.records): a record and each file it lists, cut short or with one
   byte changed, is found and named; on a tiny study run by the real Snakemake, a damaged training
   done.json, checkpoint safetensors, sample file or score file makes the next run rerun exactly the
   job that wrote it (and the jobs that read its output), named in the message; a rerun of one
@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, planned_jobs
-from tokendrift.records import RecordError, Verifier, check, mark_incomplete, record_text, write_record
-from tokendrift.status import Snapshot
+from tokendrift.core.records import RecordError, Verifier, check, mark_incomplete, record_text, write_record
+from tokendrift.report.status import Snapshot
 
 
 def flip(path: Path, at: int | None = None) -> None:
@@ -78,7 +78,7 @@ def test_a_record_or_file_cut_short_or_altered_is_named(job, damage, file, why):
 
 
 def test_digests_are_cached_by_stat_and_a_rewrite_of_the_same_size_is_hashed_again(job, monkeypatch):
-    import tokendrift.records as records
+    import tokendrift.core.records as records
 
     cache = job / "cache.json"
     v = Verifier(cache)

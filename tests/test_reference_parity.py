@@ -23,10 +23,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tokendrift import diffusion as D
-from tokendrift.checkpoint import import_checkpoint, load_model_dir
-from tokendrift.score import decode_samples, gen_ppl, load_evaluator, sample_entropy
-from tokendrift.utils import TokenDriftError
+from tokendrift.core import diffusion as D
+from tokendrift.core.checkpoint import import_checkpoint, load_model_dir
+from tokendrift.core.utils import TokenDriftError
+from tokendrift.jobs.score import decode_samples, gen_ppl, load_evaluator, sample_entropy
 
 HERE = Path(__file__).parent / "data"
 DATA = json.loads((HERE / "reference_parity.json").read_text())

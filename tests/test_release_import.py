@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.paper_files import write_hf_release, write_lightning_release, write_release_config
-from tokendrift import checkpoint as ck
 from tokendrift.cli import main as cli
-from tokendrift.fetch import fetch_checkpoint
+from tokendrift.core import checkpoint as ck
+from tokendrift.jobs.fetch import fetch_checkpoint
 
 TINY = {"preset": "tiny", "vocab_size": 50, "hidden_size": 16, "n_blocks": 2, "n_heads": 2, "cond_dim": 8,
         "length": 16}

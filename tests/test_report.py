@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SWEEP, TD, make_grid, put
-from tokendrift import aggregate
-from tokendrift.aggregate import baseline_gate, model_styles, read_scores, write_table
+from tokendrift.core.records import write_record
 from tokendrift.grid import Unit
-from tokendrift.records import write_record
-from tokendrift.tracking import import_results
+from tokendrift.report import aggregate
+from tokendrift.report.aggregate import baseline_gate, model_styles, read_scores, write_table
+from tokendrift.report.tracking import import_results
 
 PAPER_MDLM = {4: (1942.33, 66.80, 5.95, 0.02), 8: (799.52, 24.28, 5.88, 0.02)}  # the paper's Table 1, start row
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from tokendrift.cli import main as cli
-from tokendrift.score import gen_ppl, load_evaluator, oracle_gen_ppl, sample_entropy
-from tokendrift.utils import TokenDriftError
+from tokendrift.core.utils import TokenDriftError
+from tokendrift.jobs.score import gen_ppl, load_evaluator, oracle_gen_ppl, sample_entropy
 
 WORDS = ["ka", "lo", "mu", "pe", "ri", "so"]
 
@@ -91,7 +91,7 @@ def test_oracle_gen_ppl():
 
 
 def test_true_samples_score_near_the_entropy_rate_floor_under_the_oracle():
-    from tokendrift.data import make_source
+    from tokendrift.core.data import make_source
 
     src = make_source({"kind": "synthetic"})
     ppl = oracle_gen_ppl(src.sample(1024, 3), src)
@@ -111,7 +111,7 @@ def _gpt2_style_tokenizer():
 
 
 def test_round_trip_uses_the_reference_decode_options():
-    from tokendrift.score import decode_samples, retokenize
+    from tokendrift.jobs.score import decode_samples, retokenize
 
     tok = _gpt2_style_tokenizer()
     ids = tok(["a dog 's life . Isn't it , they 're here !<|endoftext|> Why ?"])["input_ids"]
@@ -151,8 +151,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory):
     from tests.conftest import TINY_SOURCE
-    from tokendrift.data import make_source
-    from tokendrift.evaluator import train_evaluator
+    from tokendrift.core.data import make_source
+    from tokendrift.jobs.evaluator import train_evaluator
 
     out = tmp_path_factory.mktemp("ev")
     train_evaluator(make_source(TINY_SOURCE), out, steps=3, batch_size=4, n_layer=1, n_embd=16, n_head=2)

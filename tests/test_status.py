@@ -1,5 +1,5 @@
 """`tokendrift status` on a small synthetic results tree (the CI grid): which seeds of each row are
-done, failed (with the log), running or missing, by the rules in tokendrift/status.py; and the
+done, failed (with the log), running or missing, by the rules in tokendrift/report/status.py; and the
 log paths it names are the ones the rules write (a dry run of the DAG lists them).
 """
 
@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import CI, SCHEMA
 from tokendrift import cli
-from tokendrift.config import load_file
+from tokendrift.core.config import load_file
+from tokendrift.core.records import record_text
 from tokendrift.grid import FIGURES, Grid, Unit
-from tokendrift.records import record_text
-from tokendrift.status import chain, drivers_dir, study_status
+from tokendrift.report.status import chain, drivers_dir, study_status
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def grid():
 def touch(wd: Path, p, mtime=None):
     f = wd / p
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(record_text({}))  # an empty completion record (tokendrift.records)
+    f.write_text(record_text({}))  # an empty completion record (tokendrift.core.records)
     if mtime is not None:
         os.utime(f, (mtime, mtime))
 

@@ -16,11 +16,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import TINY_MODEL, TINY_SOURCE, job
-from tokendrift import train as trainlib
-from tokendrift.checkpoint import load_model_dir, save_model_dir
 from tokendrift.cli import main as cli
-from tokendrift.data import make_source
-from tokendrift.model import DiT, DiTConfig
+from tokendrift.core.checkpoint import load_model_dir, save_model_dir
+from tokendrift.core.data import make_source
+from tokendrift.core.model import DiT, DiTConfig
+from tokendrift.jobs import train as trainlib
 
 
 def weights(folder: Path) -> dict:
@@ -201,7 +201,7 @@ def test_sigkill_at_random_step_then_resume_via_cli(tmp_path, init_mdlm):
 
 def _spy_batches(monkeypatch) -> list:
     """Record every train batch the job draws: (index, seed, batch)."""
-    from tokendrift.data import SyntheticHMM
+    from tokendrift.core.data import SyntheticHMM
 
     seen, real = [], SyntheticHMM.batch
 
@@ -372,7 +372,7 @@ def test_truncated_and_misshaped_checkpoints_are_refused(tmp_path, init_mdlm, ca
         state = load_file(shaped / f)
         state["vocab_embed.embedding"] = state["vocab_embed.embedding"][:-1].contiguous()
         save_file(state, str(shaped / f))
-    from tokendrift.records import job_files, record_text
+    from tokendrift.core.records import job_files, record_text
 
     meta = json.loads((shaped / "meta.json").read_text())  # a consistent folder (its record matches), mis-shaped
     (shaped / "meta.json").write_text(record_text(meta, shaped, job_files(shaped, "meta.json")))
@@ -563,7 +563,7 @@ def test_a_non_finite_loss_on_one_of_two_gloo_ranks_stops_both_without_a_hang(tm
 def _pretrain_rank(rank, world, cfg_file, out, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    from tokendrift import pretrain
+    from tokendrift.jobs import pretrain
 
     real, seen = pretrain.train, []
 
@@ -595,7 +595,7 @@ def test_pretrain_joins_the_process_group_and_rank_0_writes_alone(tmp_path):
         assert json.loads((tmp_path / f"r{r}.json").read_text()) == {"rc": 0, "world": [2]}
     steps = [json.loads(x)["step"] for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # one writer
-    from tokendrift.pretrain import pretrain_backbone
+    from tokendrift.jobs.pretrain import pretrain_backbone
 
     pretrain_backbone("mdlm", {**cfg, "micro_batch": 2}, str(tmp_path / "one"))
     two, one = (weights(tmp_path / d / "checkpoints/step_000002") for d in ("two", "one"))

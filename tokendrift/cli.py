@@ -11,7 +11,7 @@ import ctypes
 import os
 import sys
 
-from .utils import TokenDriftError
+from .core.utils import TokenDriftError
 from .warm import WARM_COMMANDS, run_warm
 from .warm import enabled as warm_enabled
 
@@ -40,31 +40,31 @@ def command_module(command: str):
     runs: a data job never loads torch, and no job pays for another's imports."""
     match command:
         case "fetch":
-            from . import fetch as module
+            from .jobs import fetch as module
         case "prepare":
-            from . import prepare as module
+            from .jobs import prepare as module
         case "entropy-rate":
-            from . import data as module
+            from .core import data as module
         case "train":
-            from . import train as module
+            from .jobs import train as module
         case "pretrain":
-            from . import pretrain as module
+            from .jobs import pretrain as module
         case "sample":
-            from . import sample as module
+            from .jobs import sample as module
         case "score" | "nelbo":
-            from . import score as module
+            from .jobs import score as module
         case "checkpoint":
-            from . import checkpoint as module
+            from .core import checkpoint as module
         case "grid":
             from . import grid as module
         case "aggregate":
-            from . import aggregate as module
+            from .report import aggregate as module
         case "track" | "compare":
-            from . import tracking as module
+            from .report import tracking as module
         case "probe":
-            from . import probe as module
+            from .jobs import probe as module
         case "status":
-            from . import status as module
+            from .report import status as module
         case _:
             return None
     return module

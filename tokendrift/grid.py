@@ -35,12 +35,12 @@ from pathlib import Path
 
 import yaml
 
-from . import config as configlib
-from .prepare import needs_preparation, normalize, prepared_dir
-from .utils import TokenDriftError, code_digest, temp_str
+from .core import config as configlib
+from .core.utils import TokenDriftError, code_digest, temp_str
+from .jobs.prepare import needs_preparation, normalize, prepared_dir
 
 BACKBONES = ("mdlm", "duo")
-# The figures of every config (tokendrift.aggregate draws them): title and files (the image first).
+# The figures of every config (tokendrift.report.aggregate draws them): title and files (the image first).
 FIGURES = {
     "figure2": ("Figure 2: Gen.-PPL against training step", ("png", "pdf")),
     "quality_diversity": ("Quality vs diversity (all tables)", ("png", "pdf")),
@@ -349,7 +349,7 @@ class Grid:
 
     @cached_property
     def source(self) -> dict:
-        """The source config, validated and normalized (tokendrift.prepare.normalize)."""
+        """The source config, validated and normalized (tokendrift.jobs.prepare.normalize)."""
         return normalize(self.config["source"])
 
     @cached_property
@@ -472,7 +472,7 @@ class Grid:
         ]
 
     def gate_file(self, table: str) -> str:
-        """The baseline gate of a table (tokendrift.aggregate.baseline_gate; read by tracking)."""
+        """The baseline gate of a table (tokendrift.report.aggregate.baseline_gate; read by tracking)."""
         return str(self.root / "report" / f"{table}.gate.json")
 
     def report_html(self, name: str) -> str:
@@ -491,7 +491,7 @@ class Grid:
     def probe_outputs(self, bb: str) -> list[str]:
         return [self.probe_file(bb, f) for f in ("probe.json", "probe.png", "probe.pdf", "top3.md")]
 
-    # ------------------------------------------------------------------ completion records (tokendrift.records)
+    # ------------------------------------------------------------------ completion records (tokendrift.core.records)
 
     def job_records(self) -> list[tuple]:
         """(job, its completion records[, the outputs to rerun it when they are not the records]) of
@@ -525,14 +525,14 @@ class Grid:
 
     @property
     def records_cache(self) -> Path:
-        """Digests already verified, by file size, mtime, ctime and inode (tokendrift.records.Verifier)."""
+        """Digests already verified, by file size, mtime, ctime and inode (tokendrift.core.records.Verifier)."""
         return self.root / ".verified_digests.json"
 
     def verify_records(self, log=None) -> list[str]:
-        """Check every job's record when Snakemake starts (tokendrift.records.verify_jobs) and mark the
+        """Check every job's record when Snakemake starts (tokendrift.core.records.verify_jobs) and mark the
         outputs of the jobs whose files do not match incomplete, so that Snakemake reruns exactly those
         jobs (and what depends on them). Returns those outputs."""
-        from .records import mark_incomplete, verify_jobs
+        from .core.records import mark_incomplete, verify_jobs
 
         redo = verify_jobs(self.job_records(), self.records_cache, log)
         mark_incomplete(redo)
@@ -741,7 +741,7 @@ def describe(args) -> int:
     grid = grid_from_args(args)
     print(json.dumps(grid.summary(), indent=2))
     if getattr(args, "cost", None):  # the GPU-hours of every stage, from a bench/gpu.py measurement
-        from .cost import describe_cost
+        from .report.cost import describe_cost
 
         print(describe_cost(grid, args.config or "--config-json", args.cost, args.profile_yaml))
     return 0
@@ -754,7 +754,7 @@ def register(sub) -> None:
         "--cost",
         metavar="RESULTS.json",
         help="also print the GPU-hours of every stage and the total, from `python bench/gpu.py`'s "
-        "bench/results/gpu.json (tokendrift/cost.py)",
+        "bench/results/gpu.json (tokendrift/report/cost.py)",
     )
     p.add_argument(
         "--profile-yaml",

@@ -192,7 +192,8 @@ def preload() -> None:
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-    from . import checkpoint, data, pretrain, probe, sample, score, train  # noqa: F401
+    from .core import checkpoint, data  # noqa: F401
+    from .jobs import pretrain, probe, sample, score, train  # noqa: F401
 
 
 def serve(path: Path, idle_s: float = IDLE_S) -> None:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from tests.paper_files import write_paper_files
 from tests.slurm.conftest import job_counts, our_jobs, train_process
-from tokendrift.utils import file_digest
+from tokendrift.core.utils import file_digest
 
 pytestmark = pytest.mark.slurm
 

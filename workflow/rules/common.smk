@@ -3,8 +3,8 @@
 from snakemake.exceptions import WorkflowError
 
 from tokendrift.grid import FIGURES, workflow_grid
-from tokendrift.status import end_driver, record_driver, stops_jobs
-from tokendrift.utils import TokenDriftError
+from tokendrift.report.status import end_driver, record_driver, stops_jobs
+from tokendrift.core.utils import TokenDriftError
 
 try:
     G = workflow_grid(config, workflow.basedir, workflow.config_settings.configfiles)
@@ -29,7 +29,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
     G.verify_records()
 
 
-# The driver's liveness (tokendrift.status): recorded when this Snakemake starts running jobs, with
+# The driver's liveness (tokendrift.report.status): recorded when this Snakemake starts running jobs, with
 # a heartbeat, and removed when it ends; a record left behind tells `tokendrift status` that the
 # driver was killed.
 onstart:

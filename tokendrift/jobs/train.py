@@ -13,7 +13,7 @@ Output folder layout (``--out DIR``)::
     DIR/checkpoints/step_000500/    permanent checkpoints (config.checkpoint_steps + the last step)
     DIR/checkpoints/last/           rolling resume checkpoint (every config.save_every steps)
 
-Each checkpoint folder is a model folder (``tokendrift.checkpoint.load_model_dir``) plus
+Each checkpoint folder is a model folder (``tokendrift.core.checkpoint.load_model_dir``) plus
 ``train_state.pt`` (optimizer, EMA counter, RNG states, feature queues, data position),
 read back with ``torch.load(weights_only=True)``.
 """
@@ -34,13 +34,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import config as configlib
-from .checkpoint import load_model_dir, write_model_files
-from .data import make_source
-from .diffusion import make_diffusion
-from .fetch import provenance
-from .model import DiT, DiTConfig
-from .objective import (
+from ..core import config as configlib
+from ..core.checkpoint import load_model_dir, write_model_files
+from ..core.data import make_source
+from ..core.diffusion import make_diffusion
+from ..core.model import DiT, DiTConfig
+from ..core.objective import (
     DriftOptions,
     FeatureQueue,
     apply_preset,
@@ -53,8 +52,8 @@ from .objective import (
     pooled_features,
     soft_lift,
 )
-from .records import RecordError, check, job_files, write_record
-from .utils import (
+from ..core.records import RecordError, check, job_files, write_record
+from ..core.utils import (
     TokenDriftError,
     atomic_dir,
     atomic_write_json,
@@ -63,6 +62,7 @@ from .utils import (
     config_digest,
     read_json,
 )
+from .fetch import provenance
 
 # --------------------------------------------------------------------------- configuration
 
@@ -515,7 +515,7 @@ def _same_run(record: dict, s: Setup) -> bool:
 
 def discard_damaged(out: Path) -> None:
     """Delete every checkpoint under ``out`` whose files do not match its meta.json's record (cut
-    short or altered: tokendrift.records) and every later one, so that the run resumes from the last
+    short or altered: tokendrift.core.records) and every later one, so that the run resumes from the last
     intact one before it and writes the later ones again."""
 
     def step(d: Path) -> int | None:
@@ -721,7 +721,7 @@ def train(
             break
     bar.close()
     if state.step >= cfg["steps"] and s.rank == 0:
-        write_record(  # last, with the size and SHA-256 of every file of the run (tokendrift.records)
+        write_record(  # last, with the size and SHA-256 of every file of the run (tokendrift.core.records)
             out / "done.json",
             {
                 "step": state.step,

@@ -20,9 +20,9 @@ import json
 import os
 from pathlib import Path
 
-from . import owt
+from ..core import owt
+from ..core.utils import TokenDriftError, atomic_write_json, file_digest, read_json
 from .prepare import hub_data_files, local_data_files, manifest_record, normalize
-from .utils import TokenDriftError, atomic_write_json, file_digest, read_json
 
 # the files a model or tokenizer needs (the Hub repositories also hold TF, Flax, ONNX and .bin copies)
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -119,7 +119,7 @@ def fetch_pretrained(name: str, item: str, patterns: list[str]) -> dict:
 def fetch_checkpoint(src: str, item: str) -> dict:
     """A released start checkpoint: ``hf:OWNER/REPO/FILE`` into the cache, or a local file or folder."""
     if str(src).startswith("hf:"):
-        from .checkpoint import release_config_file, resolve_hf
+        from ..core.checkpoint import release_config_file, resolve_hf
 
         f = Path(resolve_hf(src))  # and the config.json beside a .safetensors file
         config = release_config_file(f)

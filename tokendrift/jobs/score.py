@@ -28,10 +28,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from . import config as configlib
+from ..core import config as configlib
+from ..core.records import check, write_record
+from ..core.utils import TokenDriftError, read_json, resolve_device
 from .fetch import provenance
-from .records import check, write_record
-from .utils import TokenDriftError, read_json, resolve_device
 
 OPTIONS = configlib.defaults("score")  # tokendrift/schemas/score.schema.yaml
 NELBO = configlib.defaults("nelbo")  # tokendrift/schemas/nelbo.schema.yaml
@@ -241,8 +241,8 @@ def score_samples(
     ``options`` holds the score options ``mauve_*`` and ``ngram_*`` (defaults: the schema's);
     ``references`` caches the reference texts' features (and the n-gram noise floor) across the
     folders of one job."""
-    from . import divergence
-    from .data import make_source
+    from ..core import divergence
+    from ..core.data import make_source
 
     opts = {**OPTIONS, **(options or {})}
     evaluator_name = evaluator_name or (str(evaluator) if isinstance(evaluator, (str, Path)) else None)
@@ -361,7 +361,7 @@ def checkpoint_nelbo(
     weights: str = "ema",
 ) -> dict:
     """Held-out NELBO per token of a checkpoint on the validation split of its source."""
-    from .checkpoint import open_checkpoint
+    from ..core.checkpoint import open_checkpoint
 
     device = resolve_device(device)
     model, meta, diffusion, source = open_checkpoint(checkpoint, weights=weights, device=device)

@@ -151,7 +151,7 @@ def check(path: str | os.PathLike, what: str = "record") -> Any:
 def mark_incomplete(paths: Iterable[str], workdir: str | os.PathLike = ".") -> None:
     """Mark job outputs incomplete the way Snakemake does for a job it started (its file persistence:
     ``.snakemake/incomplete/<urlsafe base64 of the path>``, a long name split into '@'-prefixed
-    folders; tokendrift.status reads the same markers): Snakemake reruns their jobs
+    folders; tokendrift.report.status reads the same markers): Snakemake reruns their jobs
     (``--rerun-incomplete``, set by the workflow profile) and removes the marks when they succeed."""
     root = Path(workdir) / ".snakemake" / "incomplete"
     root.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from . import config as configlib
-from .grid import FIGURES, Grid, Unit, add_grid_args, grid_from_args
-from .records import check
-from .utils import TokenDriftError, atomic_write_json, read_json
+from ..core import config as configlib
+from ..core.records import check
+from ..core.utils import TokenDriftError, atomic_write_json, read_json
+from ..grid import FIGURES, Grid, Unit, add_grid_args, grid_from_args
 
 KEY = "tokendrift.key"
 DIGEST = "tokendrift.digest"

@@ -18,7 +18,7 @@ import yaml
 
 from .utils import TokenDriftError
 
-SCHEMA_DIR = Path(__file__).parent / "schemas"
+SCHEMA_DIR = Path(__file__).parents[1] / "schemas"
 
 
 @functools.cache

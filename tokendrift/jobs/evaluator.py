@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .records import job_files, write_record
-from .utils import atomic_dir, config_digest
+from ..core.records import job_files, write_record
+from ..core.utils import atomic_dir, config_digest
 
 
 def _inputs(source, split: str, index: int, batch_size: int) -> torch.Tensor:

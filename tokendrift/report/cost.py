@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from . import config as configlib
-from .utils import TokenDriftError, read_json
+from ..core import config as configlib
+from ..core.utils import TokenDriftError, read_json
 
 DEFAULT_PROFILE = "profiles/slurm/profile.yaml"
 RULES = ("train", "pretrain_start", "sample_run", "sample_start", "score_run", "score_start")

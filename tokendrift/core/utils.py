@@ -143,13 +143,13 @@ def config_digest(obj: Any) -> str:
 # jobs (the warm-start server: a fork runs the same code): editing them must not make trained
 # models or their scores stale.
 REPORTING = (
-    "aggregate.py",
-    "tracking.py",
-    "probe.py",
+    "report/aggregate.py",
+    "report/tracking.py",
+    "jobs/probe.py",
     "grid.py",
     "cli.py",
-    "cost.py",
-    "status.py",
+    "report/cost.py",
+    "report/status.py",
     "paper_grid.yaml",
     "warm.py",
 )
@@ -159,7 +159,7 @@ def code_digest(reporting: bool = True) -> str:
     """Digest of the package's own source files: results go stale when the code changes.
     ``reporting=False`` leaves out the REPORTING modules (the digest of training and evaluation)."""
     h = hashlib.sha256()
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root).as_posix()
         if (

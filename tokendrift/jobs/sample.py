@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import config as configlib
-from .checkpoint import OpenCheckpoint, open_checkpoint
-from .diffusion import make_diffusion
+from ..core import config as configlib
+from ..core.checkpoint import OpenCheckpoint, open_checkpoint
+from ..core.diffusion import make_diffusion
+from ..core.records import record_text
+from ..core.utils import TokenDriftError, atomic_dir, file_digest, resolve_device, temp_str
 from .fetch import provenance
-from .records import record_text
-from .utils import TokenDriftError, atomic_dir, file_digest, resolve_device, temp_str
 
 OPTIONS = configlib.defaults("sample")  # tokendrift/schemas/sample.schema.yaml
 

@@ -3,7 +3,7 @@
 ``tokendrift prepare --source-json CFG`` turns the corpus of a text source (``openwebtext``:
 a dataset with a ``text`` column, loaded from data files; ``textdir``: a folder of .txt
 files) into a prepared folder that every training, NELBO, sampling and probe job maps
-read-only (``tokendrift.data.BlockedText``). No job tokenizes a corpus itself.
+read-only (``tokendrift.core.data.BlockedText``). No job tokenizes a corpus itself.
 
 Layout of ``<cache_dir>/<kind>-<digest of the source config>/``::
 
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config as configlib
-from . import owt
-from .owt import DATA_FORMATS
-from .utils import TokenDriftError, atomic_dir, config_digest, file_digest, read_json
+from ..core import config as configlib
+from ..core import owt
+from ..core.owt import DATA_FORMATS
+from ..core.utils import TokenDriftError, atomic_dir, config_digest, file_digest, read_json
 
 # the schema's keys that each kind uses (a source config keeps only these)
 KIND_KEYS = {

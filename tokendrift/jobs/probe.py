@@ -24,7 +24,7 @@ its panel is weaker evidence than MDLM's; probe.json and top3.md say so.
     tokendrift probe --checkpoint start=DIR --checkpoint tokendrift=DIR --out OUT
 writes OUT/probe.json (every number), OUT/probe.png and .pdf (three panels against distance
 from the prompt, one line per checkpoint, mean with a 10-90 percentile band), OUT/top3.md, and
-OUT/done.json, their completion record (sizes and SHA-256: tokendrift.records).
+OUT/done.json, their completion record (sizes and SHA-256: tokendrift.core.records).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import math
 
 import torch
 
-from . import config as configlib
-from .checkpoint import open_checkpoint
-from .records import record_text
-from .utils import TokenDriftError, atomic_dir, figure_bytes, resolve_device
+from ..core import config as configlib
+from ..core.checkpoint import open_checkpoint
+from ..core.records import record_text
+from ..core.utils import TokenDriftError, atomic_dir, figure_bytes, resolve_device
 
 OPTIONS = configlib.defaults("probe")  # tokendrift/schemas/probe.schema.yaml
 
@@ -244,7 +244,7 @@ def write_probe(checkpoints: dict[str, str], out: str, **kw) -> dict:
             (tmp / f"probe.{ext}").write_bytes(figure_bytes(fig, ext))
         (tmp / "top3.md").write_text(top3_table(results))
         files = [tmp / f for f in ("probe.json", "probe.png", "probe.pdf", "top3.md")]
-        (tmp / "done.json").write_text(record_text({"checkpoints": checkpoints}, tmp, files))  # tokendrift.records
+        (tmp / "done.json").write_text(record_text({"checkpoints": checkpoints}, tmp, files))  # tokendrift.core.records
     plt.close(fig)
     return results
 

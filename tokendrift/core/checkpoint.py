@@ -27,9 +27,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..jobs.fetch import provenance
 from .data import make_source
 from .diffusion import make_diffusion
-from .fetch import provenance
 from .model import DiT, DiTConfig
 from .records import DIGEST, RecordError, check, job_files, record_text
 from .utils import TokenDriftError, atomic_dir, file_digest, read_json
@@ -225,13 +225,13 @@ class OpenCheckpoint(NamedTuple):
 
     model: DiT  # in eval mode, on the device asked for
     meta: dict  # its meta.json
-    diffusion: object  # the backbone's process (tokendrift.diffusion)
-    source: object  # the data source it was trained on (tokendrift.data)
+    diffusion: object  # the backbone's process (tokendrift.core.diffusion)
+    source: object  # the data source it was trained on (tokendrift.core.data)
 
 
 def open_checkpoint(path, *, weights: str = "ema", device: str = "cpu") -> OpenCheckpoint:
     """The DiT of a model folder on ``device`` (resolved by the caller, which also draws its noise
-    there: tokendrift.utils.resolve_device), with its diffusion process and data source."""
+    there: tokendrift.core.utils.resolve_device), with its diffusion process and data source."""
     model, meta = load_model_dir(path, weights=weights, device=device)
     return OpenCheckpoint(
         model, meta, make_diffusion(meta["diffusion"], model.config.vocab_size), make_source(meta["source"])
@@ -250,7 +250,7 @@ def _hf_parts(src: str) -> tuple[str, str]:
 
 def _hf_error(src: str, e: Exception) -> TokenDriftError:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from .prepare import offline_hint
+        from ..jobs.prepare import offline_hint
 
         return TokenDriftError(f"checkpoint source {src!r}: " + offline_hint("this file"))
     return TokenDriftError(f"checkpoint source {src!r}: download failed: {e}")

@@ -2,7 +2,7 @@
 
 Names follow the paper: soft lift (Sec. 3.1), drift field (Sec. 3.2), fixed-point loss
 (Sec. 3.3), mirror teacher (Sec. 3.4). The training step that composes them is
-``tokendrift.train.micro_step``. Every choice the paper leaves open, with the reference code's
+``tokendrift.jobs.train.micro_step``. Every choice the paper leaves open, with the reference code's
 choice beside ours, is listed in docs/choices.md; the options are documented once, in
 tokendrift/schemas/train.schema.yaml (``objective``). Defaults marked *:
 
@@ -22,7 +22,7 @@ tokendrift/schemas/train.schema.yaml (``objective``). Defaults marked *:
   a component along h_i otherwise (no gradient once h is normalized, but it inflates s^tau).
 * ``floor`` on A: default 0 (no floor; V carries no gradient, so sqrt(0) is harmless).
   Measured with B = 8 anchors, 1032 positives and 1032 negatives, random unit vectors in 1536
-  dimensions, tau = 0.05 (``python -m tokendrift.objective``): a floor of 1e-3 adds 0.3% of
+  dimensions, tau = 0.05 (``python -m tokendrift.core.objective``): a floor of 1e-3 adds 0.3% of
   the weight mass, 1e-6 adds < 0.1%. The column softmax over only B anchors keeps A near
   sqrt(1 / (2064 B)) ~ 8e-3, above the floor; with larger gathered batches (B = 64: ~3e-3)
   the floor's share grows, which is why it is off by default. See ``_floor_share``.
@@ -62,7 +62,7 @@ OFFICIAL_SELF_MASK = 100.0
 class DriftOptions:
     """The options of the drift field (Sec. 3.2), read once from the ``objective`` section of a
     train config. tokendrift/schemas/train.schema.yaml documents them and checks their values
-    (tokendrift.config refuses non-finite numbers too); ``preset`` (``PRESETS``) sets the options
+    (tokendrift.core.config refuses non-finite numbers too); ``preset`` (``PRESETS``) sets the options
     it names, whatever was given."""
 
     temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)  # any sequence, stored as a tuple

@@ -12,7 +12,7 @@
 * ``textdir``: a folder of the user's .txt files (one document each) with a byte-level BPE
   tokenizer trained on them by ``tokenizers``; same blocking.
 
-Both text sources read the folder that the data stage (``tokendrift.prepare``) wrote once:
+Both text sources read the folder that the data stage (``tokendrift.jobs.prepare``) wrote once:
 flat token files mapped read-only, and the tokenizer saved beside them.
 
 Every source gives ``batch(split, index, batch_size)``: the index-th batch, computed without
@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from .prepare import normalize, prepared_dir, source_json
+from ..jobs.prepare import normalize, prepared_dir, source_json
 from .records import write_record
 from .utils import TokenDriftError, read_json
 
@@ -181,7 +181,7 @@ def _blocks(token_lists, length: int, bos: int, eos: int) -> np.ndarray:
 
 class BlockedText:
     """OpenWebText (or a dataset with a "text" column) or a folder of .txt files, MDLM-blocked,
-    read from the data stage's prepared folder (tokendrift.prepare)."""
+    read from the data stage's prepared folder (tokendrift.jobs.prepare)."""
 
     def __init__(self, cfg: dict):
         self.config = cfg

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grid import Grid, add_grid_args, grid_from_args, paper_tables
-from .records import check
-from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, figure_bytes
+from ..core.records import check
+from ..core.utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, figure_bytes
+from ..grid import Grid, add_grid_args, grid_from_args, paper_tables
 
 METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl", "mauve", "ngram_kl2", "ngram_kl2_floor", "ngram_kl2_floor_sd")
 DASH = "—"
@@ -233,7 +233,7 @@ def table_frame(g: Grid, table: str) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-# Distributional scores beside Gen.-PPL (tokendrift.divergence): MAUVE against reference texts
+# Distributional scores beside Gen.-PPL (tokendrift.core.divergence): MAUVE against reference texts
 # (higher is closer), the exact bigram divergence KL(p̂_2 ‖ p_2) of a synthetic source and its
 # sampling-noise floor (source samples of the same count).
 DISTRIBUTIONAL = ("mauve", "ngram_kl2", "ngram_kl2_floor", "ngram_kl2_floor_sd")

@@ -8,7 +8,7 @@ It reads only result files, Snakemake's own records in ``D/.snakemake`` and the 
 tokendrift.grid.Grid. The rules, per job:
 
 - **done**: every output exists, none is marked incomplete, and each completion record matches
-  the files it lists (tokendrift.records). A damaged one makes its job **failed**, naming the file:
+  the files it lists (tokendrift.core.records). A damaged one makes its job **failed**, naming the file:
   the next Snakemake reruns that job.
 - **running**: an output is marked incomplete (``.snakemake/incomplete/<urlsafe base64 of its
   path>``, written when Snakemake starts or submits the job, removed when it ends: a job queued
@@ -42,8 +42,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .grid import Grid, Unit, add_grid_args, grid_from_args
-from .records import Verifier
+from ..core.records import Verifier
+from ..grid import Grid, Unit, add_grid_args, grid_from_args
 
 STATES = ("done", "failed", "running", "missing")
 
@@ -82,7 +82,7 @@ def record_driver(workdir: str | Path = ".", stops: bool = False) -> Path:
 
     import psutil
 
-    from .utils import atomic_write_json
+    from ..core.utils import atomic_write_json
 
     for old in read_drivers(workdir):
         if not old["alive"]:
@@ -160,7 +160,7 @@ class Snapshot:
         self, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None, records=(), cache=None
     ):
         self.workdir = Path(workdir)
-        # outputs that are completion records (tokendrift.records), checked before a job counts as done
+        # outputs that are completion records (tokendrift.core.records), checked before a job counts as done
         self.records = {os.path.normpath(str(r)) for r in records}
         self.verifier = Verifier(self.path(Path(cache)) if cache else None)
         self.damaged: dict[Job, str] = {}

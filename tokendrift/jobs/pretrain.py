@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from . import config as configlib
+from ..core import config as configlib
+from ..core.utils import TokenDriftError
 from .train import add_config_args, load_job_config, process_group, train
-from .utils import TokenDriftError
 
 
 def pretrain_backbone(diffusion: str, raw: dict, out: str, discard_stale: bool = False) -> dict:
@@ -23,8 +23,8 @@ def pretrain_backbone(diffusion: str, raw: dict, out: str, discard_stale: bool =
 
 
 def pretrain_evaluator(raw: dict, out: str) -> dict:
-    """Train the causal-LM evaluator on the same source (tokendrift.evaluator)."""
-    from .data import make_source
+    """Train the causal-LM evaluator on the same source (tokendrift.jobs.evaluator)."""
+    from ..core.data import make_source
     from .evaluator import train_evaluator
 
     cfg = configlib.validate("evaluator", raw)
