@@ -36,8 +36,8 @@ from pathlib import Path
 import yaml
 
 from .core import config as configlib
+from .core.source import needs_preparation, normalize, prepared_dir
 from .core.utils import TokenDriftError, code_digest, temp_str
-from .jobs.prepare import needs_preparation, normalize, prepared_dir
 
 BACKBONES = ("mdlm", "duo")
 # The figures of every config (tokendrift.report.aggregate draws them): title and files (the image first).
@@ -349,7 +349,7 @@ class Grid:
 
     @cached_property
     def source(self) -> dict:
-        """The source config, validated and normalized (tokendrift.jobs.prepare.normalize)."""
+        """The source config, validated and normalized (tokendrift.core.source.normalize)."""
         return normalize(self.config["source"])
 
     @cached_property

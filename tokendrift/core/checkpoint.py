@@ -16,9 +16,7 @@ and what the writer adds).
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import posixpath
 import types
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +25,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..jobs.fetch import provenance
 from .data import make_source
 from .diffusion import make_diffusion
+from .hub import provenance, resolve_hf
 from .model import DiT, DiTConfig
 from .records import DIGEST, RecordError, check, job_files, record_text
 from .utils import TokenDriftError, atomic_dir, file_digest, read_json
@@ -239,52 +237,6 @@ def open_checkpoint(path, *, weights: str = "ema", device: str = "cpu") -> OpenC
 
 
 # --------------------------------------------------------------------------- command line
-
-
-def _hf_parts(src: str) -> tuple[str, str]:
-    parts = str(src)[3:].split("/")
-    if len(parts) < 3:
-        raise TokenDriftError(f"checkpoint source {src!r}: expected hf:OWNER/REPO/FILE")
-    return "/".join(parts[:2]), "/".join(parts[2:])
-
-
-def _hf_error(src: str, e: Exception) -> TokenDriftError:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from ..jobs.prepare import offline_hint
-
-        return TokenDriftError(f"checkpoint source {src!r}: " + offline_hint("this file"))
-    return TokenDriftError(f"checkpoint source {src!r}: download failed: {e}")
-
-
-def resolve_hf(src: str) -> str:
-    """``hf:OWNER/REPO/FILE`` -> the local path of that file, downloaded into the HF cache; a
-    ``.safetensors`` file's ``config.json`` beside it in the repository comes with it (into the
-    same snapshot folder), where the repository has one."""
-    if not str(src).startswith("hf:"):
-        return src
-    repo, name = _hf_parts(src)
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import RemoteEntryNotFoundError
-
-    try:
-        path = hf_hub_download(repo, name)
-    except Exception as e:  # network, missing repo/file, auth: all reported as bad input
-        raise _hf_error(src, e) from None
-    if not name.endswith(".safetensors"):
-        return path
-    config = posixpath.join(posixpath.dirname(name), "config.json")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        cached = try_to_load_from_cache(repo, config)
-        if cached is None:  # neither fetched nor known to be absent
-            raise _hf_error(f"hf:{repo}/{config}", FileNotFoundError(config))
-    else:
-        try:
-            hf_hub_download(repo, config)
-        except RemoteEntryNotFoundError:
-            pass  # the repository has no config.json: the model config decides (import_checkpoint)
-        except Exception as e:
-            raise _hf_error(f"hf:{repo}/{config}", e) from None
-    return path
 
 
 RELEASED_PRESET = "small"  # the DiT of the released 170M MDLM and DUO checkpoints, when no config.json says

@@ -27,8 +27,8 @@ import math
 import numpy as np
 import torch
 
-from ..jobs.prepare import normalize, prepared_dir, source_json
 from .records import write_record
+from .source import normalize, prepared_dir, source_json
 from .utils import TokenDriftError, read_json
 
 SPLITS = {"train": 0, "valid": 1}

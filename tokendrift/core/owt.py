@@ -1,5 +1,5 @@
 """OpenWebText as the Hub holds it: its original tar layout read by our own code, and the check
-of a dataset revision's files before anything is downloaded.
+of a file listing against the layout (the Hub revision itself is listed by ``tokendrift.core.hub``).
 
 The original layout (``source.layout: tar``) is the 21 archives ``subsets/urlsf_subset00.tar`` ..
 ``urlsf_subset20.tar``; each archive's ``.xz`` members hold a tar of ``.txt`` documents. The
@@ -212,32 +212,3 @@ def check_files(names: list[str], where: str, layout: str, pattern: str | None) 
     raise TokenDriftError(
         f"source.data_files: {where} holds no {want} for source.layout: {layout}; it holds {holdings(names)}{hint}"
     )
-
-
-# --------------------------------------------------------------------------- a Hub revision
-
-
-def check_hub_revision(cfg: dict, api=None) -> tuple[str, list[str]]:
-    """Before any download: the commit ``source.revision`` names and the files of the layout it
-    holds. ``api`` is a ``huggingface_hub.HfApi`` (its ``dataset_info``); a branch or a tag is
-    refused, naming the commit it points at now and what that commit holds."""
-    if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-    repo, rev = cfg["name"], cfg["revision"]
-    try:
-        info = api.dataset_info(repo, revision=rev)
-    except Exception as e:  # missing repository or revision, network, auth
-        raise TokenDriftError(
-            f"source.revision: cannot list dataset {repo} at {rev!r} ({type(e).__name__}: {e})"
-        ) from None
-    names = [s.rfilename for s in (info.siblings or [])]
-    where = f"dataset {repo}@{rev}"
-    if not COMMIT.fullmatch(rev) or info.sha != rev:
-        raise TokenDriftError(
-            f"source.revision: {rev!r} is not a commit SHA but a moving name (it points at {info.sha} now, which "
-            f"holds {holdings(names)}); the document order, hence the validation split, is only fixed by a commit: "
-            f"set source.revision to a 40-hex commit SHA after checking its files"
-        )
-    return info.sha, check_files(names, where, cfg["layout"], cfg["data_files"])

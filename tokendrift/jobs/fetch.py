@@ -21,14 +21,15 @@ import os
 from pathlib import Path
 
 from ..core import owt
+from ..core.hub import check_hub_revision, hub_snapshot, resolve_hf, snapshot_commit, versions
+from ..core.source import normalize
 from ..core.utils import TokenDriftError, atomic_write_json, file_digest, read_json
-from .prepare import hub_data_files, local_data_files, manifest_record, normalize
+from .prepare import hub_data_files, local_data_files
 
 # the files a model or tokenizer needs (the Hub repositories also hold TF, Flax, ONNX and .bin copies)
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
 TOKENIZER_FILES = ["*.json", "*.txt", "*.model"]
 LOGIN_NODE_PROCS = 4  # processes the fetch (a login-node rule) counts the tar layout's documents with
-VERSIONED = ("torch", "transformers", "datasets", "tokenizers", "huggingface_hub", "safetensors")
 
 
 def _files(folder: Path, files: list[Path]) -> list[dict]:
@@ -36,11 +37,6 @@ def _files(folder: Path, files: list[Path]) -> list[dict]:
         {"name": f.relative_to(folder).as_posix(), "bytes": f.stat().st_size, "sha256": file_digest(f)}
         for f in sorted(files)
     ]
-
-
-def _commit(folder: Path) -> str | None:
-    """The commit of a Hub snapshot folder (.../snapshots/<commit>)."""
-    return folder.name if folder.parent.name == "snapshots" else None
 
 
 def fetch_dataset(source: dict, api=None) -> dict:
@@ -57,7 +53,7 @@ def fetch_dataset(source: dict, api=None) -> dict:
         where = {"origin": "local", "path": str(Path(cfg["path"]).resolve())}
     else:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        listed = None if offline else owt.check_hub_revision(cfg, api)[1]
+        listed = None if offline else check_hub_revision(cfg, api)[1]
         root, files = hub_data_files(cfg, offline=offline)
         missing = sorted(set(listed or []) - {f.relative_to(root).as_posix() for f in files})
         if missing:
@@ -67,7 +63,7 @@ def fetch_dataset(source: dict, api=None) -> dict:
             "repo": cfg["name"],
             "repo_type": "dataset",
             "revision": cfg["revision"],
-            "commit": _commit(root),
+            "commit": snapshot_commit(root),
             "layout": cfg["layout"],
         }
     n_docs = count_documents(cfg, files)
@@ -102,8 +98,6 @@ def fetch_pretrained(name: str, item: str, patterns: list[str]) -> dict:
             "path": str(p.resolve()),
             "files": _files(p, [f for f in p.rglob("*") if f.is_file()]),
         }
-    from .prepare import hub_snapshot
-
     folder = hub_snapshot(name, "model", "main", patterns, offline=os.environ.get("HF_HUB_OFFLINE") == "1")
     return {
         "item": item,
@@ -111,7 +105,7 @@ def fetch_pretrained(name: str, item: str, patterns: list[str]) -> dict:
         "repo": name,
         "repo_type": "model",
         "revision": "main",
-        "commit": _commit(folder),
+        "commit": snapshot_commit(folder),
         "files": _files(folder, [f for f in folder.rglob("*") if f.is_file()]),
     }
 
@@ -119,7 +113,7 @@ def fetch_pretrained(name: str, item: str, patterns: list[str]) -> dict:
 def fetch_checkpoint(src: str, item: str) -> dict:
     """A released start checkpoint: ``hf:OWNER/REPO/FILE`` into the cache, or a local file or folder."""
     if str(src).startswith("hf:"):
-        from ..core.checkpoint import release_config_file, resolve_hf
+        from ..core.checkpoint import release_config_file
 
         f = Path(resolve_hf(src))  # and the config.json beside a .safetensors file
         config = release_config_file(f)
@@ -128,7 +122,7 @@ def fetch_checkpoint(src: str, item: str) -> dict:
             "origin": "hub",
             "repo": "/".join(src[3:].split("/")[:2]),
             "repo_type": "model",
-            "commit": _commit(f.parent) if f.parent.parent.name == "snapshots" else None,
+            "commit": snapshot_commit(f.parent) if f.parent.parent.name == "snapshots" else None,
             "files": _files(f.parent, [f, *([config] if config else [])]),
         }
     p = Path(src)
@@ -141,24 +135,6 @@ def fetch_checkpoint(src: str, item: str) -> dict:
         "path": str(p.resolve()),
         "files": _files(p if p.is_dir() else p.parent, files),
     }
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def provenance() -> dict:
-    """What a result records of where its inputs came from: the fetch manifest (path and sha256,
-    from $TOKENDRIFT_MANIFEST; null when the study downloads nothing) and the library versions."""
-    return {"manifest": manifest_record(os.environ.get("TOKENDRIFT_MANIFEST")), "versions": versions()}
 
 
 def join_manifests(parts: list[str]) -> dict:

@@ -34,75 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import config as configlib
 from ..core import owt
+from ..core.hub import hub_snapshot, manifest_record, offline_hint
 from ..core.owt import DATA_FORMATS
-from ..core.utils import TokenDriftError, atomic_dir, config_digest, file_digest, read_json
+from ..core.source import normalize, prepared_dir, source_json
+from ..core.utils import TokenDriftError, atomic_dir, config_digest, read_json
 
-# the schema's keys that each kind uses (a source config keeps only these)
-KIND_KEYS = {
-    "synthetic": {
-        "kind",
-        "seed",
-        "length",
-        "vocab_size",
-        "n_states",
-        "tokens_per_state",
-        "n_successors",
-        "stickiness",
-        "smoothing",
-        "mc_samples",
-    },
-    "openwebtext": {
-        "kind",
-        "seed",
-        "length",
-        "name",
-        "layout",
-        "revision",
-        "data_files",
-        "n_docs",
-        "path",
-        "tokenizer",
-        "n_valid_docs",
-        "cache_dir",
-        "num_proc",
-    },
-    "textdir": {"kind", "seed", "length", "path", "tokenizer_vocab_size", "n_valid_docs", "cache_dir", "num_proc"},
-}
 BATCH_DOCS = 1000  # documents tokenized and written at a time
-FETCH_TARGET = "fetch"  # the Snakemake target that downloads what the compute jobs read offline
-
-
-def normalize(cfg: dict) -> dict:
-    """Validate a source config (tokendrift/schemas/source.schema.yaml) and keep its kind's keys."""
-    given = set(cfg or {})
-    cfg = configlib.validate("source", cfg, prefix="source")
-    unused = sorted(given - KIND_KEYS[cfg["kind"]])
-    if unused:
-        raise TokenDriftError(f"source: key(s) {unused} do not apply to kind {cfg['kind']!r}")
-    cfg = {k: v for k, v in cfg.items() if k in KIND_KEYS[cfg["kind"]]}
-    if cfg["length"] is None:
-        cfg["length"] = 64 if cfg["kind"] == "synthetic" else 1024
-    return cfg
-
-
-def needs_preparation(cfg: dict) -> bool:
-    return normalize(cfg)["kind"] != "synthetic"
-
-
-def prepared_dir(cfg: dict) -> Path:
-    """The prepared folder of a text source (a function of its whole normalized config)."""
-    cfg = normalize(cfg)
-    return Path(cfg["cache_dir"]) / f"{cfg['kind']}-{config_digest(cfg)}"
-
-
-def offline_hint(what: str) -> str:
-    return (
-        f"{what} is not in the local Hugging Face cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}, "
-        f"offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Compute jobs never download: run "
-        f"`snakemake --profile <profile> {FETCH_TARGET}` on a machine with network (the login node) first"
-    )
 
 
 # --------------------------------------------------------------------------- finding the corpus
@@ -135,24 +73,6 @@ def local_data_files(cfg: dict) -> list[Path]:
         return [p]
     names = [f.relative_to(p).as_posix() for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
     return [p / n for n in check_data_files(names, str(p), cfg["data_files"], cfg["layout"])]
-
-
-def hub_snapshot(repo_id: str, repo_type: str, revision: str, allow_patterns=None, offline: bool = True) -> Path:
-    """A Hugging Face repository's files in the local cache (``offline``: never downloads)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(
-                repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns, local_files_only=offline
-            )
-        )
-    except Exception as e:  # missing from the cache, network, auth, missing repo
-        if offline:
-            raise TokenDriftError(
-                offline_hint(f"{repo_type} {repo_id}@{revision}") + f" ({type(e).__name__})"
-            ) from None
-        raise TokenDriftError(f"{repo_type} {repo_id}@{revision}: download failed ({type(e).__name__}: {e})") from None
 
 
 def hub_data_files(cfg: dict, offline: bool = True) -> tuple[Path, list[Path]]:
@@ -375,25 +295,7 @@ def prepare(cfg: dict, *, manifest: str | None = None, progress: bool | None = N
     return meta
 
 
-def manifest_record(path: str | os.PathLike | None) -> dict | None:
-    """Which fetched files a result comes from: the fetch manifest's path and sha256."""
-    if not path:
-        return None
-    p = Path(path)
-    if not p.exists():
-        raise TokenDriftError(f"fetch manifest not found: {p}: run `snakemake --profile <profile> {FETCH_TARGET}`")
-    return {"path": str(p), "sha256": file_digest(p)}
-
-
 # --------------------------------------------------------------------------- command line
-
-
-def source_json(text: str) -> dict:
-    """The ``--source-json`` of the data-stage commands."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TokenDriftError(f"--source-json is not valid JSON: {e}") from None
 
 
 def _run(args) -> int:

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 from ..core import config as configlib
 from ..core.checkpoint import OpenCheckpoint, open_checkpoint
 from ..core.diffusion import make_diffusion
+from ..core.hub import provenance
 from ..core.records import record_text
 from ..core.utils import TokenDriftError, atomic_dir, file_digest, resolve_device, temp_str
-from .fetch import provenance
 
 OPTIONS = configlib.defaults("sample")  # tokendrift/schemas/sample.schema.yaml
 

@@ -29,9 +29,9 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ..core import config as configlib
+from ..core.hub import provenance
 from ..core.records import check, write_record
 from ..core.utils import TokenDriftError, read_json, resolve_device
-from .fetch import provenance
 
 OPTIONS = configlib.defaults("score")  # tokendrift/schemas/score.schema.yaml
 NELBO = configlib.defaults("nelbo")  # tokendrift/schemas/nelbo.schema.yaml
@@ -46,7 +46,7 @@ def load_evaluator(evaluator: str, device: str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(evaluator, trust_remote_code=False, torch_dtype=torch.float32)
     except Exception as e:  # OSError, ValueError, safetensors errors...
         if not Path(evaluator).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-            from .prepare import offline_hint
+            from ..core.hub import offline_hint
 
             raise TokenDriftError("evaluator: " + offline_hint(f"{evaluator!r}")) from None
         raise TokenDriftError(

@@ -38,6 +38,7 @@ from ..core import config as configlib
 from ..core.checkpoint import load_model_dir, write_model_files
 from ..core.data import make_source
 from ..core.diffusion import make_diffusion
+from ..core.hub import provenance
 from ..core.model import DiT, DiTConfig
 from ..core.objective import (
     DriftOptions,
@@ -62,7 +63,6 @@ from ..core.utils import (
     config_digest,
     read_json,
 )
-from .fetch import provenance
 
 # --------------------------------------------------------------------------- configuration
 
