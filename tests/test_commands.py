@@ -12,7 +12,7 @@ from tokendrift.core import config as configlib
 from tokendrift.core.checkpoint import open_checkpoint
 from tokendrift.core.data import make_source
 from tokendrift.grid import Grid
-from tokendrift.report import aggregate
+from tokendrift.report import results
 
 
 def test_every_command_of_the_table_is_defined_by_its_module_and_none_is_missing():
@@ -61,12 +61,12 @@ def test_open_checkpoint_gives_the_model_its_process_and_source(tmp_path):
 def test_the_entropy_rate_job_writes_the_floor_the_tables_read(tmp_path):
     raw = configlib.load_file(CI) | {"results": str(tmp_path)}
     g = Grid(raw, SCHEMA)
-    assert aggregate.entropy_floor(g) is None  # not computed yet: partial results print no floor
+    assert results.entropy_floor(g) is None  # not computed yet: partial results print no floor
     (out,) = g.entropy_rate_file
     assert cli.main(["entropy-rate", "--source-json", json.dumps(g.config["source"]), "--out", out]) == 0
     rate = json.loads(open(out).read())["entropy_rate"]
     assert rate == make_source(g.config["source"]).entropy_rate
-    assert aggregate.entropy_floor(g) == math.exp(rate)
+    assert results.entropy_floor(g) == math.exp(rate)
 
 
 def test_a_source_without_an_entropy_rate_is_refused_and_nothing_written(tmp_path, capsys):

@@ -15,8 +15,12 @@ import pytest
 from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift.core.records import write_record
 from tokendrift.grid import Unit
-from tokendrift.report import aggregate
-from tokendrift.report.aggregate import baseline_gate, model_styles, read_scores, write_table
+from tokendrift.report import figures
+from tokendrift.report import gate as gatelib
+from tokendrift.report.figures import model_styles
+from tokendrift.report.gate import baseline_gate
+from tokendrift.report.results import read_scores
+from tokendrift.report.tables import write_table
 from tokendrift.report.tracking import import_results
 
 PAPER_MDLM = {4: (1942.33, 66.80, 5.95, 0.02), 8: (799.52, 24.28, 5.88, 0.02)}  # the paper's Table 1, start row
@@ -96,12 +100,12 @@ def test_the_papers_copied_table4_entries_are_noted_and_never_compared(filled):
     # no comparison against it: a suspect entry is never the gate's reference
     row = {"label": "x", "model": "start", "paper": {4: [1.0, 0.1, 5.0, 0.1]}, "suspect": {"nfe": [4], "note": "n"}}
     scores = read_scores(g, g.table_units("table1"))
-    orig = aggregate.paper_start_row
+    orig = gatelib.paper_start_row
     try:
-        aggregate.paper_start_row = lambda bb: ("table1", row)
+        gatelib.paper_start_row = lambda bb: ("table1", row)
         gate = baseline_gate(g, "table1", scores)
     finally:
-        aggregate.paper_start_row = orig
+        gatelib.paper_start_row = orig
     assert gate["cells"] == [] and gate["status"] == "not applicable"
 
 
@@ -210,13 +214,13 @@ def test_every_model_has_its_own_colour_and_marker():
 
 def test_figures_put_the_legend_outside_and_share_y_limits(filled, monkeypatch):
     figs = {}
-    monkeypatch.setattr(aggregate, "_save", lambda fig, name, g: figs.setdefault(name, fig))
+    monkeypatch.setattr(figures, "_save", lambda fig, name, g: figs.setdefault(name, fig))
     for s in filled.seeds:  # a second backbone and a second step for Figure 2
         for n in filled.nfes:
             put(filled, Unit("mdlm", "tokendrift", s, 2), 1.0, n, 100.0 + n, 5.0)
             put(filled, Unit("duo", "start", s, 0), 1.0, n, 900.0, 6.0)
-    aggregate.quality_diversity(filled)
-    aggregate.figure2(filled)
+    figures.quality_diversity(filled)
+    figures.figure2(filled)
     for name, fig in figs.items():
         assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes), name
         fig.canvas.draw()

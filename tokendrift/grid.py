@@ -38,14 +38,9 @@ import yaml
 from .core import config as configlib
 from .core.source import needs_preparation, normalize, prepared_dir
 from .core.utils import TokenDriftError, code_digest, temp_str
+from .report.figures import FIGURES  # the figures of every config: title, files, caption, drawing function
 
 BACKBONES = ("mdlm", "duo")
-# The figures of every config (tokendrift.report.aggregate draws them): title and files (the image first).
-FIGURES = {
-    "figure2": ("Figure 2: Gen.-PPL against training step", ("png", "pdf")),
-    "quality_diversity": ("Quality vs diversity (all tables)", ("png", "pdf")),
-    "ratio_steps": ("Matched-entropy ratio and NELBO against training step", ("png", "pdf", "csv")),
-}
 PAPER_GRID_FILE = Path(__file__).parent / "paper_grid.yaml"
 
 
@@ -472,7 +467,7 @@ class Grid:
         ]
 
     def gate_file(self, table: str) -> str:
-        """The baseline gate of a table (tokendrift.report.aggregate.baseline_gate; read by tracking)."""
+        """The baseline gate of a table (tokendrift.report.gate.baseline_gate; read by tracking)."""
         return str(self.root / "report" / f"{table}.gate.json")
 
     def report_html(self, name: str) -> str:
@@ -483,7 +478,7 @@ class Grid:
         return str(self.root / "figures" / f"{name}.{ext}")
 
     def figure_outputs(self, name: str) -> list[str]:
-        return [self.figure_file(name, ext) for ext in FIGURES[name][1]]
+        return [self.figure_file(name, ext) for ext in FIGURES[name].files]
 
     def probe_dir(self, bb: str) -> Path:
         return self.root / "probe" / bb

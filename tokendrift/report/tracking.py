@@ -27,7 +27,8 @@ from pathlib import Path
 from ..core import config as configlib
 from ..core.records import check
 from ..core.utils import TokenDriftError, atomic_write_json, read_json
-from ..grid import FIGURES, Grid, Unit, add_grid_args, grid_from_args
+from ..grid import Grid, Unit, add_grid_args, grid_from_args
+from .figures import FIGURES
 
 KEY = "tokendrift.key"
 DIGEST = "tokendrift.digest"

@@ -1,5 +1,5 @@
 # The paper's tables and the config's own (Markdown, LaTeX, CSV, an HTML page and the baseline
-# gate) and the figures (tokendrift.grid.FIGURES), built from the score files; then the one MLflow
+# gate) and the figures (tokendrift.report.figures.FIGURES), built from the score files; then the one MLflow
 # writer imports every result file (tokendrift.report.tracking).
 # These jobs rebuild the grid from the same config the workflow read (G.config_args).
 
@@ -39,7 +39,7 @@ for _table in G.tables:
             "tokendrift aggregate {params.config:q} --table {params.table:q} > {log:q} 2>&1"
 
 
-for _figure, (_title, _) in FIGURES.items():
+for _figure, _spec in FIGURES.items():
     _image, *_files = G.figure_outputs(_figure)
 
     rule:
@@ -50,7 +50,7 @@ for _figure, (_title, _) in FIGURES.items():
             G.entropy_rate_file,
         output:
             report(_image, caption=f"../report/{_figure}.rst", category="Figures", subcategory="Figures",
-                   labels={"figure": _title}),
+                   labels={"figure": _spec.title}),
             _files,
             G.report_html(_figure),
         params:

@@ -2,9 +2,10 @@
 # its paths, inputs and job arguments.
 from snakemake.exceptions import WorkflowError
 
-from tokendrift.grid import FIGURES, workflow_grid
-from tokendrift.report.status import end_driver, record_driver, stops_jobs
 from tokendrift.core.utils import TokenDriftError
+from tokendrift.grid import workflow_grid
+from tokendrift.report.figures import FIGURES
+from tokendrift.report.status import end_driver, record_driver, stops_jobs
 
 try:
     G = workflow_grid(config, workflow.basedir, workflow.config_settings.configfiles)
