@@ -22,16 +22,20 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from tokendrift.cli import tune_allocator
-from tokendrift.core.checkpoint import random_model_dir
-from tokendrift.core.objective import drift_field
-from tokendrift.jobs import train as T
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python bench/step_overhead.py` from anywhere
+
+from tests.paper_files import random_model_dir  # noqa: E402
+from tokendrift.core.objective import drift_field  # noqa: E402
+from tokendrift.core.utils import tune_allocator  # noqa: E402
+from tokendrift.jobs import train as T  # noqa: E402
 
 
 def machine(device: str) -> dict:
@@ -52,7 +56,7 @@ def add_allocator_arg(ap: argparse.ArgumentParser) -> None:
 
 
 def allocator(args) -> str:
-    """Set up malloc as the pipeline's jobs do (tokendrift.cli.tune_allocator); say which it got."""
+    """Set up malloc as the pipeline's jobs do (tokendrift.core.utils.tune_allocator); say which it got."""
     if args.glibc_default_malloc:
         return "glibc default"
     return "tuned as the jobs are" if tune_allocator() else "untouched (malloc tuned by the user, or not glibc)"

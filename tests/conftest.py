@@ -10,10 +10,11 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from tokendrift.core.checkpoint import random_model_dir
+from tests.paper_files import random_model_dir
 from tokendrift.core.data import make_source
 from tokendrift.core.records import write_record
 from tokendrift.grid import Grid, Unit
@@ -30,6 +31,16 @@ PAPER = REPO / "workflow" / "config" / "paper.yaml"
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def mdlm_blocks(token_lists, length: int, bos: int, eos: int) -> np.ndarray:
+    """The MDLM blocking as a reference to check the data stage against (kuleshov-group/mdlm
+    ``dataloader.py::get_dataset`` with ``wrap=True``): each document + EOS, concatenated, cut into L-2 and wrapped in BOS/EOS."""
+    flat = np.fromiter((t for doc in token_lists for t in (*doc, eos)), dtype=np.int64)
+    n = len(flat) // (length - 2)
+    body = flat[: n * (length - 2)].reshape(n, length - 2)
+    col = lambda v: np.full((n, 1), v, dtype=np.int64)  # noqa: E731
+    return np.concatenate([col(bos), body, col(eos)], axis=1)
 
 
 # ---------- tiny models and training jobs (tests/test_train.py and the tests that train or sample)

@@ -144,19 +144,38 @@ def write_gpt2_evaluator(folder, tokenizer, n_layer: int = 1, n_embd: int = 32, 
     tokenizer.save_pretrained(folder)
 
 
-def released_state(diffusion: str, model_cfg: dict, seed: int = 0):
-    """(model, state) of a randomly initialized DiT with every zero-initialized weight drawn
-    from N(0, 0.02), as ``tokendrift.core.checkpoint.random_model_dir`` does."""
+def random_dit(diffusion: str, model_cfg: dict):
+    """A randomly initialized DiT with every zero-initialized (adaLN-zero) weight drawn from
+    N(0, 0.02), so the model is not constant (from torch's current random state)."""
     from tokendrift.core.model import DiT, DiTConfig
 
     cfg = dict(model_cfg)
-    torch.manual_seed(seed)
     model = DiT(DiTConfig.preset(cfg.pop("preset", "small"), time_conditioning=diffusion == "duo", **cfg))
     with torch.no_grad():
         for p in model.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
+    return model
+
+
+def released_state(diffusion: str, model_cfg: dict, seed: int = 0):
+    """(model, state) of ``random_dit`` drawn from ``seed``."""
+    torch.manual_seed(seed)
+    model = random_dit(diffusion, model_cfg)
     return model, model.state_dict()
+
+
+def random_model_dir(
+    path, diffusion: str, source_config: dict, vocab_size: int, length: int, preset: str = "tiny", **overrides
+) -> Path:
+    """A model folder of ``random_dit``: a stand-in "released" checkpoint for tests and benchmarks."""
+    from tokendrift.core.checkpoint import save_model_dir
+
+    model = random_dit(diffusion, {"preset": preset, "vocab_size": vocab_size, "length": length, **overrides})
+    state = model.state_dict()
+    meta = {"diffusion": diffusion, "source": source_config, "step": 0}
+    save_model_dir(path, state, state, meta, config=model.config)
+    return Path(path)
 
 
 def release_config_classes():

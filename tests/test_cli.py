@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tokendrift.cli import user_malloc_settings
+from tokendrift.core.utils import user_malloc_settings
 
 # TokenDrift steps of the tiny DiT at length 64 and batch 16 (the bench's CPU setting, whose
 # activations are far above glibc's initial 128 KiB mmap threshold); prints whether the
@@ -16,8 +16,8 @@ STEPS = """
 import resource, sys, tempfile, torch
 from pathlib import Path
 from tokendrift.jobs import train as T
-from tokendrift.core.checkpoint import random_model_dir
-from tokendrift.cli import tune_allocator
+from tests.paper_files import random_model_dir
+from tokendrift.core.utils import tune_allocator
 from tokendrift.core.data import make_source
 print(tune_allocator() if sys.argv[1] == "tuned" else False)
 torch.manual_seed(0)

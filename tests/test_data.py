@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokendrift.core.data import SyntheticHMM, _blocks, make_source
+from tests.conftest import mdlm_blocks
+from tokendrift.core.data import SyntheticHMM, make_source
 from tokendrift.core.utils import TokenDriftError
 from tokendrift.jobs.prepare import prepare
 
@@ -90,7 +91,7 @@ def test_true_samples_score_at_the_entropy_rate_and_the_marginal_trap():
 
 def test_mdlm_blocking():
     docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]  # + EOS (0) each: 14 tokens, bodies of 3
-    blocks = _blocks(docs, length=5, bos=0, eos=0)
+    blocks = mdlm_blocks(docs, length=5, bos=0, eos=0)
     assert blocks.tolist() == [[0, 1, 2, 3, 0], [0, 0, 4, 5, 0], [0, 0, 6, 7, 0], [0, 8, 9, 0, 0]]  # (10, EOS) dropped
 
 
@@ -125,8 +126,8 @@ def test_openwebtext_path_on_a_local_dataset(tmp_path, monkeypatch):
     tok = src.hf_tokenizer()
     eos = tok.eos_token_id
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    want_valid = _blocks(ids[-10:], 32, eos, eos)
-    want_train = _blocks(ids[:-10], 32, eos, eos)
+    want_valid = mdlm_blocks(ids[-10:], 32, eos, eos)
+    want_train = mdlm_blocks(ids[:-10], 32, eos, eos)
     assert src.num_blocks("valid") == len(want_valid) and src.num_blocks("train") == len(want_train)
     assert src.batch("valid", 0, 3).tolist() == want_valid[:3].tolist()
     train_rows = {tuple(r) for r in want_train.tolist()}

@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.paper_files import write_corpus, write_gpt2_tokenizer, write_hf_release, write_lightning_release
-from tokendrift.core.checkpoint import random_model_dir
-from tokendrift.core.data import _blocks, make_source
+from tests.conftest import mdlm_blocks
+from tests.paper_files import (
+    random_model_dir,
+    write_corpus,
+    write_gpt2_tokenizer,
+    write_hf_release,
+    write_lightning_release,
+)
+from tokendrift.core.data import make_source
 from tokendrift.core.utils import TokenDriftError
 from tokendrift.jobs import prepare
 from tokendrift.jobs.fetch import fetch_checkpoint, fetch_dataset, fetch_pretrained, join_manifests
@@ -47,7 +53,7 @@ def test_prepared_blocks_equal_the_mdlm_blocking_of_the_documents(corpus, monkey
     eos = tok.eos_token_id
     flat = np.fromfile(folder / "train.bin", dtype=np.uint16)
     assert flat.tolist() == [t for doc in ids[:-10] for t in (*doc, eos)]  # every document + EOS, in order
-    want_train, want_valid = _blocks(ids[:-10], 64, eos, eos), _blocks(ids[-10:], 64, eos, eos)
+    want_train, want_valid = mdlm_blocks(ids[:-10], 64, eos, eos), mdlm_blocks(ids[-10:], 64, eos, eos)
     src = make_source(cfg)
     assert src.num_blocks("train") == len(want_train) and src.num_blocks("valid") == len(want_valid)
     assert src.batch("valid", 0, len(want_valid)).tolist() == want_valid.tolist()

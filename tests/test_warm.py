@@ -120,7 +120,7 @@ def test_a_signalled_or_killed_job_stops_its_fork_and_writes_nothing(server, che
 
 def test_an_idle_server_exits_and_removes_its_socket(tmp_path):
     sock = Path(tempfile.mkdtemp(prefix="tdw-", dir="/tmp")) / "s.sock"
-    code = "import sys; from pathlib import Path; from tokendrift.warm import serve; serve(Path(sys.argv[1]), 0.5)"
+    code = "import sys; from pathlib import Path; from tokendrift import cli, warm; warm.serve(Path(sys.argv[1]), 0.5, cli.main)"
     p = subprocess.run([sys.executable, "-c", code, str(sock)], timeout=300)
     assert p.returncode == 0 and not sock.exists() and Path(f"{sock}.lock").exists()
     shutil.rmtree(sock.parent)

@@ -7,11 +7,9 @@ Each job module exposes ``register(subparsers)``, which adds its sub-command and
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
 import sys
 
-from .core.utils import TokenDriftError
+from .core.utils import TokenDriftError, tune_allocator
 from .warm import WARM_COMMANDS, run_warm
 from .warm import enabled as warm_enabled
 
@@ -68,37 +66,6 @@ def command_module(command: str):
         case _:
             return None
     return module
-
-
-# glibc mallopt parameters (malloc.h) and the values every job runs with
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum on 64-bit systems
-TRIM_THRESHOLD = 2**31 - 1
-
-
-def user_malloc_settings(environ=os.environ) -> list[str]:
-    """The variables by which the user tunes or replaces malloc (then tune_allocator keeps off)."""
-    return [k for k in environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]
-
-
-def tune_allocator() -> bool:
-    """Keep freed memory in the process for the next step instead of handing it back to the OS.
-
-    glibc's malloc serves blocks above its mmap threshold (128 KiB at start) with fresh mmaps
-    and trims the heap when more than its trim threshold is free, so a CPU training or sampling
-    loop page-faults its activations back in at every step. Here the threshold goes to its
-    maximum (32 MiB) and trimming happens only above 2 GiB free; PyTorch's CPU tuning guide
-    gets the same effect by preloading jemalloc or tcmalloc. BENCHMARKS.md (sections 1 and 5)
-    measures what it saves. Left alone when the user tunes malloc
-    (MALLOC_*_ variables, GLIBC_TUNABLES, LD_PRELOAD) and off glibc. Returns whether it applied.
-    """
-    if user_malloc_settings():
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

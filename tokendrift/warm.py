@@ -38,6 +38,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .core.utils import tune_allocator
+
 IDLE_S = 300.0  # the server exits after this long without a job (the default's pretraining takes 2 minutes)
 RETRY_S = 120.0  # a job starts a server only if none was started in this many seconds
 MAX_SOCKET_PATH = 107  # bytes in a Unix socket's name (Linux: sun_path of 108 with its NUL)
@@ -65,7 +67,10 @@ IMPORT_VARS = (
     "TZ",
 )
 # the server's command: the client's own Python path, so that it imports the same code
-SERVER = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from tokendrift.warm import main; main(sys.argv[2:])"
+SERVER = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from tokendrift.cli import main as command; "
+    "from tokendrift.warm import main; main(sys.argv[2:], command)"
+)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -196,15 +201,14 @@ def preload() -> None:
     from .jobs import pretrain, probe, sample, score, train  # noqa: F401
 
 
-def serve(path: Path, idle_s: float = IDLE_S) -> None:
-    """Accept jobs on the socket ``path`` until idle for ``idle_s`` seconds."""
+def serve(path: Path, idle_s: float, command) -> None:
+    """Accept jobs on the socket ``path`` until idle for ``idle_s`` seconds; a fork runs
+    ``command(argv, warm=False)`` (``tokendrift.cli.main``, given by the server's start command)."""
     lock = open(f"{path}.lock", "a")  # noqa: SIM115 (held for the server's life)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return  # another server has this socket
-    from .cli import tune_allocator
-
     tune_allocator()  # before the imports, as in a cold job
     preload()
     with contextlib.suppress(FileNotFoundError):
@@ -225,7 +229,7 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
                 break  # socket removed: stop taking jobs
             for key, _ in sel.select(timeout=1.0):
                 try:
-                    _handle(key, listener, sel, log, jobs)
+                    _handle(key, listener, sel, log, jobs, command)
                 except Exception as e:  # one client's trouble: the server goes on
                     print(f"{time.strftime('%H:%M:%S')} error {e!r}", file=log)
                 if key.data is not None and key.data[0] == "exit":
@@ -240,11 +244,11 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
         listener.close()
 
 
-def _handle(key, listener, sel, log, jobs: dict) -> None:
+def _handle(key, listener, sel, log, jobs: dict, command) -> None:
     """One ready event: a new job, a message from a job's process, or a fork's end."""
     if key.data is None:
         conn, _ = listener.accept()
-        job = _start_job(conn, listener, sel, log, jobs)
+        job = _start_job(conn, listener, sel, log, jobs, command)
         if job is None:
             conn.close()
             return
@@ -283,7 +287,9 @@ def _handle(key, listener, sel, log, jobs: dict) -> None:
         conn.close()
 
 
-def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dict) -> tuple[int, int, str] | None:
+def _start_job(
+    conn: socket.socket, listener: socket.socket, sel, log, jobs: dict, command
+) -> tuple[int, int, str] | None:
     """Read one job's request and fork it: (pid, pidfd, its line in the log), or None for a bad request."""
     try:
         conn.settimeout(10.0)
@@ -320,9 +326,7 @@ def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dic
             os.environ.clear()
             os.environ.update(context["env"])
             sys.argv = ["tokendrift", *request["argv"]]
-            from .cli import main
-
-            status = main(request["argv"], warm=False)
+            status = command(request["argv"], warm=False)
         except SystemExit as e:  # argparse's usage errors
             status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except KeyboardInterrupt:  # end by SIGINT, as Python does
@@ -343,6 +347,6 @@ def _start_job(conn: socket.socket, listener: socket.socket, sel, log, jobs: dic
     return pid, os.pidfd_open(pid), f"in {context['cwd']}: tokendrift {' '.join(request['argv'])}"
 
 
-def main(args: list[str]) -> None:
-    """``SOCKET [IDLE_S]``: serve on SOCKET (started by ``start_server``)."""
-    serve(Path(args[0]), float(args[1]) if len(args) > 1 else IDLE_S)
+def main(args: list[str], command) -> None:
+    """``SOCKET [IDLE_S]``: serve on SOCKET, each job a fork that runs ``command`` (started by ``start_server``)."""
+    serve(Path(args[0]), float(args[1]) if len(args) > 1 else IDLE_S, command)

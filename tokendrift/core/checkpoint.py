@@ -391,22 +391,3 @@ def register(sub) -> None:
         "--source-json", help="data source config to record (a JSON file or a JSON string); default OpenWebText/GPT-2"
     )
     q.set_defaults(func=_run_import)
-
-
-def random_model_dir(
-    path, diffusion: str, source_config: dict, vocab_size: int, length: int, preset: str = "tiny", **overrides
-) -> Path:
-    """A randomly initialized model folder, every zero-initialized (adaLN-zero) weight drawn
-    from N(0, 0.02) so the model is not constant: a stand-in "released" checkpoint for tests
-    and benchmarks."""
-    cfg = DiTConfig.preset(
-        preset, vocab_size=vocab_size, length=length, time_conditioning=diffusion == "duo", **overrides
-    )
-    model = DiT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    state = model.state_dict()
-    save_model_dir(path, state, state, {"diffusion": diffusion, "source": source_config, "step": 0}, config=cfg)
-    return Path(path)

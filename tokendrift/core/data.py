@@ -170,15 +170,6 @@ class SyntheticHMM:
 # --------------------------------------------------------------------------- OpenWebText / text folder
 
 
-def _blocks(token_lists, length: int, bos: int, eos: int) -> np.ndarray:
-    """MDLM blocking: each document + EOS, concatenated, cut into L-2 and wrapped in BOS/EOS."""
-    flat = np.fromiter((t for doc in token_lists for t in (*doc, eos)), dtype=np.int64)
-    n = len(flat) // (length - 2)
-    body = flat[: n * (length - 2)].reshape(n, length - 2)
-    col = lambda v: np.full((n, 1), v, dtype=np.int64)  # noqa: E731
-    return np.concatenate([col(bos), body, col(eos)], axis=1)
-
-
 class BlockedText:
     """OpenWebText (or a dataset with a "text" column) or a folder of .txt files, MDLM-blocked,
     read from the data stage's prepared folder (tokendrift.jobs.prepare)."""

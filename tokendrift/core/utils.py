@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -139,35 +140,26 @@ def config_digest(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# Modules that only read results (tables, figures, MLflow, the probe, the CLI, paths) or only start
-# jobs (the warm-start server: a fork runs the same code): editing them must not make trained
-# models or their scores stale.
-REPORTING = (
-    "report/aggregate.py",
-    "report/tracking.py",
-    "jobs/probe.py",
-    "grid.py",
-    "cli.py",
-    "report/cost.py",
-    "report/status.py",
-    "paper_grid.yaml",
-    "warm.py",
-)
+# The folders (under tokendrift/) whose code makes results: the library, the jobs and their schemas.
+# Everything else (the reporting layer report/, the grid and its rules, the command line, the
+# warm-start server: a fork runs the same code) only reads results or starts jobs, so editing it
+# must not make trained models or their scores stale.
+RESULT_CODE = ("core", "jobs", "schemas")
 
 
 def code_digest(reporting: bool = True) -> str:
     """Digest of the package's own source files: results go stale when the code changes.
-    ``reporting=False`` leaves out the REPORTING modules (the digest of training and evaluation)."""
+    ``reporting=False`` covers the RESULT_CODE folders only (the digest of training and evaluation)."""
     h = hashlib.sha256()
     root = Path(__file__).parents[1]
     for f in sorted(root.rglob("*")):
-        rel = f.relative_to(root).as_posix()
+        rel = f.relative_to(root)
         if (
             f.suffix in {".py", ".yaml", ".json"}
             and "__pycache__" not in f.parts
-            and (reporting or rel not in REPORTING)
+            and (reporting or rel.parts[0] in RESULT_CODE)
         ):
-            h.update(rel.encode())
+            h.update(rel.as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -186,3 +178,36 @@ def read_json(path: str | os.PathLike, what: str = "file", error: type = TokenDr
         raise error(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{what} {path} is not valid JSON: {e}") from None
+
+
+# --------------------------------------------------------------------------- the allocator of every job
+
+# glibc mallopt parameters (malloc.h) and the values every job runs with
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum on 64-bit systems
+TRIM_THRESHOLD = 2**31 - 1
+
+
+def user_malloc_settings(environ=os.environ) -> list[str]:
+    """The variables by which the user tunes or replaces malloc (then tune_allocator keeps off)."""
+    return [k for k in environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process for the next step instead of handing it back to the OS.
+
+    glibc's malloc serves blocks above its mmap threshold (128 KiB at start) with fresh mmaps
+    and trims the heap when more than its trim threshold is free, so a CPU training or sampling
+    loop page-faults its activations back in at every step. Here the threshold goes to its
+    maximum (32 MiB) and trimming happens only above 2 GiB free; PyTorch's CPU tuning guide
+    gets the same effect by preloading jemalloc or tcmalloc. BENCHMARKS.md (sections 1 and 5)
+    measures what it saves. Left alone when the user tunes malloc
+    (MALLOC_*_ variables, GLIBC_TUNABLES, LD_PRELOAD) and off glibc. Returns whether it applied.
+    """
+    if user_malloc_settings():
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
