@@ -9,10 +9,13 @@ Every import counts, the ones inside functions too (they run); those under ``if 
 do not (annotations only)."""
 
 import ast
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tokendrift.core.utils import code_digest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tokendrift"
 
@@ -112,7 +115,12 @@ def test_the_package_keeps_its_layers():
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "tokendrift"
-    for rel, text in {"__init__.py": "", "core/__init__.py": "", "jobs/__init__.py": "", "report/__init__.py": ""}.items():
+    for rel, text in {
+        "__init__.py": "",
+        "core/__init__.py": "",
+        "jobs/__init__.py": "",
+        "report/__init__.py": "",
+    }.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     for rel, text in files.items():
@@ -136,7 +144,10 @@ CLEAN = {
     [
         ({"core/hub.py": "from ..jobs.sample import os\n"}, "tokendrift.core.hub imports tokendrift.jobs.sample"),
         ({"core/hub.py": "def f():\n    from tokendrift import grid\n"}, "tokendrift.core.hub imports tokendrift.grid"),
-        ({"jobs/sample.py": "from ..report.tables import x\n"}, "tokendrift.jobs.sample imports tokendrift.report.tables"),
+        (
+            {"jobs/sample.py": "from ..report.tables import x\n"},
+            "tokendrift.jobs.sample imports tokendrift.report.tables",
+        ),
         ({"jobs/sample.py": "import tokendrift.grid\n"}, "tokendrift.jobs.sample imports tokendrift.grid"),
         ({"report/tables.py": "from ..jobs import train\n"}, "tokendrift.report.tables imports tokendrift.jobs.train"),
         ({"grid.py": "from .report import tables\n"}, {"tokendrift.grid", "tokendrift.report.tables"}),
@@ -151,3 +162,26 @@ def test_the_checker_finds_a_violation(tmp_path, edit, expected):
         assert circles == [expected], found
     else:
         assert any(v.startswith(expected) for v in found), found
+
+
+@pytest.mark.parametrize(
+    "edited, stale",
+    [
+        ("core/model.py", True),
+        ("jobs/sample.py", True),
+        ("schemas/train.schema.yaml", True),
+        ("report/tables.py", False),
+        ("grid.py", False),
+        ("warm.py", False),
+        ("paper_grid.yaml", False),
+    ],
+)
+def test_only_the_library_jobs_and_schemas_make_results_stale(tmp_path, edited, stale):
+    root = tmp_path / "tokendrift"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_digest(False, root) == code_digest(False)  # the copy digests as the package does
+    before, whole = code_digest(False, root), code_digest(True, root)
+    with open(root / edited, "a") as f:
+        f.write("\n# an edit\n")
+    assert (code_digest(False, root) != before) is stale
+    assert code_digest(True, root) != whole  # the reporting digest covers every file

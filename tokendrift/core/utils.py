@@ -147,11 +147,12 @@ def config_digest(obj: Any) -> str:
 RESULT_CODE = ("core", "jobs", "schemas")
 
 
-def code_digest(reporting: bool = True) -> str:
-    """Digest of the package's own source files: results go stale when the code changes.
-    ``reporting=False`` covers the RESULT_CODE folders only (the digest of training and evaluation)."""
+def code_digest(reporting: bool = True, root: str | os.PathLike | None = None) -> str:
+    """Digest of the package's own source files (those under ``root``, default this package):
+    results go stale when the code changes. ``reporting=False`` covers the RESULT_CODE folders
+    only (the digest of training and evaluation)."""
     h = hashlib.sha256()
-    root = Path(__file__).parents[1]
+    root = Path(root) if root is not None else Path(__file__).parents[1]
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
         if (
