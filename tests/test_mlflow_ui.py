@@ -7,7 +7,7 @@ The study's score files are written here at the CI grid's paths (tokendrift.grid
 than by a second run of the DAG; the import, the server and the browser are the real ones.
 
     python tests/test_mlflow_ui.py DIR [CONFIG] [OUT.png]
-screenshots the same page for the study under DIR (README.md: docs/img/mlflow_table1.png).
+screenshots the same page for the study under DIR (docs/running.md: docs/img/mlflow_table1.png).
 """
 
 from __future__ import annotations
