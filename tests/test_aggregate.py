@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift.aggregate import at_entropy, figure2, quality_diversity, ratio_steps, write_table
-from tokendrift.grid import Unit
+from tokendrift.grid.sheet import Unit
 from tokendrift.tracking import compare, import_results
 from tokendrift.utils import TokenDriftError
 

@@ -1,4 +1,4 @@
-"""The command line as the workflow uses it: the command table, the job options that Grid writes
+"""The command line as the workflow uses it: the command table, the job options that Rules writes
 and the job parsers read, the checkpoint every evaluation job opens, and the entropy-rate job."""
 
 import json
@@ -11,7 +11,7 @@ from tokendrift import aggregate, cli
 from tokendrift import config as configlib
 from tokendrift.checkpoint import open_checkpoint
 from tokendrift.data import make_source
-from tokendrift.grid import Grid
+from tokendrift.grid.rules import Rules
 
 
 def test_every_command_of_the_table_is_defined_by_its_module_and_none_is_missing():
@@ -27,9 +27,9 @@ def test_every_command_of_the_table_is_defined_by_its_module_and_none_is_missing
                                                       ("nelbo", "score", "nelbo_"), ("nelbo", "nelbo", ""),
                                                       ("probe", "probe", "")])
 def test_the_options_grid_writes_are_the_config_values_the_job_reads(section, command, prefix):
-    """Every option of a config section reaches its job: Grid writes one flag per key of the job's
+    """Every option of a config section reaches its job: Rules writes one flag per key of the job's
     schema, and the job's parser (built from the same schema) reads back the config's value."""
-    g = Grid(configlib.load_file(CI) | {"nelbo": {"n_batches": 3, "batch_size": 5, "n_t": 2, "device": "cpu"}},
+    g = Rules(configlib.load_file(CI) | {"nelbo": {"n_batches": 3, "batch_size": 5, "n_t": 2, "device": "cpu"}},
              SCHEMA)
     required = {"sample": ["CKPT", "--out", "o", "--nfe", "4"], "score": ["S", "--evaluator", "e", "--out", "o"],
                 "nelbo": ["CKPT", "--out", "o"], "probe": ["--checkpoint", "a=CKPT", "--out", "o"]}[command]
@@ -41,10 +41,10 @@ def test_the_options_grid_writes_are_the_config_values_the_job_reads(section, co
 def test_a_job_section_takes_its_checks_from_the_job_schema():
     raw = configlib.load_file(CI)
     with pytest.raises(configlib.TokenDriftError, match=r"sample\.n_samples"):
-        Grid(raw | {"sample": {**raw["sample"], "n_samples": 0}}, SCHEMA)
+        Rules(raw | {"sample": {**raw["sample"], "n_samples": 0}}, SCHEMA)
     with pytest.raises(configlib.TokenDriftError, match=r"nelbo\.n_steps: unknown key"):
-        Grid(raw | {"nelbo": {"n_steps": 2}}, SCHEMA)
-    g = Grid(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section
+        Rules(raw | {"nelbo": {"n_steps": 2}}, SCHEMA)
+    g = Rules(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section
     assert g.config["score"] == configlib.defaults("score")
 
 
@@ -59,7 +59,7 @@ def test_open_checkpoint_gives_the_model_its_process_and_source(tmp_path):
 
 def test_the_entropy_rate_job_writes_the_floor_the_tables_read(tmp_path):
     raw = configlib.load_file(CI) | {"results": str(tmp_path)}
-    g = Grid(raw, SCHEMA)
+    g = Rules(raw, SCHEMA)
     assert aggregate.entropy_floor(g) is None  # not computed yet: partial results print no floor
     (out,) = g.entropy_rate_file
     assert cli.main(["entropy-rate", "--source-json", json.dumps(g.config["source"]), "--out", out]) == 0

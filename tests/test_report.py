@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift import aggregate
 from tokendrift.aggregate import baseline_gate, model_styles, read_scores, write_table
-from tokendrift.grid import Unit
+from tokendrift.grid.sheet import Unit
 from tokendrift.records import write_record
 from tokendrift.tracking import import_results
 

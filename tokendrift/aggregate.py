@@ -4,7 +4,7 @@ and the matched-entropy ratio against training step, built from the score files.
 Every cell is the mean ± sample SD over the seeds whose score file exists (``n`` is shown
 when fewer than the configured seeds finished; a cell with none is "—", so partial results
 render). Each table file holds the paper's table first (per NFE "Gen.-PPL ± SD" and entropy,
-each of our rows with the paper's values under it, tokendrift/paper_grid.yaml, and the
+each of our rows with the paper's values under it, tokendrift/grid/paper_grid.yaml, and the
 distillation rows it reported), then what the paper lacks: oracle Gen.-PPL, each row's
 held-out NELBO, and the sharpening control. The starting checkpoint sampled over a temperature
 sweep gives a frontier of Gen.-PPL against entropy (log Gen.-PPL linear in entropy between
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grid import Grid, add_grid_args, grid_from_args, paper_tables
+from .grid.layout import Layout, add_grid_args, grid_from_args
+from .grid.sheet import paper_tables
 from .records import check
 from .utils import TokenDriftError, atomic_write_bytes, atomic_write_json, atomic_write_text, figure_bytes
 
@@ -43,7 +44,7 @@ DASH = "—"
 # --------------------------------------------------------------------------- reading
 
 
-def read_scores(g: Grid, units) -> pd.DataFrame:
+def read_scores(g: Layout, units) -> pd.DataFrame:
     """One line per existing score file: unit, temperature, NFE and the metrics (None where a
     score file predates one)."""
     rows = []
@@ -69,7 +70,7 @@ def read_scores(g: Grid, units) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["backbone", "model", "seed", "step", "temperature", "nfe", *METRICS])
 
 
-def read_nelbo(g: Grid, units) -> pd.DataFrame:
+def read_nelbo(g: Layout, units) -> pd.DataFrame:
     rows = []
     for u in units:
         f = g.nelbo_file(u)
@@ -90,7 +91,7 @@ def _num(v):
     return None if v is None else float(v)
 
 
-def entropy_floor(g: Grid) -> float | None:
+def entropy_floor(g: Layout) -> float | None:
     """exp(entropy rate) of a synthetic source (the entropy_rate job's file): the oracle Gen.-PPL floor;
     None for a text source, or while that job has not run (`tokendrift aggregate` of partial results)."""
     if not g.entropy_rate_file or not Path(g.entropy_rate_file[0]).exists():
@@ -154,7 +155,7 @@ def at_entropy(points, entropy: float | None) -> tuple[float | None, float | Non
 # --------------------------------------------------------------------------- tables
 
 
-def table_frame(g: Grid, table: str) -> pd.DataFrame:
+def table_frame(g: Layout, table: str) -> pd.DataFrame:
     """The tidy table: one line per row x NFE with every number (the CSV)."""
     t = g.tables[table]
     bb = t["backbone"]
@@ -273,7 +274,7 @@ def _table_name(table: str) -> str:
 # --------------------------------------------------------------------------- the baseline gate
 
 
-def gate_enabled(g: Grid) -> tuple[bool, str]:
+def gate_enabled(g: Layout) -> tuple[bool, str]:
     """Whether the paper's numbers apply to this config (workflow option ``baseline_gate.enabled``)."""
     opt = g.config["baseline_gate"]["enabled"]
     if opt is True or opt is False:
@@ -295,7 +296,7 @@ def paper_start_row(bb: str) -> tuple[str, dict] | None:
     return None
 
 
-def baseline_gate(g: Grid, table: str, scores: pd.DataFrame) -> dict:
+def baseline_gate(g: Layout, table: str, scores: pd.DataFrame) -> dict:
     """Compare the table's starting checkpoint (temperature 1) with the paper's row for it, per
     NFE, Gen.-PPL and entropy: a cell fails when |ours - paper| > max(sd x sqrt(SD_paper^2 +
     SD_ours^2), rel x paper) (workflow/schemas/config.schema.yaml, ``baseline_gate``)."""
@@ -417,7 +418,7 @@ def _best(values) -> float | None:
     return min(v) if v else None
 
 
-def main_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+def main_block(g: Layout, table: str, df: pd.DataFrame) -> Block:
     """The paper's shape: per NFE "Gen.-PPL ± SD" and entropy; our row, then the paper's under it."""
     t = g.tables[table]
     want = len(g.seeds)
@@ -466,7 +467,7 @@ def _has_kl(df: pd.DataFrame) -> bool:
     return "ngram_kl2" in df.columns and df["ngram_kl2"].notna().any()
 
 
-def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+def honesty_block(g: Layout, table: str, df: pd.DataFrame) -> Block:
     """What the paper does not report: oracle Gen.-PPL, MAUVE, the exact bigram divergence, the
     matched-entropy ratio, the start checkpoint at the method's entropy, held-out NELBO."""
     has_oracle, has_kl = "oracle_gen_ppl" in df.columns, _has_kl(df)
@@ -508,7 +509,7 @@ def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
     return Block([f"NFE = {n}" for n in g.nfes], sub, ["NELBO ↓"], rows)
 
 
-def sweep_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+def sweep_block(g: Layout, table: str, df: pd.DataFrame) -> Block:
     """The start checkpoint along its temperature sweep: Gen.-PPL, entropy, MAUVE (and the exact
     bigram divergence), the frontier that the ratio and the matched row read."""
     has_kl = _has_kl(df)
@@ -530,7 +531,7 @@ def sweep_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
     return Block([f"NFE = {n}" for n in g.nfes], sub, [], rows)
 
 
-def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> dict:
+def table_text(g: Layout, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> dict:
     """The prose around the two tabulars (Markdown inline marks: **bold**, *italic*, `code`)."""
     t = g.tables[table]
     has_oracle = "oracle_gen_ppl" in df.columns
@@ -576,7 +577,7 @@ def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate:
     }
 
 
-def _distributional_text(g: Grid, df: pd.DataFrame) -> str:
+def _distributional_text(g: Layout, df: pd.DataFrame) -> str:
     """The legend of the MAUVE and KL₂ columns, with the bigram statistic's noise floor."""
     text = (
         "MAUVE ↑ = MAUVE (the authors' `mauve-text`, score options `mauve_*`) of the samples against as many "
@@ -596,7 +597,7 @@ def _distributional_text(g: Grid, df: pd.DataFrame) -> str:
     return text
 
 
-def render(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> tuple[str, str, str]:
+def render(g: Layout, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> tuple[str, str, str]:
     """Markdown, LaTeX and HTML of one table: the paper's table, then the honesty columns."""
     main, honesty, sweep = main_block(g, table, df), honesty_block(g, table, df), sweep_block(g, table, df)
     text = table_text(g, table, df, floor, gate)
@@ -794,7 +795,7 @@ def _html_page(ident: str, title: str, body: str) -> str:
     )
 
 
-def write_table(g: Grid, table: str) -> None:
+def write_table(g: Layout, table: str) -> None:
     df = table_frame(g, table)
     gate = baseline_gate(g, table, read_scores(g, g.table_units(table)))
     md, tex, page = render(g, table, df, entropy_floor(g), gate)
@@ -832,7 +833,7 @@ FIGURE_TEXT = {
 }
 
 
-def _save(fig, name: str, g: Grid) -> None:
+def _save(fig, name: str, g: Layout) -> None:
     """PNG and PDF, and an HTML page holding the PNG for the report's front page."""
     for ext in ("png", "pdf"):
         path, data = g.figure_file(name, ext), figure_bytes(fig, ext)
@@ -889,7 +890,7 @@ def _legend_outside(fig, axes, **kw) -> None:
         )
 
 
-def figure2(g: Grid) -> None:
+def figure2(g: Layout) -> None:
     """Gen.-PPL against training step: rows backbone (x metric), one column per NFE."""
     import matplotlib
 
@@ -956,7 +957,7 @@ def model_styles(keys) -> dict:
     return {k: (cmap(COLOURS[i % 20]), MARKERS[(i + i // 20) % len(MARKERS)]) for i, k in enumerate(keys)}
 
 
-def quality_diversity(g: Grid) -> None:
+def quality_diversity(g: Layout) -> None:
     """Gen.-PPL against entropy per NFE: the start checkpoint's temperature sweep as a curve,
     every model of the tables (at its table step) as a point with SD bars, each in its own
     colour and marker, with one legend right of the panels."""
@@ -1028,7 +1029,7 @@ def quality_diversity(g: Grid) -> None:
     plt.close(fig)
 
 
-def ratio_frame(g: Grid) -> pd.DataFrame:
+def ratio_frame(g: Layout) -> pd.DataFrame:
     """Every evaluated checkpoint of every trained model, per NFE (the ratio figure's CSV): the
     matched-entropy ratio as the tables define it (mean Gen.-PPL over the start's frontier at the
     mean entropy) and the mean ± SD of the per-seed ratios (each seed's Gen.-PPL over the frontier
@@ -1077,7 +1078,7 @@ def ratio_frame(g: Grid) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def ratio_steps(g: Grid) -> None:
+def ratio_steps(g: Layout) -> None:
     """The matched-entropy ratio (evaluator, then oracle), the entropy and the held-out NELBO of
     every trained model against its training step, one column per NFE (NELBO: one panel per
     backbone); the start checkpoint is the dashed line."""
@@ -1145,7 +1146,7 @@ def ratio_steps(g: Grid) -> None:
     plt.close(fig)
 
 
-# The function that draws each figure of tokendrift.grid.FIGURES.
+# The function that draws each figure of tokendrift.grid.sheet.FIGURES.
 DRAW = {"figure2": figure2, "quality_diversity": quality_diversity, "ratio_steps": ratio_steps}
 
 

@@ -146,11 +146,14 @@ REPORTING = (
     "aggregate.py",
     "tracking.py",
     "probe.py",
-    "grid.py",
+    "grid/__init__.py",
+    "grid/sheet.py",
+    "grid/layout.py",
+    "grid/rules.py",
     "cli.py",
     "cost.py",
     "status.py",
-    "paper_grid.yaml",
+    "grid/paper_grid.yaml",
     "warm.py",
 )
 

@@ -1,5 +1,5 @@
 # The paper's tables and the config's own (Markdown, LaTeX, CSV, an HTML page and the baseline
-# gate) and the figures (tokendrift.grid.FIGURES), built from the score files; then the one MLflow
+# gate) and the figures (tokendrift.grid.sheet.FIGURES), built from the score files; then the one MLflow
 # writer imports every result file (tokendrift.tracking).
 # These jobs rebuild the grid from the same config the workflow read (G.config_args).
 

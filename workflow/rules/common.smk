@@ -1,8 +1,9 @@
-# Reads and validates the config and expands the grid (tokendrift.grid): every rule asks G for
-# its paths, inputs and job arguments.
+# Reads and validates the config and expands the grid (tokendrift.grid): every rule asks G, the
+# rule adapter (tokendrift.grid.rules), for its paths, inputs and job arguments.
 from snakemake.exceptions import WorkflowError
 
-from tokendrift.grid import FIGURES, workflow_grid
+from tokendrift.grid.rules import workflow_grid
+from tokendrift.grid.sheet import FIGURES
 from tokendrift.status import end_driver, record_driver, stops_jobs
 from tokendrift.utils import TokenDriftError
 
