@@ -264,3 +264,25 @@ def test_grid_and_status_say_what_is_wrong_with_a_config_in_one_line(tmp_path, c
     assert cli.main([command, "--config-json", "{name: x", "--schema", str(SCHEMA)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --config-json is not valid JSON") and err.count("\n") == 1
+
+
+def test_the_rule_adapter_is_imported_by_the_rules_alone():
+    """tokendrift.grid.rules (inputs, argument lists, environment of each rule) is read by
+    workflow/rules/*.smk only: no module of the package, reporting included, imports it; reporting
+    reads through the sheet and the layout."""
+    import ast
+
+    package = REPO / "tokendrift"
+    importers = []
+    for f in sorted(package.rglob("*.py")):
+        if f == package / "grid" / "rules.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" if node.module else a.name for a in node.names]
+                level_pkg = ".".join(f.relative_to(REPO).with_suffix("").parts[: -node.level]) if node.level else ""
+                if any(f"{level_pkg}.{n}".strip(".").endswith("grid.rules") for n in names):
+                    importers.append(str(f.relative_to(REPO)))
+    assert importers == []
+    rules_files = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert "from tokendrift.grid.rules import" in rules_files

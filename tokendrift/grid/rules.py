@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import config as configlib
 from ..utils import code_digest
 from .layout import Layout
-from .sheet import Unit, deep_merge
+from .sheet import Unit
 
 # A rule's wildcards as a unit: the paths of its outputs and log are the unit's paths with them.
 WILDCARDS = Unit("{backbone}", "{model}", "{seed}", "{step}")  # type: ignore[arg-type]
@@ -79,8 +79,8 @@ class Rules(Layout):
 
     def pretrain_args(self, w) -> list[str]:
         bb = w.backbone
-        config = json.dumps(self.pretrain_config(bb))
-        return [bb, "--config-json", config, "--out", str(self.pretrain_dir(bb)), "--discard-stale"]
+        options = configlib.option_args("train", self.pretrain_config(bb))
+        return [bb, *options, "--out", str(self.pretrain_dir(bb)), "--discard-stale"]
 
     def import_args(self, w) -> list[str]:
         start = self.config["start"][w.backbone]
@@ -89,7 +89,8 @@ class Rules(Layout):
                 "--source-json", json.dumps(self.config["source"])]  # fmt: skip
 
     def evaluator_args(self, w) -> list[str]:
-        return ["evaluator", "--config-json", json.dumps(self.evaluator_config()), "--out", str(self.evaluator_dir)]
+        options = configlib.option_args("evaluator", self.evaluator_config())
+        return ["evaluator", *options, "--out", str(self.evaluator_dir)]
 
     def train_inputs(self, w) -> list[str]:
         return [str(self.start_done(w.backbone)), *self.job_inputs]
@@ -97,7 +98,7 @@ class Rules(Layout):
     def train_args(self, w) -> list[str]:
         job = self.train_config(w.backbone, w.model, int(w.seed))
         out = self.train_dir(w.backbone, w.model, int(w.seed))
-        return ["--config-json", json.dumps(job), "--out", str(out), "--discard-stale"]
+        return [*configlib.option_args("train", job), "--out", str(out), "--discard-stale"]
 
     def sample_outputs(self, start: bool) -> list[str]:
         return self.sample_files(START_WILDCARDS if start else WILDCARDS)
@@ -182,5 +183,5 @@ def workflow_grid(config: dict, basedir: str, configfiles) -> Rules:
     workflow/schemas/config.schema.yaml."""
     base = Path(basedir)
     if not configfiles:
-        config = deep_merge(configlib.load_file(base / "workflow" / "config" / "default.yaml"), config)
+        config = configlib.deep_merge(configlib.load_file(base / "workflow" / "config" / "default.yaml"), config)
     return Rules(config, base / "workflow" / "schemas" / "config.schema.yaml")

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .. import config as configlib
+from ..config import deep_merge
 from ..prepare import normalize
 from ..utils import TokenDriftError
 
@@ -40,13 +41,6 @@ PAPER_GRID_FILE = Path(__file__).parent / "paper_grid.yaml"
 def paper_tables() -> dict:
     """The paper's grid and reported values (tokendrift/grid/paper_grid.yaml)."""
     return yaml.safe_load(PAPER_GRID_FILE.read_text())
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 @dataclass(frozen=True)
