@@ -102,7 +102,7 @@ def test_the_entropy_rate_job_writes_the_floor_the_tables_read(tmp_path):
     g = Rules(raw, SCHEMA)
     assert aggregate.entropy_floor(g) is None  # not computed yet: partial results print no floor
     (out,) = g.entropy_rate_file
-    assert cli.main(["entropy-rate", "--source-json", json.dumps(g.config["source"]), "--out", out]) == 0
+    assert cli.main(["entropy-rate", *g.source_args(None), "--out", out]) == 0
     rate = json.loads(open(out).read())["entropy_rate"]
     assert rate == make_source(g.config["source"]).entropy_rate
     assert aggregate.entropy_floor(g) == math.exp(rate)
@@ -112,6 +112,6 @@ def test_a_source_without_an_entropy_rate_is_refused_and_nothing_written(tmp_pat
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("some text " * 50)
     source = {"kind": "textdir", "path": str(tmp_path / "docs")}
-    assert cli.main(["entropy-rate", "--source-json", json.dumps(source), "--out", str(tmp_path / "e.json")]) == 2
+    assert cli.main(["entropy-rate", *configlib.option_args("source", source), "--out", str(tmp_path / "e.json")]) == 2
     assert "entropy" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()

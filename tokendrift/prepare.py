@@ -1,6 +1,6 @@
 """The data stage: a text corpus tokenized once, streamed to flat token files on disk.
 
-``tokendrift prepare --source-json CFG`` turns the corpus of a text source (``openwebtext``:
+``tokendrift prepare --kind ... (the source's options)`` turns the corpus of a text source (``openwebtext``:
 a dataset with a ``text`` column, loaded from data files; ``textdir``: a folder of .txt
 files) into a prepared folder that every training, NELBO, sampling and probe job maps
 read-only (``tokendrift.data.BlockedText``). No job tokenizes a corpus itself.
@@ -388,24 +388,25 @@ def manifest_record(path: str | os.PathLike | None) -> dict | None:
 # --------------------------------------------------------------------------- command line
 
 
-def source_json(text: str) -> dict:
-    """The ``--source-json`` of the data-stage commands."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TokenDriftError(f"--source-json is not valid JSON: {e}") from None
+def add_source_args(p) -> None:
+    """The source config of a data-stage command, as every job takes its options: one flag per
+    option of tokendrift/schemas/source.schema.yaml (``--kind openwebtext --tokenizer gpt2 ...``)."""
+    configlib.add_options(p, "source")
+
+
+def source_of(args) -> dict:
+    """The source config the flags give (``normalize`` checks it and fills the schema's defaults)."""
+    return configlib.given_options(args, "source")
 
 
 def _run(args) -> int:
-    meta = prepare(source_json(args.source_json), manifest=args.manifest or os.environ.get("TOKENDRIFT_MANIFEST"))
+    meta = prepare(source_of(args), manifest=args.manifest or os.environ.get("TOKENDRIFT_MANIFEST"))
     print(json.dumps({k: meta[k] for k in ("docs", "tokens", "blocks", "seconds")}))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize a text source once into flat token files (the data stage)")
-    p.add_argument(
-        "--source-json", required=True, help="the source config (tokendrift/schemas/source.schema.yaml) as JSON"
-    )
+    add_source_args(p)
     p.add_argument("--manifest", help="the fetch manifest to record (default: $TOKENDRIFT_MANIFEST)")
     p.set_defaults(func=_run)

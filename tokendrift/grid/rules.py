@@ -75,7 +75,7 @@ class Rules(Layout):
 
     def source_args(self, w) -> list[str]:
         """The source config of the data-stage jobs (prepare_data, entropy_rate)."""
-        return ["--source-json", json.dumps(self.config["source"])]
+        return configlib.option_args("source", self.config["source"])
 
     def pretrain_args(self, w) -> list[str]:
         bb = w.backbone
