@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import time
@@ -54,7 +53,9 @@ from .objective import (
 from .records import job_files, write_record
 from .train_state import (
     TrainState,
+    checkpoints_due,
     latest_checkpoint,
+    log_and_save,
     make_state,
     released_ema,
     resume,
@@ -367,29 +368,6 @@ def _floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     if not values:
         return {}
     return dict(zip(values, torch.stack([v.double() for v in values.values()]).tolist(), strict=True))
-
-
-def checkpoints_due(cfg: dict, step: int) -> list[str]:
-    """The checkpoint folders written after ``step``: a permanent one at ``checkpoint_steps`` and
-    the last step, the rolling one (``last``) every ``save_every`` steps."""
-    due = []
-    if step in cfg["checkpoint_steps"] or step == cfg["steps"]:
-        due.append(f"step_{step:06d}")
-    if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
-        due.append("last")
-    return due
-
-
-def log_and_save(out: Path, s: Setup, state: TrainState, line: dict | None) -> None:
-    """Rank 0 after a step: the metrics line (given every ``log_every`` steps and the last) and
-    the checkpoints due (``checkpoints_due``)."""
-    if s.rank != 0:
-        return
-    if line is not None:
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-    for name in checkpoints_due(s.cfg, state.step):
-        state.save(out / "checkpoints" / name, s.meta)
 
 
 def train(

@@ -259,3 +259,26 @@ def resume(out: Path, s: Setup, state: TrainState, discard_stale: bool) -> None:
         ckpt = latest_checkpoint(out) if out.exists() else None
     if ckpt is not None:
         state.load(ckpt, s.meta)
+
+
+def checkpoints_due(cfg: dict, step: int) -> list[str]:
+    """The checkpoint folders written after ``step``: a permanent one at ``checkpoint_steps`` and
+    the last step, the rolling one (``last``) every ``save_every`` steps."""
+    due = []
+    if step in cfg["checkpoint_steps"] or step == cfg["steps"]:
+        due.append(f"step_{step:06d}")
+    if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
+        due.append("last")
+    return due
+
+
+def log_and_save(out: Path, s: Setup, state: TrainState, line: dict | None) -> None:
+    """Rank 0 after a step: the metrics line (given every ``log_every`` steps and the last) and
+    the checkpoints due (``checkpoints_due``)."""
+    if s.rank != 0:
+        return
+    if line is not None:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+    for name in checkpoints_due(s.cfg, state.step):
+        state.save(out / "checkpoints" / name, s.meta)
