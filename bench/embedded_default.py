@@ -46,7 +46,7 @@ import yaml
 
 from tokendrift.core.data import make_source
 from tokendrift.core.utils import atomic_write_json
-from tokendrift.grid import Grid
+from tokendrift.grid.layout import Layout
 from tokendrift.jobs.pretrain import pretrain_backbone, pretrain_evaluator
 from tokendrift.jobs.sample import sample_checkpoint
 from tokendrift.jobs.score import checkpoint_nelbo, load_evaluator, sample_entropy, score_samples
@@ -270,7 +270,7 @@ def main() -> None:
     if args.time:
         return time_main(args)
     args.config = args.config or "workflow/config/default.yaml"
-    g = Grid(yaml.safe_load(Path(args.config).read_text()), "workflow/schemas/config.schema.yaml")
+    g = Layout(yaml.safe_load(Path(args.config).read_text()), "workflow/schemas/config.schema.yaml")
     out, smp = g.root, g.config["sample"]
     source = make_source(g.config["source"])
     timings = {}  # wall seconds of pretraining done here (0 when the DAG already did it)

@@ -92,7 +92,7 @@ def separation(results: Path, counts=(64, 256)) -> list[dict]:
 
     from tokendrift.core import divergence
     from tokendrift.core.data import make_source
-    from tokendrift.grid import workflow_grid
+    from tokendrift.grid.rules import workflow_grid
     from tokendrift.jobs.score import OPTIONS, decode_samples, gen_ppl, load_evaluator
 
     source = make_source(workflow_grid({}, str(REPO), []).config["source"])

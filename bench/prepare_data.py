@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.paper_files import write_corpus, write_gpt2_tokenizer  # noqa: E402
+from tokendrift.core import config as configlib  # noqa: E402
 
 
 def anon_kib(p: psutil.Process) -> int:
@@ -71,7 +72,7 @@ def measure(n_docs: int, num_proc: int, work: Path, tokenizer_dir: Path) -> dict
     env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    proc = psutil.Popen([sys.executable, "-m", "tokendrift.cli", "prepare", "--source-json", json.dumps(cfg)],
+    proc = psutil.Popen([sys.executable, "-m", "tokendrift.cli", "prepare", *configlib.option_args("source", cfg)],
                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_anon = peak_rss = 0
     while proc.poll() is None:

@@ -1,7 +1,7 @@
 """`tokendrift status` on the paper's grid: how long the one-command status of a study takes.
 
 Builds a synthetic results tree for workflow/config/paper.yaml's grid in a temporary folder
-(an empty completion record at each path tokendrift.grid.Grid names, as a job writes it, so
+(an empty completion record at each path tokendrift.grid.layout.Layout names, as a job writes it, so
 that status checks each record; Snakemake's incomplete markers and a lock
 for the running jobs): every shared job done, and per checkpoint about 75% done, 10% failed at
 scoring, 5% running (sampling), 10% missing, and every checkpoint of a tenth of the
@@ -29,10 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tokendrift.core.config import load_file  # noqa: E402
-from tokendrift.core.records import record_text  # noqa: E402
-from tokendrift.grid import Grid  # noqa: E402
-from tokendrift.report.status import chain, study_status  # noqa: E402
+from tokendrift.core.config import load_file  # noqa: E402  # noqa: E402
+from tokendrift.core.records import record_text  # noqa: E402  # noqa: E402
+from tokendrift.grid.layout import Layout  # noqa: E402
+from tokendrift.report.status import chain, study_status  # noqa: E402  # noqa: E402
 
 EMPTY_RECORD = record_text({})
 
@@ -46,7 +46,7 @@ def touch(wd: Path, p) -> None:
     f.write_text(EMPTY_RECORD)
 
 
-def build(g: Grid, wd: Path) -> dict:
+def build(g: Layout, wd: Path) -> dict:
     """The tree; returns how many checkpoints it made done, failed, running and missing."""
     intended = {"done": 0, "failed": 0, "running": 0, "missing": 0}
     runs = sorted(g.runs)
@@ -80,7 +80,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    g = Grid(load_file(PAPER), SCHEMA)
+    g = Layout(load_file(PAPER), SCHEMA)
     summary = g.summary()
     jobs = {j for u in g.units for j in chain(g, u)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,6 +36,7 @@ from tests.paper_files import random_model_dir  # noqa: E402
 from tokendrift.core.objective import drift_field  # noqa: E402
 from tokendrift.core.utils import tune_allocator  # noqa: E402
 from tokendrift.jobs import train as T  # noqa: E402
+from tokendrift.jobs.train_state import make_state  # noqa: E402
 
 
 def machine(device: str) -> dict:
@@ -81,7 +82,7 @@ def make_init(folder: Path, preset: str, length: int, diffusion: str) -> Path:
 
 def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
     """A training job's Setup with the AdamW and noise generator of its training state
-    (``T.make_state``: the generator in train mode, so dropout runs as in training); ``extra``
+    (``make_state``: the generator in train mode, so dropout runs as in training); ``extra``
     adds job options."""
     cfg = T.resolve_config({"variant": variant, "init": str(init), "global_batch": args.micro_batch,
                             "micro_batch": args.micro_batch, "device": args.device,
@@ -92,7 +93,7 @@ def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
         d = s.queues["real"].dim
         for q in s.queues.values():
             q.push(torch.nn.functional.normalize(torch.randn(cfg["objective"]["queue_size"], d, device=s.device), dim=-1))
-    state = T.make_state(s)  # single process: state.model is s.model, now in training mode
+    state = make_state(s)  # single process: state.model is s.model, now in training mode
     assert state.model is s.model and s.model.training
     return s, state.optimizer, state.noise
 

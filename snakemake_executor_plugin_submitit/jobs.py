@@ -89,7 +89,7 @@ def distributed_env(gpus_per_node: int, environ: dict[str, str] | None = None) -
 
     With GPUs, each task sees exactly one: CUDA_VISIBLE_DEVICES narrowed to the LOCAL_RANK-th of
     the GPUs visible to the job (all of them under Slurm's --gpus-per-node), which the task then
-    uses as ``cuda:0`` (``tokendrift.jobs.train.resolve_device``); a task the scheduler already bound
+    uses as ``cuda:0`` (``tokendrift.core.distributed.resolve_device``); a task the scheduler already bound
     to one GPU (--gpus-per-task, --gpu-bind) keeps it. LOCAL_RANK stays the rank on the node.
     """
     environ = os.environ if environ is None else environ

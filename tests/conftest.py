@@ -17,7 +17,8 @@ import torch
 from tests.paper_files import random_model_dir
 from tokendrift.core.data import make_source
 from tokendrift.core.records import write_record
-from tokendrift.grid import Grid, Unit
+from tokendrift.grid.layout import Layout
+from tokendrift.grid.sheet import Unit
 
 # Tests share a 2-core machine: keep intra-op threads modest and results repeatable.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -83,15 +84,15 @@ def job(init, /, **over) -> dict:
 
 # --------------------------- hand-made score files (tests/test_aggregate.py, tests/test_report.py)
 
-def make_grid(tmp_path, **over) -> Grid:
+def make_grid(tmp_path, **over) -> Layout:
     cfg = {"name": "t", "results": str(tmp_path / "results"), "source": {"kind": "openwebtext"},
            "seeds": [0, 1, 2], "start": {"mdlm": {"pretrain": {}}, "duo": {"pretrain": {}}},
            "evaluator": {"name": "gpt2-large"}, "steps": {"long": 4, "short": 2},
            "sample": {"nfe": [4, 8], "sweep": [0.5, 0.8]}, **over}
-    return Grid(cfg, SCHEMA)
+    return Layout(cfg, SCHEMA)
 
 
-def put(g: Grid, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None, **more):
+def put(g: Layout, u: Unit, t: float, nfe: int, ppl: float, ent: float, nelbo: float | None = None, **more):
     f = g.score_file(u, t, nfe)
     f.parent.mkdir(parents=True, exist_ok=True)
     write_record(f, {"gen_ppl": ppl, "entropy": ent, "oracle_gen_ppl": None, "nfe": nfe, **more})  # as score jobs write

@@ -18,13 +18,15 @@ from tests.conftest import CI, REPO, SCHEMA, planned_jobs
 from tests.conftest import snakemake as snakemake_dry
 from tokendrift.core.config import load_file
 from tokendrift.core.utils import TokenDriftError
-from tokendrift.grid import FIGURES, Grid, Unit
+from tokendrift.grid.layout import Layout
+from tokendrift.grid.sheet import Unit
+from tokendrift.report.figures import FIGURES
 
 OWN = REPO / "tests" / "configs" / "own_table.yaml"
 
 
 def test_a_config_adds_one_run_and_one_table_to_the_papers_grid(ci_dry_run):
-    g = Grid(load_file(CI), SCHEMA)
+    g = Layout(load_file(CI), SCHEMA)
     assert list(g.tables) == ["table1", "table2", "table3", "table4", "table5", "table6", "alpha"]
     assert g.tables["alpha"]["method"] == "tokendrift"  # the first row that is not the start checkpoint
     assert g.train_config("mdlm", "alpha_3", 1)["objective"]["alpha"] == 3.0
@@ -73,7 +75,7 @@ BAD = [
 @pytest.mark.parametrize("cfg,expected", BAD, ids=[e for _, e in BAD])
 def test_bad_ablation_configs_are_refused_naming_the_key(tmp_path, cfg, expected):
     with pytest.raises(TokenDriftError, match=re.escape(expected)):
-        Grid(cfg, SCHEMA)
+        Layout(cfg, SCHEMA)
 
 
 def test_a_bad_own_table_stops_snakemake_naming_the_key_and_writing_nothing(tmp_path):
@@ -92,7 +94,7 @@ def test_a_config_with_only_its_own_table_builds_everything_a_paper_table_has(tm
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     cfg = load_file(OWN)
     cfg["results"] = str(tmp_path / "results")
-    g = Grid(cfg, SCHEMA)
+    g = Layout(cfg, SCHEMA)
     for f in g.all_outputs():
         assert Path(f).stat().st_size > 0, f
     tables = sorted(p.name for p in (g.root / "tables").iterdir())
@@ -119,7 +121,7 @@ def test_a_config_with_only_its_own_table_builds_everything_a_paper_table_has(tm
 
 @pytest.mark.parametrize("path", sorted((REPO / "workflow" / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_expands(path):
-    g = Grid(load_file(path), SCHEMA)  # validated: every run read by a table or figure, every row a run
+    g = Layout(load_file(path), SCHEMA)  # validated: every run read by a table or figure, every row a run
     assert g.tables and g.runs
 
 

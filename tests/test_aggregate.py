@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift.core.utils import TokenDriftError
-from tokendrift.grid import Unit
+from tokendrift.grid.sheet import Unit
 from tokendrift.report.figures import FIGURES, figure2, quality_diversity, ratio_steps
 from tokendrift.report.results import at_entropy
 from tokendrift.report.tables import write_table

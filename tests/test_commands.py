@@ -1,17 +1,20 @@
-"""The command line as the workflow uses it: the command table, the job options that Grid writes
+"""The command line as the workflow uses it: the command table, the job options that Rules writes
 and the job parsers read, the checkpoint every evaluation job opens, and the entropy-rate job."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import CI, SCHEMA, TINY_SOURCE, make_init
+from tests.conftest import CI, PAPER, SCHEMA, TINY_SOURCE, make_init
 from tokendrift import cli
 from tokendrift.core import config as configlib
 from tokendrift.core.checkpoint import open_checkpoint
 from tokendrift.core.data import make_source
-from tokendrift.grid import Grid
+from tokendrift.core.utils import config_digest
+from tokendrift.grid.rules import Rules
+from tokendrift.jobs import train as trainlib
 from tokendrift.report import results
 
 
@@ -28,24 +31,61 @@ def test_every_command_of_the_table_is_defined_by_its_module_and_none_is_missing
                                                       ("nelbo", "score", "nelbo_"), ("nelbo", "nelbo", ""),
                                                       ("probe", "probe", "")])
 def test_the_options_grid_writes_are_the_config_values_the_job_reads(section, command, prefix):
-    """Every option of a config section reaches its job: Grid writes one flag per key of the job's
+    """Every option of a config section reaches its job: Rules writes one flag per key of the job's
     schema, and the job's parser (built from the same schema) reads back the config's value."""
-    g = Grid(configlib.load_file(CI) | {"nelbo": {"n_batches": 3, "batch_size": 5, "n_t": 2, "device": "cpu"}},
+    g = Rules(configlib.load_file(CI) | {"nelbo": {"n_batches": 3, "batch_size": 5, "n_t": 2, "device": "cpu"}},
              SCHEMA)
     required = {"sample": ["CKPT", "--out", "o", "--nfe", "4"], "score": ["S", "--evaluator", "e", "--out", "o"],
                 "nelbo": ["CKPT", "--out", "o"], "probe": ["--checkpoint", "a=CKPT", "--out", "o"]}[command]
     args = cli.build_parser([command]).parse_args([command, *required, *g.job_options(section, prefix)])
     wanted = {k: v for k, v in g.config[section].items() if k in configlib.schema(section)["properties"]}
-    assert wanted and {k: getattr(args, prefix + k) for k in wanted} == wanted
+    assert wanted and configlib.read_options(args, section, prefix) == wanted
+
+
+@pytest.mark.parametrize("config", [CI, PAPER])
+def test_every_training_job_reads_back_exactly_the_job_config_its_flags_carry(config):
+    """A train, pretrain or evaluator job gets its options as the flags of its schema, like every job:
+    the job's parser reads back the job config the grid holds, types included (3e-05, [1, 2], null,
+    a mapping), so that its config digest, and with it its results, are those of the config."""
+    g = Rules(configlib.load_file(config), SCHEMA)
+    jobs = [(["train"], g.train_args(SimpleNamespace(backbone=bb, model=m, seed=s)), g.train_config(bb, m, s))
+            for bb, m in g.runs for s in g.seeds]
+    jobs += [(["pretrain"], g.pretrain_args(SimpleNamespace(backbone=bb)), g.pretrain_config(bb))
+             for bb in g.backbones if "pretrain" in g.config["start"][bb]]
+    if "pretrain" in g.config["evaluator"]:
+        jobs.append((["pretrain"], g.evaluator_args(None), g.evaluator_config()))
+    assert len(jobs) >= len(g.runs) * len(g.seeds) > 0
+    for command, argv, job in jobs:
+        args = cli.build_parser(command).parse_args([*command, *argv])
+        schema = "evaluator" if getattr(args, "what", "") == "evaluator" else "train"
+        read = trainlib.load_job_config(args, schema)
+        assert read == job and config_digest(read) == config_digest(job)
+        assert configlib.validate(schema, read) == configlib.validate(schema, job)
+
+
+def test_a_train_flag_overrides_the_config_file_and_a_bad_value_names_its_flag(tmp_path, capsys):
+    (tmp_path / "job.yaml").write_text("steps: 40\nobjective: {loss: logit_l2, alpha: 2.0}\noptim: {lr: 1.0e-4}\n")
+    argv = ["train", "--config", str(tmp_path / "job.yaml"), "--objective.alpha", "0.5", "--checkpoint-steps", "[10, 20]",
+            "--init", "null", "--out", "o"]
+    args = cli.build_parser(["train"]).parse_args(argv)
+    assert trainlib.load_job_config(args) == {"steps": 40, "objective": {"loss": "logit_l2", "alpha": 0.5},
+                                              "optim": {"lr": 1e-4}, "checkpoint_steps": [10, 20], "init": None}
+    assert not hasattr(args, "steps")  # a flag not given is absent: the schema fills the default
+    with pytest.raises(SystemExit):
+        cli.build_parser(["train"]).parse_args(["train", "--objective.alpha", "big", "--out", "o"])
+    assert "--objective.alpha" in capsys.readouterr().err
+    with pytest.raises(configlib.TokenDriftError, match=r"objective\.alpha"):
+        trainlib.resolve_config(trainlib.load_job_config(
+            cli.build_parser(["train"]).parse_args(["train", "--objective.alpha", "-1", "--init", "x", "--out", "o"])))
 
 
 def test_a_job_section_takes_its_checks_from_the_job_schema():
     raw = configlib.load_file(CI)
     with pytest.raises(configlib.TokenDriftError, match=r"sample\.n_samples"):
-        Grid(raw | {"sample": {**raw["sample"], "n_samples": 0}}, SCHEMA)
+        Rules(raw | {"sample": {**raw["sample"], "n_samples": 0}}, SCHEMA)
     with pytest.raises(configlib.TokenDriftError, match=r"nelbo\.n_steps: unknown key"):
-        Grid(raw | {"nelbo": {"n_steps": 2}}, SCHEMA)
-    g = Grid(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section
+        Rules(raw | {"nelbo": {"n_steps": 2}}, SCHEMA)
+    g = Rules(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section
     assert g.config["score"] == configlib.defaults("score")
 
 
@@ -60,10 +100,10 @@ def test_open_checkpoint_gives_the_model_its_process_and_source(tmp_path):
 
 def test_the_entropy_rate_job_writes_the_floor_the_tables_read(tmp_path):
     raw = configlib.load_file(CI) | {"results": str(tmp_path)}
-    g = Grid(raw, SCHEMA)
+    g = Rules(raw, SCHEMA)
     assert results.entropy_floor(g) is None  # not computed yet: partial results print no floor
     (out,) = g.entropy_rate_file
-    assert cli.main(["entropy-rate", "--source-json", json.dumps(g.config["source"]), "--out", out]) == 0
+    assert cli.main(["entropy-rate", *g.source_args(None), "--out", out]) == 0
     rate = json.loads(open(out).read())["entropy_rate"]
     assert rate == make_source(g.config["source"]).entropy_rate
     assert results.entropy_floor(g) == math.exp(rate)
@@ -73,6 +113,6 @@ def test_a_source_without_an_entropy_rate_is_refused_and_nothing_written(tmp_pat
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("some text " * 50)
     source = {"kind": "textdir", "path": str(tmp_path / "docs")}
-    assert cli.main(["entropy-rate", "--source-json", json.dumps(source), "--out", str(tmp_path / "e.json")]) == 2
+    assert cli.main(["entropy-rate", *configlib.option_args("source", source), "--out", str(tmp_path / "e.json")]) == 2
     assert "entropy" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()

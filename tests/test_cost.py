@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import PAPER, REPO, SCHEMA
 from tokendrift.core.config import load_file
 from tokendrift.core.utils import TokenDriftError
-from tokendrift.grid import Grid
+from tokendrift.grid.layout import Layout
 from tokendrift.report import cost
 
 PROFILE = REPO / "profiles" / "slurm" / "profile.yaml"
@@ -33,7 +33,7 @@ def measurement(on: str = "cuda") -> dict:
 
 @pytest.fixture(scope="module")
 def paper():
-    return Grid(load_file(PAPER), SCHEMA)
+    return Layout(load_file(PAPER), SCHEMA)
 
 
 def by_what(rows, stage):

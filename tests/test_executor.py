@@ -179,7 +179,7 @@ def _slurm_task(monkeypatch, rank: int, tasks: int = 4) -> None:
 def test_every_rank_of_a_4_task_job_sees_one_gpu_and_uses_it(monkeypatch, mask):
     """The 4-rank H100 job: each task's CUDA_VISIBLE_DEVICES is its own GPU and the training job
     resolves cuda:0 in it (before, the mask was narrowed but ranks 1-3 asked for cuda:LOCAL_RANK)."""
-    from tokendrift.jobs.train import resolve_device
+    from tokendrift.core.distributed import resolve_device
 
     job_gpus = (mask or "0,1,2,3").split(",")
     seen = []
@@ -195,7 +195,7 @@ def test_every_rank_of_a_4_task_job_sees_one_gpu_and_uses_it(monkeypatch, mask):
 
 
 def test_a_task_the_scheduler_bound_to_one_gpu_keeps_it_and_too_few_gpus_are_refused(monkeypatch):
-    from tokendrift.jobs.train import resolve_device
+    from tokendrift.core.distributed import resolve_device
 
     _slurm_task(monkeypatch, 2)
     env = jobs.distributed_env(4, {"CUDA_VISIBLE_DEVICES": "2"})  # --gpus-per-task / --gpu-bind
@@ -210,8 +210,8 @@ def test_a_task_the_scheduler_bound_to_one_gpu_keeps_it_and_too_few_gpus_are_ref
 def test_torchrun_full_mask_resolves_cuda_local_rank():
     """torchrun leaves the mask whole: rank r of a node uses cuda:r; a local rank beyond the
     visible GPUs is refused naming the mask; no GPU and device cuda is refused."""
+    from tokendrift.core.distributed import resolve_device
     from tokendrift.core.utils import TokenDriftError
-    from tokendrift.jobs.train import resolve_device
 
     for rank in range(4):
         env = {"LOCAL_RANK": str(rank), "CUDA_VISIBLE_DEVICES": "0,1,2,3"}

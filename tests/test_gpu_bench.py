@@ -14,7 +14,7 @@ import torch
 from bench import gpu
 from tests.conftest import REPO
 from tokendrift.core.config import load_file
-from tokendrift.grid import Grid
+from tokendrift.grid.layout import Layout
 from tokendrift.report import cost
 
 
@@ -65,7 +65,7 @@ def test_dry_run_figures(dry):
 def test_the_dry_result_prices_the_paper_grid(dry, tmp_path):
     f = tmp_path / "m.json"
     f.write_text(json.dumps(dry[0]))
-    grid = Grid(load_file(REPO / "workflow/config/paper.yaml"), REPO / "workflow/schemas/config.schema.yaml")
+    grid = Layout(load_file(REPO / "workflow/config/paper.yaml"), REPO / "workflow/schemas/config.schema.yaml")
     text = cost.describe_cost(grid, "paper.yaml", f, REPO / "profiles/slurm/profile.yaml")
     assert "CPU measurement, not a GPU estimate" in text and "not measured" not in text
 

@@ -15,9 +15,9 @@ import yaml
 
 from tests.conftest import PAPER, REPO, SCHEMA, planned_jobs, snakemake
 from tokendrift.core.utils import TokenDriftError
-from tokendrift.grid import Grid
+from tokendrift.grid.layout import Layout
 
-# The paper's grid (docs/grid.md), written out independently of tokendrift/paper_grid.yaml:
+# The paper's grid (docs/grid.md), written out independently of tokendrift/grid/paper_grid.yaml:
 # (backbone, run) -> (steps, the options that make the run what it is)
 PAPER_RUNS = {
     ("mdlm", "continuation"): (13000, {"variant": "continuation"}),
@@ -68,7 +68,7 @@ def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_paper_grid(tmp_path)
 
 
 def test_train_job_configs_follow_the_sheet():
-    g = Grid(yaml.safe_load(PAPER.read_text()), SCHEMA)
+    g = Layout(yaml.safe_load(PAPER.read_text()), SCHEMA)
     for (bb, run), (steps, options) in PAPER_RUNS.items():
         cfg = g.train_config(bb, run, 2)
         assert cfg["steps"] == steps and cfg["seed"] == 2 and cfg["global_batch"] == 512
@@ -83,7 +83,7 @@ def test_train_job_configs_follow_the_sheet():
 
 def test_default_and_ci_configs_expand():
     for path in (REPO / "workflow" / "config" / "default.yaml", REPO / "tests" / "configs" / "ci.yaml"):
-        g = Grid(yaml.safe_load(path.read_text()), SCHEMA)
+        g = Layout(yaml.safe_load(path.read_text()), SCHEMA)
         assert g.summary()["train"] == (16 + len(g.config["runs"])) * len(g.seeds)  # ci.yaml adds one run
         assert "pretrain" in g.config["start"]["mdlm"] and "pretrain" in g.config["evaluator"]
 
@@ -116,7 +116,7 @@ def test_bad_configs_are_refused_naming_the_key(tmp_path, change, expected):
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "ci.yaml").read_text())
     cfg.update(change)
     with pytest.raises(TokenDriftError, match=re.escape(expected)):
-        Grid(cfg, SCHEMA)
+        Layout(cfg, SCHEMA)
     # the same through Snakemake: exit 1, the key named, nothing written
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -148,7 +148,7 @@ def test_counts_bounds_and_unprintable_text_are_refused_naming_the_key(change, e
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "ci.yaml").read_text())
     cfg.update(change)
     with pytest.raises(TokenDriftError, match=re.escape(expected)):
-        Grid(cfg, SCHEMA)
+        Layout(cfg, SCHEMA)
 
 
 def test_every_size_and_count_of_the_schemas_has_an_upper_bound_and_says_why():
@@ -264,3 +264,25 @@ def test_grid_and_status_say_what_is_wrong_with_a_config_in_one_line(tmp_path, c
     assert cli.main([command, "--config-json", "{name: x", "--schema", str(SCHEMA)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --config-json is not valid JSON") and err.count("\n") == 1
+
+
+def test_the_rule_adapter_is_imported_by_the_rules_alone():
+    """tokendrift.grid.rules (inputs, argument lists, environment of each rule) is read by
+    workflow/rules/*.smk only: no module of the package, reporting included, imports it; reporting
+    reads through the sheet and the layout."""
+    import ast
+
+    package = REPO / "tokendrift"
+    importers = []
+    for f in sorted(package.rglob("*.py")):
+        if f == package / "grid" / "rules.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" if node.module else a.name for a in node.names]
+                level_pkg = ".".join(f.relative_to(REPO).with_suffix("").parts[: -node.level]) if node.level else ""
+                if any(f"{level_pkg}.{n}".strip(".").endswith("grid.rules") for n in names):
+                    importers.append(str(f.relative_to(REPO)))
+    assert importers == []
+    rules_files = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert "from tokendrift.grid.rules import" in rules_files

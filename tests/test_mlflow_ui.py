@@ -3,7 +3,7 @@ server` serves its store on 127.0.0.1, and headless Chromium renders the page of
 parent run (MLflow's UI is a React app: the page is read after its JavaScript ran). The page
 must list the child runs, one per row and seed, and the rows' mean Gen.-PPL per NFE.
 
-The study's score files are written here at the CI grid's paths (tokendrift.grid.Grid) rather
+The study's score files are written here at the CI grid's paths (tokendrift.grid.layout.Layout) rather
 than by a second run of the DAG; the import, the server and the browser are the real ones.
 
     python tests/test_mlflow_ui.py DIR [CONFIG] [OUT.png]
@@ -118,10 +118,10 @@ def write_scores(g, wd: Path) -> None:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     from tokendrift.core.config import load_file
-    from tokendrift.grid import Grid
+    from tokendrift.grid.layout import Layout
 
     wd = tmp_path_factory.mktemp("mlflow_ui")
-    g = Grid(load_file(CI), SCHEMA)
+    g = Layout(load_file(CI), SCHEMA)
     write_scores(g, wd)
     r = subprocess.run([str(BIN / "tokendrift"), "track", str(CI), "--schema", str(SCHEMA)], cwd=wd,
                        capture_output=True, text=True, timeout=600)
@@ -138,7 +138,7 @@ def test_the_parent_run_page_lists_every_row_and_seed_with_gen_ppl(study):
     children = {f"{m} seed{s}" for m in rows for s in g.seeds}
     assert set(re.findall(r"^(\w+ seed\d+)$", text, re.M)) == children, text[:3000]
     # the rows' mean Gen.-PPL per NFE, as MLflow prints it, equal to the mean of the seeds' score files
-    from tokendrift.grid import Unit
+    from tokendrift.grid.sheet import Unit
 
     for m in rows:
         n = g.nfes[0]
@@ -155,9 +155,9 @@ def test_the_parent_run_page_lists_every_row_and_seed_with_gen_ppl(study):
 def screenshot(wd: Path, config: Path, out: Path, table: str = "table1") -> None:
     """The page of `table`'s parent run for the study under wd, as PNG."""
     from tokendrift.core.config import load_file
-    from tokendrift.grid import Grid
+    from tokendrift.grid.layout import Layout
 
-    g = Grid(load_file(config), SCHEMA)
+    g = Layout(load_file(config), SCHEMA)
     db = (wd / g.root / "mlflow.db").resolve()
     experiment = g.config["mlflow"]["experiment"] or f"tokendrift-{g.config['name']}"
     with mlflow_server(db) as (url, _):

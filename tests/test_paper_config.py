@@ -7,7 +7,8 @@ from __future__ import annotations
 import yaml
 
 from tests.conftest import REPO, SCHEMA
-from tokendrift.grid import Grid, paper_tables
+from tokendrift.grid.layout import Layout
+from tokendrift.grid.sheet import paper_tables
 
 PAPER, MINI = REPO / "workflow/config/paper.yaml", REPO / "tests/configs/paper_mini.yaml"
 
@@ -44,7 +45,7 @@ def test_the_miniature_differs_from_the_paper_config_only_in_sizes_files_and_har
 
 
 def test_the_miniature_expands_to_the_paper_grid():
-    paper, mini = (Grid(yaml.safe_load(p.read_text()), SCHEMA) for p in (PAPER, MINI))
+    paper, mini = (Layout(yaml.safe_load(p.read_text()), SCHEMA) for p in (PAPER, MINI))
     assert set(paper.runs) == set(mini.runs) == {(r["backbone"], r["id"]) for r in paper_tables()["runs"]}
     assert set(paper.tables) == set(mini.tables) and paper.fetch_items.keys() == mini.fetch_items.keys()
     assert {k: v[0] for k, v in paper.fetch_items.items()} == {k: v[0] for k, v in mini.fetch_items.items()}

@@ -15,7 +15,8 @@ import pytest
 
 from tests.conftest import CI, REPO
 from tokendrift.core.config import load_file
-from tokendrift.grid import Grid, Unit
+from tokendrift.grid.layout import Layout
+from tokendrift.grid.sheet import Unit
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def finished(tmp_path_factory):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     cfg = load_file(CI)
     cfg["results"] = str(wd / "results")
-    return wd, Grid(cfg, REPO / "workflow" / "schemas" / "config.schema.yaml"), r
+    return wd, Layout(cfg, REPO / "workflow" / "schemas" / "config.schema.yaml"), r
 
 
 def test_all_tables_runs_through_the_submitit_executor(finished):

@@ -153,7 +153,7 @@ def _offline(tmp_path) -> dict:
     (["score", "S", "--evaluator", "gpt2-large", "--out", "o.json"], "'gpt2-large'"),
     (["checkpoint", "import", "hf:kuleshov-group/mdlm-owt/model.safetensors", "out", "--diffusion", "mdlm"],
      "hf:kuleshov-group/mdlm-owt"),
-    (["prepare", "--source-json", json.dumps({"kind": "openwebtext", "cache_dir": "c"})], "Skylion007/openwebtext"),
+    (["prepare", "--kind", "openwebtext", "--cache-dir", "c"], "Skylion007/openwebtext"),
 ])
 def test_a_file_missing_on_an_offline_node_fails_at_once_naming_the_fetch_target(tmp_path, argv, names):
     src = {"kind": "synthetic", "length": 8}

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import SWEEP, TD, make_grid, put
 from tokendrift.core.records import write_record
-from tokendrift.grid import Unit
+from tokendrift.grid.sheet import Unit
 from tokendrift.report import figures
 from tokendrift.report import gate as gatelib
 from tokendrift.report.figures import model_styles

@@ -17,13 +17,15 @@ from tests.conftest import CI, SCHEMA
 from tokendrift import cli
 from tokendrift.core.config import load_file
 from tokendrift.core.records import record_text
-from tokendrift.grid import FIGURES, Grid, Unit
+from tokendrift.grid.layout import Layout
+from tokendrift.grid.sheet import Unit
+from tokendrift.report.figures import FIGURES
 from tokendrift.report.status import chain, drivers_dir, study_status
 
 
 @pytest.fixture
 def grid():
-    return Grid(load_file(CI), SCHEMA)  # results/ci/..., relative to the working directory
+    return Layout(load_file(CI), SCHEMA)  # results/ci/..., relative to the working directory
 
 
 def touch(wd: Path, p, mtime=None):
@@ -151,7 +153,7 @@ def test_a_finished_study_has_nothing_to_rerun(grid, tmp_path, capsys):
 
 
 def test_the_logs_status_names_are_the_rules_logs(grid, ci_dry_run):
-    """Every log of a dry run of the CI DAG is one that Grid.log_file names (Grid.log for the jobs after
+    """Every log of a dry run of the CI DAG is one that Layout.log_file names (Layout.log for the jobs after
     the scores: the entropy rate, tables, figures and the MLflow import), and the reverse."""
     g = grid
     planned = set(re.findall(r"^\s+log: (\S+)", ci_dry_run, re.M))

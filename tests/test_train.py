@@ -17,10 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import TINY_MODEL, TINY_SOURCE, job
 from tokendrift.cli import main as cli
+from tokendrift.core import distributed
 from tokendrift.core.checkpoint import load_model_dir, save_model_dir
 from tokendrift.core.data import make_source
 from tokendrift.core.model import DiT, DiTConfig
 from tokendrift.jobs import train as trainlib
+from tokendrift.jobs import train_state
 
 
 def weights(folder: Path) -> dict:
@@ -128,14 +130,14 @@ def test_resume_hands_cpu_rng_states_and_adamw_steps_where_a_fresh_adamw_keeps_t
     if target == "cuda":  # what a CUDA job writes beside: its CUDA RNG state (a CPU byte tensor)
         saved["rng_cuda"] = torch.get_rng_state()
         torch.save(saved, ckpt / "train_state.pt")
-    state = trainlib.read_train_state(ckpt, torch.device(target))  # map_location=cuda would fail here
+    state = train_state.read_train_state(ckpt, torch.device(target))  # map_location=cuda would fail here
     for key in ("rng_noise", "rng_cpu") + (("rng_cuda",) if target == "cuda" else ()):
         assert state[key].device.type == "cpu" and state[key].dtype == torch.uint8, key
         assert torch.equal(state[key], saved[key]), key
     assert ("rng_cuda" in state) == (target == "cuda")
     # a fresh AdamW of this job, after one step: where it keeps `step`
     s = trainlib.build(trainlib.resolve_config(job(init_mdlm)))
-    fresh = trainlib.make_state(s)
+    fresh = train_state.make_state(s)
     assert not any(g["capturable"] or g["fused"] for g in fresh.optimizer.param_groups)
     for p in fresh.model.parameters():
         p.grad = torch.ones_like(p)
@@ -465,7 +467,7 @@ def test_torchrun_two_ranks_trains_end_to_end(tmp_path, init_mdlm):
 def _train_rank(rank, world, cfg, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    trainlib.init_distributed()
+    distributed.init_distributed()
     try:
         trainlib.train(cfg, out, progress=False)
     finally:
@@ -531,7 +533,7 @@ def _nan_rank(rank, world, cfg, out, port, result_dir):
             return value * float("nan") if calls["n"] == 4 else value
 
         trainlib.drift_loss = poisoned
-    trainlib.init_distributed("cpu")
+    distributed.init_distributed("cpu")
     try:
         trainlib.train(cfg, out, progress=False)
         Path(result_dir, f"r{rank}.txt").write_text("finished")
@@ -658,7 +660,7 @@ def test_the_rank_sets_its_device_before_the_process_group_and_the_backend_follo
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", torch.device(d))))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda b, **k: calls.append(("init", b)))
-    got = trainlib.init_distributed(device)
+    got = distributed.init_distributed(device)
     want = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
     assert got == want
     assert calls == ([("set_device", want)] if device == "cuda" else []) + [("init", backend)]

@@ -156,7 +156,8 @@ def test_one_process_trains_the_two_rank_weights(clean, tmp_path):
     cfg = json.loads((run_dir / "config.json").read_text())["config"]
     cfg = {**cfg, "micro_batch": cfg["micro_batch"] * 2, "init": str(clean / cfg["init"])}
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "train", "--config-json", json.dumps(cfg), "--out",
+    (tmp_path / "job.json").write_text(json.dumps(cfg))
+    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "train", "--config", str(tmp_path / "job.json"), "--out",
                         str(tmp_path / "one")], cwd=clean, capture_output=True, text=True, timeout=600,
                        env={**os.environ, **env})
     assert r.returncode == 0, r.stderr[-3000:]

@@ -7,8 +7,10 @@ module only loads them, fills the defaults in and turns a violation into a
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -85,26 +87,98 @@ def defaults(name: str) -> dict:
     return fill_defaults(schema(name), {})
 
 
-def add_options(parser, name: str, prefix: str = "") -> None:
-    """One flag per property of job schema ``name`` (``--prefix-key-name``), with its type or
-    choices, default and description taken from the schema."""
-    for key, sub in schema(name)["properties"].items():
-        kw = {"default": sub.get("default"), "help": sub.get("description")}
-        if "enum" in sub:
-            kw["choices"] = sub["enum"]
+def options(sch: dict, path: tuple[str, ...] = ()):
+    """(key path, schema) of each option of a job schema: a property, or each property of an
+    option group (an object with properties of its own: a train job's ``optim``, ``objective``)."""
+    for key, sub in sch.get("properties", {}).items():
+        if sub.get("type") == "object" and "properties" in sub:
+            yield from options(sub, (*path, key))
         else:
-            kw["type"] = {"integer": int, "number": float, "string": str}[sub["type"]]
-        parser.add_argument(option_flag(prefix + key), dest=prefix + key, **kw)
+            yield (*path, key), sub
 
 
-def option_flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+def option_flag(path: tuple[str, ...], prefix: str = "") -> str:
+    """``--prefix-key-name``, a group's option as ``--group.key-name`` (``--objective.queue-size``)."""
+    return "--" + ".".join((prefix + k if i == 0 else k).replace("_", "-") for i, k in enumerate(path))
+
+
+def _option_value(sub: dict):
+    """How a flag's text becomes the option's value: text for a string option, JSON for any
+    other (a number, ``true``, ``null``, a list ``[10, 20]``, a mapping ``{...}``); the schema
+    checks the value afterwards."""
+    types = sub.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    text_only = types == ["string"] or ("enum" in sub and all(isinstance(e, str) for e in sub["enum"]))
+
+    def parse(text: str):
+        if text_only or ("string" in types and text != "null"):
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            if "enum" in sub and text in sub["enum"]:
+                return text
+            raise argparse.ArgumentTypeError(f"{text!r} is not JSON (a number, true, null, [...], {{...}})") from None
+
+    return parse
+
+
+def add_options(parser, name: str, prefix: str = "") -> None:
+    """One flag per option of job schema ``name`` (``option_flag``), with its description and
+    default from the schema. A flag that is not given is absent from the parsed arguments: the
+    schema fills its default when ``read_options`` validates them."""
+    for path, sub in options(schema(name)):
+        flag = option_flag(path, prefix)
+        shown = f" (default: {json.dumps(sub['default'])})" if "default" in sub else ""
+        parser.add_argument(
+            flag,
+            dest=prefix + ".".join(path),
+            default=argparse.SUPPRESS,
+            type=_option_value(sub),
+            metavar="{" + ",".join(map(json.dumps, sub["enum"])).replace('"', "") + "}" if "enum" in sub else None,
+            help=((sub.get("description") or "").strip() + shown).replace("%", "%%"),
+        )
+
+
+def given_options(args, name: str, prefix: str = "") -> dict:
+    """The options of job schema ``name`` given as flags (``add_options``), nested as the schema nests them."""
+    out: dict = {}
+    for path, _ in options(schema(name)):
+        dest = prefix + ".".join(path)
+        if hasattr(args, dest):
+            node = out
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = getattr(args, dest)
+    return out
+
+
+def read_options(args, name: str, prefix: str = "") -> dict:
+    """A job's options: the flags given, validated by its schema, which fills in every default."""
+    return validate(name, given_options(args, name, prefix), prefix=prefix.rstrip("_"))
 
 
 def option_args(name: str, values: dict, prefix: str = "") -> list[str]:
-    """The flags of job schema ``name`` set to ``values`` (a validated workflow config section),
-    as an argument list."""
-    return [a for key in schema(name)["properties"] for a in (option_flag(prefix + key), str(values[key]))]
+    """The flags of job schema ``name`` set to ``values`` (a workflow config section or a job config),
+    as an argument list: one for each option ``values`` holds, in the schema's order."""
+    out = []
+    for path, _ in options(schema(name)):
+        node = values
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            out += [option_flag(path, prefix), node if isinstance(node, str) else json.dumps(node)]
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` on top: a mapping merged key by key, any other value replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 # JSON Schema's "integer" is any number with a zero fractional part, so 4.0 passes it (and YAML
@@ -193,20 +267,3 @@ def load_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise TokenDriftError(f"config file {path} must hold a mapping")
     return data
-
-
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """Apply ``key.path=value`` overrides (values parsed as YAML) to a copy of ``cfg``."""
-    cfg = copy.deepcopy(cfg)
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise TokenDriftError(f"--set {item!r}: expected key.path=value")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise TokenDriftError(f"--set {item!r}: {p} is not a mapping")
-        node[leaf] = yaml.safe_load(raw)
-    return cfg

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .records import write_record
-from .source import normalize, prepared_dir, source_json
+from .source import add_source_args, normalize, prepared_dir, source_of
 from .utils import TokenDriftError, read_json
 
 SPLITS = {"train": 0, "valid": 1}
@@ -181,7 +181,7 @@ class BlockedText:
         if not (self.folder / "meta.json").exists():
             raise TokenDriftError(
                 f"source: the prepared data {self.folder} does not exist: the data stage writes it "
-                f"(Snakemake rule prepare_data, or `tokendrift prepare --source-json ...`)"
+                f"(Snakemake rule prepare_data, or `tokendrift prepare --kind ...`)"
             )
         self.meta = read_json(self.folder / "meta.json", "prepared data meta")
         from transformers import PreTrainedTokenizerFast
@@ -256,8 +256,6 @@ def write_entropy_rate(cfg: dict, out) -> float:
 
 def register(sub) -> None:
     p = sub.add_parser("entropy-rate", help="the synthetic source's entropy rate (the oracle Gen.-PPL floor)")
-    p.add_argument(
-        "--source-json", required=True, help="the source config (tokendrift/schemas/source.schema.yaml) as JSON"
-    )
+    add_source_args(p)
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.set_defaults(func=lambda a: write_entropy_rate(source_json(a.source_json), a.out) and 0)
+    p.set_defaults(func=lambda a: write_entropy_rate(source_of(a), a.out) and 0)

@@ -33,11 +33,12 @@ tokendrift/schemas/train.schema.yaml (``objective``). Defaults marked *:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from . import config as configlib
 from .utils import TokenDriftError
 
 SELF_MASK = 1e6  # distance added to masked (self) pairs
@@ -58,22 +59,35 @@ PRESETS = {
 OFFICIAL_SELF_MASK = 100.0
 
 
+# The objective section's defaults, from the one place that documents them
+OPTIONS = configlib.defaults("train")["objective"]  # tokendrift/schemas/train.schema.yaml
+
+
 @dataclass(frozen=True)
 class DriftOptions:
-    """The options of the drift field (Sec. 3.2), read once from the ``objective`` section of a
-    train config. tokendrift/schemas/train.schema.yaml documents them and checks their values
-    (tokendrift.core.config refuses non-finite numbers too); ``preset`` (``PRESETS``) sets the options
-    it names, whatever was given."""
+    """The ``objective`` section of a train config (the loss, its weights, the lift, the queues
+    and the drift field's options of Sec. 3.2), its defaults the schema's
+    (tokendrift/schemas/train.schema.yaml documents each option and checks its values). The
+    preset (``PRESETS``) is applied here and nowhere else: it sets the options it names,
+    whatever was given (``of`` refuses a config that gives one of them another value)."""
 
-    temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)  # any sequence, stored as a tuple
-    ratio: tuple[float, float] = (1.0, 1.0)
-    kernel: str = "sq_l2"
-    normalization: str = "joint"
-    reduction: str = "mean"
-    scale: str = "vector_rms"
-    floor: float = 0.0
-    ratio_reading: str = "vector"
-    preset: str | None = None
+    temperatures: tuple[float, ...] = tuple(OPTIONS["temperatures"])  # any sequence, stored as a tuple
+    ratio: tuple[float, float] = tuple(OPTIONS["ratio"])
+    kernel: str = OPTIONS["kernel"]
+    normalization: str = OPTIONS["normalization"]
+    reduction: str = OPTIONS["reduction"]
+    scale: str = OPTIONS["scale"]
+    floor: float = OPTIONS["floor"]
+    ratio_reading: str = OPTIONS["ratio_reading"]
+    preset: str | None = OPTIONS["preset"]
+    loss: str = OPTIONS["loss"]
+    base_loss: bool = OPTIONS["base_loss"]
+    drift_weight: float = OPTIONS["drift_weight"]
+    base_weight: float = OPTIONS["base_weight"]
+    lift: str = OPTIONS["lift"]
+    queue_size: int = OPTIONS["queue_size"]
+    alpha: float = OPTIONS["alpha"]
+    eta: float = OPTIONS["eta"]
 
     def __post_init__(self):
         resolved = {
@@ -85,29 +99,28 @@ class DriftOptions:
             object.__setattr__(self, key, value)  # frozen: set here, once
 
     @classmethod
-    def from_config(cls, objective: dict) -> DriftOptions:
-        """The drift options of a validated ``objective`` section (``apply_preset`` applied)."""
-        return cls(**{f.name: objective[f.name] for f in fields(cls)})
+    def of(cls, given: dict | None) -> DriftOptions:
+        """The options of an ``objective`` section as a config gives it: checked by the schema,
+        absent options at its defaults; an option the preset sets, given with another value,
+        is refused."""
+        given = given or {}
+        section = configlib.validate("train", {"objective": given})["objective"]
+        for key, value in PRESETS.get(section["preset"], {}).items():
+            if key in given and given[key] != value:
+                raise TokenDriftError(
+                    f"objective.{key}: {given[key]!r} conflicts with objective.preset {section['preset']!r}, "
+                    f"which sets {value!r}; drop one of the two"
+                )
+        return cls(**section)
+
+    def section(self) -> dict:
+        """The options as a config section, in the schema's order (the recorded config: what ran)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k in OPTIONS for v in [getattr(self, k)]}
 
     @property
     def official(self) -> bool:
         """Whether the drifting code's arithmetic is used (``preset: drifting_official``)."""
         return self.preset == "drifting_official"
-
-
-def apply_preset(objective: dict, given: dict | None = None) -> dict:
-    """The ``objective`` section with its preset's options filled in (so the recorded config says
-    what ran); an option ``given`` explicitly with another value than the preset's is refused."""
-    name = objective.get("preset")
-    if name is None:
-        return objective
-    for key, value in PRESETS[name].items():
-        if given and key in given and given[key] != value:
-            raise TokenDriftError(
-                f"objective.{key}: {given[key]!r} conflicts with objective.preset {name!r}, "
-                f"which sets {value!r}; drop one of the two"
-            )
-    return {**objective, **PRESETS[name]}
 
 
 # --------------------------------------------------------------------------- Sec. 3.1

@@ -10,7 +10,7 @@ or entropy-rate file itself). Next to its own content it holds
   cut short or with one byte changed is found as well as any of its files.
 
 Every reader checks a record before use (``check``); the workflow checks the record of every job
-of the grid when Snakemake starts (``tokendrift.grid.Grid.verify_records``) and marks the outputs
+of the grid when Snakemake starts (``tokendrift.grid.layout.Layout.verify_records``) and marks the outputs
 of a job whose files do not match its record incomplete, as Snakemake marks a job it started
 (``mark_incomplete``), with a message naming the file and the job: the run reruns exactly that
 job, then what reads its output. Hashing large files at every start is avoided by a cache of

@@ -71,3 +71,14 @@ def source_json(text: str) -> dict:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise TokenDriftError(f"--source-json is not valid JSON: {e}") from None
+
+
+def add_source_args(p) -> None:
+    """The source config of a data-stage command, as every job takes its options: one flag per
+    option of tokendrift/schemas/source.schema.yaml (``--kind openwebtext --tokenizer gpt2 ...``)."""
+    configlib.add_options(p, "source")
+
+
+def source_of(args) -> dict:
+    """The source config the flags give (``normalize`` checks it and fills the schema's defaults)."""
+    return configlib.given_options(args, "source")

@@ -1,6 +1,6 @@
 """The data stage: a text corpus tokenized once, streamed to flat token files on disk.
 
-``tokendrift prepare --source-json CFG`` turns the corpus of a text source (``openwebtext``:
+``tokendrift prepare --kind ... (the source's options)`` turns the corpus of a text source (``openwebtext``:
 a dataset with a ``text`` column, loaded from data files; ``textdir``: a folder of .txt
 files) into a prepared folder that every training, NELBO, sampling and probe job maps
 read-only (``tokendrift.core.data.BlockedText``). No job tokenizes a corpus itself.
@@ -37,7 +37,7 @@ import numpy as np
 from ..core import owt
 from ..core.hub import hub_snapshot, manifest_record, offline_hint
 from ..core.owt import DATA_FORMATS
-from ..core.source import normalize, prepared_dir, source_json
+from ..core.source import add_source_args, normalize, prepared_dir, source_of
 from ..core.utils import TokenDriftError, atomic_dir, config_digest, read_json
 
 BATCH_DOCS = 1000  # documents tokenized and written at a time
@@ -299,15 +299,13 @@ def prepare(cfg: dict, *, manifest: str | None = None, progress: bool | None = N
 
 
 def _run(args) -> int:
-    meta = prepare(source_json(args.source_json), manifest=args.manifest or os.environ.get("TOKENDRIFT_MANIFEST"))
+    meta = prepare(source_of(args), manifest=args.manifest or os.environ.get("TOKENDRIFT_MANIFEST"))
     print(json.dumps({k: meta[k] for k in ("docs", "tokens", "blocks", "seconds")}))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize a text source once into flat token files (the data stage)")
-    p.add_argument(
-        "--source-json", required=True, help="the source config (tokendrift/schemas/source.schema.yaml) as JSON"
-    )
+    add_source_args(p)
     p.add_argument("--manifest", help="the fetch manifest to record (default: $TOKENDRIFT_MANIFEST)")
     p.set_defaults(func=_run)

@@ -259,13 +259,10 @@ def run(args) -> int:
     write_probe(
         ckpts,
         args.out,
-        n_prompts=args.n_prompts,
-        prompt_len=args.prompt_len,
-        span=args.span,
         seed=args.seed,
-        device=args.device,
         input_length=args.input_length,
         duo_time=args.duo_time,
+        **configlib.read_options(args, "probe"),
     )
     return 0
 

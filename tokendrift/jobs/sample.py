@@ -177,15 +177,11 @@ def run(args) -> int:
         args.checkpoint,
         args.out,
         nfe=args.nfe,
-        n_samples=args.n_samples,
         seed=args.seed,
         temperature=args.temperature,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        device=args.device,
-        duo_pad_mass=args.duo_pad_mass,
         weights=args.weights,
         progress=True,
+        **configlib.read_options(args, "sample"),
     )
     return 0
 

@@ -396,32 +396,24 @@ def run_score(a) -> int:
         raise TokenDriftError("--checkpoint and --nelbo-out go together")
     for samples in a.samples:  # every input is checked before anything is written
         read_samples(samples)
-    device = resolve_device(a.device)
+    options, nelbo = configlib.read_options(a, "score"), configlib.read_options(a, "nelbo", prefix="nelbo_")
+    device = resolve_device(options["device"])
     evaluator = load_evaluator(a.evaluator, device=device)
-    options = {k: getattr(a, k) for k in OPTIONS}
     references: dict = {}
     for samples, out in zip(a.samples, a.out):
         score_samples(
             samples,
             evaluator,
             out,
-            batch_size=a.batch_size,
+            batch_size=options["batch_size"],
             device=device,
-            max_length=a.max_length,
+            max_length=options["max_length"],
             evaluator_name=a.evaluator,
             options=options,
             references=references,
         )
     if a.checkpoint:
-        checkpoint_nelbo(
-            a.checkpoint,
-            a.nelbo_out,
-            n_batches=a.nelbo_n_batches,
-            batch_size=a.nelbo_batch_size,
-            n_t=a.nelbo_n_t,
-            seed=a.nelbo_seed,
-            device=a.nelbo_device,
-        )
+        checkpoint_nelbo(a.checkpoint, a.nelbo_out, seed=a.nelbo_seed, **nelbo)
     return 0
 
 
@@ -446,16 +438,5 @@ def register(sub) -> None:
     configlib.add_options(q, "nelbo")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(
-        func=lambda a: (
-            checkpoint_nelbo(
-                a.checkpoint,
-                a.out,
-                n_batches=a.n_batches,
-                batch_size=a.batch_size,
-                n_t=a.n_t,
-                seed=a.seed,
-                device=a.device,
-            )
-            and 0
-        )
+        func=lambda a: checkpoint_nelbo(a.checkpoint, a.out, seed=a.seed, **configlib.read_options(a, "nelbo")) and 0
     )

@@ -4,7 +4,8 @@ Read ``micro_step`` for the training step (Algorithm 1 of the paper, one micro-b
 ``train`` for the loop around it: gradient accumulation to the global batch, AdamW with
 warm-up, clipping, EMA, rolling and permanent checkpoints, exact resume, and data parallel
 training with torch.distributed (the features are all-gathered before the drift). What a step
-changes is one ``TrainState``, which a checkpoint saves and a resume loads as a whole.
+changes is one ``TrainState``, which a checkpoint saves and a resume loads as a whole
+(tokendrift.jobs.train_state); the rank's device and process group are tokendrift.core.distributed's.
 
 Output folder layout (``--out DIR``)::
 
@@ -13,19 +14,15 @@ Output folder layout (``--out DIR``)::
     DIR/checkpoints/step_000500/    permanent checkpoints (config.checkpoint_steps + the last step)
     DIR/checkpoints/last/           rolling resume checkpoint (every config.save_every steps)
 
-Each checkpoint folder is a model folder (``tokendrift.core.checkpoint.load_model_dir``) plus
-``train_state.pt`` (optimizer, EMA counter, RNG states, feature queues, data position),
-read back with ``torch.load(weights_only=True)``.
+Each checkpoint folder is a model folder plus ``train_state.pt`` (tokendrift.jobs.train_state).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +32,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..core import config as configlib
-from ..core.checkpoint import load_model_dir, write_model_files
+from ..core.checkpoint import load_model_dir
 from ..core.data import make_source
 from ..core.diffusion import make_diffusion
+from ..core.distributed import process_group, resolve_device
 from ..core.hub import provenance
 from ..core.model import DiT, DiTConfig
 from ..core.objective import (
     DriftOptions,
     FeatureQueue,
-    apply_preset,
     drift_field,
     fixed_point_loss,
     hard_lift,
@@ -53,25 +50,36 @@ from ..core.objective import (
     pooled_features,
     soft_lift,
 )
-from ..core.records import RecordError, check, job_files, write_record
+from ..core.records import job_files, write_record
 from ..core.utils import (
     TokenDriftError,
-    atomic_dir,
     atomic_write_json,
-    atomic_write_text,
     code_digest,
     config_digest,
     read_json,
+)
+from .train_state import (
+    TrainState,
+    checkpoints_due,
+    latest_checkpoint,
+    log_and_save,
+    make_state,
+    released_ema,
+    resume,
+    same_run,
+    trim_metrics,
+    unwrap,
 )
 
 # --------------------------------------------------------------------------- configuration
 
 
 def resolve_config(raw: dict) -> dict:
-    """Validate a train config (schema ``train``) and check what the schema cannot express
-    (the drift options: ``DriftOptions``, in ``build``)."""
+    """Validate a train config (schema ``train``) and check what the schema cannot express; its
+    ``objective`` section is recorded as ``DriftOptions`` resolve it (the preset's options filled
+    in, so the recorded config says what ran)."""
     cfg = configlib.validate("train", raw)
-    cfg["objective"] = apply_preset(cfg["objective"], (raw or {}).get("objective"))
+    cfg["objective"] = DriftOptions.of((raw or {}).get("objective")).section()
     if cfg["variant"] == "tokendrift":
         if cfg["init"] is None and cfg["encoder"] is None:
             raise TokenDriftError(
@@ -107,39 +115,14 @@ class Setup:
     world: int = 1
     accum: int = 1
     amp_dtype: torch.dtype | None = None
-    drift: DriftOptions | None = None  # the drift field's options (TokenDrift only)
+    drift: DriftOptions = field(default_factory=DriftOptions)  # the objective section
     queues: dict = field(default_factory=dict)  # the FIFO feature queues, "real" and "gen" (TokenDrift only)
     ema_init: tuple | None = None  # (EMA weights, update count) of init, for optim.ema_start = continue
 
 
-def resolve_device(want: str, environ=None, cuda_count: int | None = None) -> torch.device:
-    """This rank's training device for the config's ``device`` (auto, cuda, cpu).
-
-    The GPU of a data-parallel rank: a rank that sees one GPU uses it, ``cuda:0`` (the submitit
-    plugin narrows CUDA_VISIBLE_DEVICES to one GPU per task, as Slurm's per-task GPU binding
-    does); a rank that sees several (torchrun leaves the mask whole) uses ``cuda:LOCAL_RANK``.
-    ``environ`` and ``cuda_count`` (what torch.cuda.device_count() says) default to this process's.
-    """
-    environ = os.environ if environ is None else environ
-    count = (torch.cuda.device_count() if torch.cuda.is_available() else 0) if cuda_count is None else cuda_count
-    if want == "cuda" or (want == "auto" and count > 0):
-        if count == 0:
-            raise TokenDriftError("train config: device: cuda requested but no GPU is visible")
-        local = int(environ.get("LOCAL_RANK", 0))
-        if count == 1:
-            return torch.device("cuda", 0)
-        if local >= count:
-            raise TokenDriftError(
-                f"train config: device: local rank {local} but CUDA_VISIBLE_DEVICES="
-                f"{environ.get('CUDA_VISIBLE_DEVICES', '(unset)')} shows {count} GPUs"
-            )
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
 def build(cfg: dict) -> Setup:
     """Load or create the generator, the frozen encoder phi, the process and the data source."""
-    drift = DriftOptions.from_config(cfg["objective"]) if cfg["variant"] == "tokendrift" else None
+    drift = DriftOptions(**cfg["objective"])
     device = resolve_device(cfg["device"])
     if cfg["init"] is not None:
         model, init_meta = load_model_dir(cfg["init"], weights=cfg["init_weights"])
@@ -226,7 +209,7 @@ def build(cfg: dict) -> Setup:
             encoder.hidden_states = torch.compile(encoder.hidden_states)
     if cfg["variant"] == "tokendrift":
         m = 2 * encoder.config.hidden_size
-        size = cfg["objective"]["queue_size"]
+        size = drift.queue_size
         s.queues = {"real": FeatureQueue(size, m, device=device), "gen": FeatureQueue(size, m, device=device)}
     return s
 
@@ -256,7 +239,7 @@ def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, st
     draws the corruption of all rows (and the model its dropout masks, DiT.shard_dropout), so
     data parallel training is one process on the concatenated batch, up to float rounding.
     """
-    cfg, obj, diffusion = s.cfg, s.cfg["objective"], s.diffusion
+    cfg, obj, diffusion = s.cfg, s.drift, s.diffusion
     autocast = torch.autocast(s.device.type, dtype=s.amp_dtype) if s.amp_dtype else contextlib.nullcontext()
     # 1: corrupt x0 with the backbone's own forward process
     t = diffusion.sample_t(x0_all.shape[0], generator=noise, device=s.device)
@@ -270,16 +253,16 @@ def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, st
         logits = model(xt, diffusion.sigma(t))
     log_p = diffusion.log_probs(logits.float(), xt)
     loss = torch.zeros((), device=s.device)
-    if cfg["variant"] == "continuation" or obj["base_loss"]:
+    if cfg["variant"] == "continuation" or obj.base_loss:
         base = diffusion.base_loss(log_p, x0, xt, t)
         stats["base_loss"] = base.detach()
-        loss = loss + (obj["base_weight"] if cfg["variant"] == "tokendrift" else 1.0) * base
+        loss = loss + (obj.base_weight if cfg["variant"] == "tokendrift" else 1.0) * base
     if cfg["variant"] == "continuation":
         return loss
 
     # 3: encoder inputs: soft (or hard straight-through) lift on predicted positions M
     predicted = diffusion.predicted_positions(xt)
-    lift = soft_lift if obj["lift"] == "soft" else hard_lift
+    lift = soft_lift if obj.lift == "soft" else hard_lift
     # 4: generated and real features (the lift's p E under the encoder's autocast: docs/choices.md)
     with autocast:
         e = lift(log_p.exp(), xt, predicted, s.encoder.embedding)
@@ -287,14 +270,14 @@ def micro_step(s: Setup, model, x0_all: torch.Tensor, noise: torch.Generator, st
     with torch.no_grad(), autocast:
         u = encode(s.encoder, x=x0)
     drift = drift_loss(s, h, u, log_p, predicted, stats)
-    return loss + obj["drift_weight"] * drift
+    return loss + obj.drift_weight * drift
 
 
 def drift_loss(
     s: Setup, h: torch.Tensor, u: torch.Tensor, log_p: torch.Tensor, predicted: torch.Tensor, stats: dict
 ) -> torch.Tensor:
     """Steps 5-11 of Algorithm 1 for this rank's anchors ``h`` (with graph) and real features ``u``."""
-    obj = s.cfg["objective"]
+    obj = s.drift
     # 5-6: current features of all ranks, plus the FIFO queues
     h_all, u_all = gather(h), gather(u)
     pos = torch.cat([u_all, s.queues["real"].tensor()])
@@ -305,11 +288,11 @@ def drift_loss(
     B = h.shape[0]
     V = V_all[s.rank * B : (s.rank + 1) * B]
     # 8-9: the fixed-point loss (or a mirror-teacher loss)
-    if obj["loss"] == "feature_l2":
-        drift = fixed_point_loss(h, V, obj["alpha"])
+    if obj.loss == "feature_l2":
+        drift = fixed_point_loss(h, V, obj.alpha)
     else:
-        l_star = mirror_teacher(log_p, h, V, obj["eta"])  # log p: normalized logits l, h built from their exp
-        drift = (mirror_kl_loss if obj["loss"] == "logit_kl" else mirror_l2_loss)(log_p, l_star, predicted)
+        l_star = mirror_teacher(log_p, h, V, obj.eta)  # log p: normalized logits l, h built from their exp
+        drift = (mirror_kl_loss if obj.loss == "logit_kl" else mirror_l2_loss)(log_p, l_star, predicted)
     stats["drift_loss"] = drift.detach()
     stats.update(drift_stats)
     # 11: push the detached current features, evicting the oldest
@@ -318,252 +301,13 @@ def drift_loss(
     return drift
 
 
-# --------------------------------------------------------------------------- EMA, schedule, checkpoints
-
-
-class EMA:
-    """Exponential moving average of the generator's weights, with MDLM's warm-up of the decay
-    (decay_n = min(decay, (1 + n) / (10 + n)) at update n, models/ema.py of kuleshov-group/mdlm)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.num_updates = decay, 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.num_updates += 1
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates)) if self.decay > 0 else 0.0
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-
-def released_ema(init: str, init_meta: dict, device) -> tuple[dict, int]:
-    """The EMA weights of ``init`` and their update count, for ``optim.ema_start: continue``.
-
-    The count is ``ema_num_updates`` in init's meta.json: written by every training checkpoint
-    and by ``tokendrift checkpoint import`` from a Lightning .ckpt's ``ema.num_updates``. A
-    folder without it (an import of HF safetensors, which hold no EMA state) is refused: with
-    count 0 "continue" would silently be "restart"."""
-    from safetensors.torch import load_file
-
-    count = init_meta.get("ema_num_updates")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise TokenDriftError(
-            f"train config: optim.ema_start: continue needs the EMA update count of init, but {init}/meta.json has "
-            f"no ema_num_updates (HF safetensors releases carry no EMA state: import the Lightning .ckpt, or use "
-            f"ema_start: restart)"
-        )
-    f = Path(init) / "ema.safetensors"
-    if not f.exists():
-        raise TokenDriftError(f"train config: optim.ema_start: continue needs init's EMA weights; {f} is missing")
-    return load_file(f, device=str(device)), count
+# --------------------------------------------------------------------------- the loop
 
 
 def lr_at(step: int, cfg: dict) -> float:
     """Linear warm-up to the peak learning rate, then constant (the MDLM/DUO schedule)."""
     w = cfg["optim"]["warmup_steps"]
     return cfg["optim"]["lr"] * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The complete checkpoint folder with the highest step under ``out/checkpoints``."""
-    best, best_step = None, -1
-    for d in sorted((out / "checkpoints").glob("*")):
-        f = d / "meta.json"
-        if d.name.startswith(".") or not f.exists() or not (d / "train_state.pt").exists():
-            continue
-        step = json.loads(f.read_text())["step"]
-        if step > best_step:
-            best, best_step = d, step
-    return best
-
-
-def _trim_metrics(path: Path, upto: int) -> None:
-    """Keep the metric lines of steps <= ``upto`` (a resumed run rewrites what came after)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= upto:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError):
-            break  # a line cut by a kill: everything after it is redone
-    atomic_write_text(path, "".join(x + "\n" for x in keep))
-
-
-# --------------------------------------------------------------------------- the training state
-
-
-@dataclass
-class TrainState:
-    """Everything a step changes, saved and restored together: the generator (DDP-wrapped when
-    data parallel), AdamW, the EMA, the corruption-noise generator, the feature queues (the
-    Setup's own: ``micro_step`` pushes into them) and the number of steps taken. A checkpoint
-    also holds the global CPU (and CUDA) RNG state, which draws the dropout masks."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    ema: EMA
-    noise: torch.Generator
-    queues: dict
-    step: int = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.noise.device  # created on the training device
-
-    def save(self, path: Path, meta: dict) -> None:
-        """Write one checkpoint folder atomically: a model folder (``meta`` plus the step, the model
-        config and the EMA count in its meta.json) and train_state.pt."""
-        model = _unwrap(self.model)
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "ema_num_updates": self.ema.num_updates,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_noise": self.noise.get_state(),
-            "queues": {k: q.state_dict() for k, q in self.queues.items()},
-        }
-        if self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = dict(meta, step=self.step, model=model.config.to_dict(), ema_num_updates=self.ema.num_updates)
-        with atomic_dir(path) as tmp:
-            torch.save(state, tmp / "train_state.pt")
-            write_model_files(tmp, model.state_dict(), self.ema.shadow, meta)  # its meta.json records both
-
-    def load(self, path: Path, meta: dict) -> None:
-        """Restore everything ``save`` wrote to ``path``; refuses a checkpoint of another config
-        than the one ``meta`` (this job's) records."""
-        from safetensors.torch import load_file
-
-        saved = json.loads((path / "meta.json").read_text())
-        if saved.get("config_digest") != meta["config_digest"]:
-            raise TokenDriftError(
-                f"{path}: written by a run with another config (digest {saved.get('config_digest')} "
-                f"!= {meta['config_digest']}); use a new --out folder or delete the old one"
-            )
-        device = self.device
-        _unwrap(self.model).load_state_dict(load_file(path / "model.safetensors", device=str(device)))
-        self.ema.shadow = load_file(path / "ema.safetensors", device=str(device))
-        state = read_train_state(path, device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema.num_updates = state["ema_num_updates"]
-        torch.set_rng_state(state["rng_cpu"])
-        self.noise.set_state(state["rng_noise"])
-        if "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        for k, q in self.queues.items():
-            q.load_state_dict(state["queues"][k])
-        self.step = int(state["step"])
-
-
-def read_train_state(path: Path, device: torch.device) -> dict:
-    """``path/train_state.pt`` as a resume on ``device`` hands it on. Read onto the CPU
-    (map_location="cpu"): ``Generator.set_state`` and ``torch.cuda.set_rng_state`` take CPU byte
-    tensors, for CUDA generators too, and AdamW's ``step`` counts stay on the CPU, where a fresh
-    AdamW keeps them (neither capturable nor fused: on the GPU a CUDA ``step`` would cost AdamW a
-    host sync per parameter). ``Optimizer.load_state_dict`` moves the moment estimates to their
-    parameters' device, the feature queues move their buffers to theirs. The CUDA RNG state is
-    kept for a CUDA job only."""
-    state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
-    if torch.device(device).type != "cuda":
-        state.pop("rng_cuda", None)
-    return state
-
-
-def make_state(s: Setup) -> TrainState:
-    """The state at step 0: the generator in training mode (DDP-wrapped on several ranks), AdamW,
-    the EMA (restarted, or init's for optim.ema_start: continue), the corruption-noise generator,
-    and the global RNG seeded for dropout. Seeded alike on every rank."""
-    cfg, opt = s.cfg, s.cfg["optim"]
-    model = s.model
-    if s.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[s.device.index] if s.device.type == "cuda" else None
-        )
-    model.train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"], weight_decay=opt["weight_decay"]
-    )
-    ema = EMA(_unwrap(model), opt["ema"])
-    if s.ema_init is not None:  # optim.ema_start: continue (a resume overrides both)
-        shadow, ema.num_updates = s.ema_init
-        if shadow.keys() != ema.shadow.keys():
-            raise TokenDriftError(
-                f"train config: optim.ema_start: continue: {cfg['init']}/ema.safetensors does not "
-                f"hold the model's tensors"
-            )
-        ema.shadow = {k: v.to(ema.shadow[k].dtype) for k, v in shadow.items()}
-    noise = torch.Generator(device=s.device)
-    noise.manual_seed(cfg["seed"] * 1_000_003 + 17)
-    torch.manual_seed(cfg["seed"] + 1)
-    return TrainState(model=model, optimizer=optimizer, ema=ema, noise=noise, queues=s.queues)
-
-
-def _same_run(record: dict, s: Setup) -> bool:
-    """Whether a checkpoint's meta or a done.json was written under this job's config and code."""
-    return (record.get("config_digest"), record.get("code_digest")) == (s.meta["config_digest"], s.meta["code_digest"])
-
-
-def discard_damaged(out: Path) -> None:
-    """Delete every checkpoint under ``out`` whose files do not match its meta.json's record (cut
-    short or altered: tokendrift.core.records) and every later one, so that the run resumes from the last
-    intact one before it and writes the later ones again."""
-
-    def step(d: Path) -> int | None:
-        if d.name.startswith("step_") and d.name[5:].isdigit():
-            return int(d.name[5:])
-        try:
-            return int(json.loads((d / "meta.json").read_text())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    folders = sorted(d for d in (out / "checkpoints").glob("*") if d.is_dir() and not d.name.startswith("."))
-    damaged = []
-    for d in folders:
-        try:
-            check(d / "meta.json", "the checkpoint's record")
-        except RecordError as e:
-            print(f"damaged checkpoint: {e}", flush=True)
-            damaged.append(d)
-    first = min((st for st in map(step, damaged) if st is not None), default=None)
-    for d in folders:
-        st = step(d)
-        if d in damaged or (first is not None and (st is None or st >= first)):
-            print(f"discarding checkpoint {d} (damaged, or later than a damaged one)", flush=True)
-            shutil.rmtree(d)
-
-
-def resume(out: Path, s: Setup, state: TrainState, discard_stale: bool) -> None:
-    """Load the latest checkpoint under ``out`` into ``state``, if there is one. ``discard_stale``:
-    first delete the checkpoints (and metrics, done.json) of another config or code version.
-    Damaged checkpoints are discarded first (``discard_damaged``)."""
-    if out.exists() and s.rank == 0:
-        discard_damaged(out)
-    ckpt = latest_checkpoint(out) if out.exists() else None
-    if ckpt is not None and discard_stale and s.rank == 0:
-        if not _same_run(json.loads((ckpt / "meta.json").read_text()), s):
-            print(f"discarding stale checkpoints in {out} (config or code changed)", flush=True)
-            for stale in ("checkpoints", "metrics.jsonl", "done.json"):
-                p = out / stale
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-            ckpt = None
-    if s.world > 1:
-        dist.barrier()
-        ckpt = latest_checkpoint(out) if out.exists() else None
-    if ckpt is not None:
-        state.load(ckpt, s.meta)
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -626,29 +370,6 @@ def _floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values, torch.stack([v.double() for v in values.values()]).tolist(), strict=True))
 
 
-def checkpoints_due(cfg: dict, step: int) -> list[str]:
-    """The checkpoint folders written after ``step``: a permanent one at ``checkpoint_steps`` and
-    the last step, the rolling one (``last``) every ``save_every`` steps."""
-    due = []
-    if step in cfg["checkpoint_steps"] or step == cfg["steps"]:
-        due.append(f"step_{step:06d}")
-    if cfg["save_every"] and step % cfg["save_every"] == 0 and step != cfg["steps"]:
-        due.append("last")
-    return due
-
-
-def log_and_save(out: Path, s: Setup, state: TrainState, line: dict | None) -> None:
-    """Rank 0 after a step: the metrics line (given every ``log_every`` steps and the last) and
-    the checkpoints due (``checkpoints_due``)."""
-    if s.rank != 0:
-        return
-    if line is not None:
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-    for name in checkpoints_due(s.cfg, state.step):
-        state.save(out / "checkpoints" / name, s.meta)
-
-
 def train(
     raw_cfg: dict,
     out: str | os.PathLike,
@@ -667,14 +388,14 @@ def train(
     s = build(cfg)  # everything that can fail on bad input fails here, before anything is written
     out = Path(out)
     done = read_json(out / "done.json", "done file") if (out / "done.json").exists() else None
-    if done and _same_run(done, s):
+    if done and same_run(done, s):
         return done.get("last", {})  # finished under this config and code: a rerun writes nothing
     state = make_state(s)
     resume(out, s, state, discard_stale)
     if s.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", {"config": cfg, "config_digest": s.meta["config_digest"]})
-        _trim_metrics(out / "metrics.jsonl", state.step)
+        trim_metrics(out / "metrics.jsonl", state.step)
 
     clip = cfg["optim"]["grad_clip"] if cfg["optim"]["grad_clip"] > 0 else math.inf
     last: dict = {}
@@ -697,7 +418,7 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
-        state.ema.update(_unwrap(state.model))
+        state.ema.update(unwrap(state.model))
         state.step += 1
         busy.append(time.perf_counter() - t0)
         line = None
@@ -739,32 +460,21 @@ def train(
 # --------------------------------------------------------------------------- command line
 
 
-def load_job_config(args) -> dict:
-    if args.config and args.config_json:
-        raise TokenDriftError("give --config or --config-json, not both")
-    try:
-        raw = (
-            json.loads(args.config_json)
-            if args.config_json
-            else configlib.load_file(args.config)
-            if args.config
-            else {}
-        )
-    except json.JSONDecodeError as e:
-        raise TokenDriftError(f"--config-json is not valid JSON: {e}") from None
-    return configlib.apply_overrides(raw, args.set)
+def load_job_config(args, name: str = "train") -> dict:
+    """The job config as given: the ``--config`` file, if any, with the option flags on top (the
+    job validates it: ``resolve_config``)."""
+    raw = configlib.load_file(args.config) if args.config else {}
+    return configlib.deep_merge(raw, configlib.given_options(args, name))
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML/JSON job config (tokendrift/schemas/train.schema.yaml)")
-    p.add_argument("--config-json", help="the job config as a JSON string (what the Snakemake rules pass)")
+def add_config_args(p: argparse.ArgumentParser, name: str = "train") -> None:
+    """A training job's options, as every job takes them: one flag per option of its schema
+    (``--steps 40 --objective.loss logit_l2 --optim.lr 1e-4``; tokendrift/schemas/NAME.schema.yaml),
+    optionally on top of a YAML/JSON job config file."""
     p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (dotted path, YAML value); repeatable",
+        "--config", help=f"YAML/JSON job config (tokendrift/schemas/{name}.schema.yaml); the flags override its keys"
     )
+    configlib.add_options(p, name)
     p.add_argument("--out", required=True, help="output folder (resumed when it holds a checkpoint of the same config)")
     p.add_argument(
         "--discard-stale",
@@ -772,30 +482,6 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         help="when --out holds checkpoints of another config or code version, delete them and start "
         "over (the pipeline's rule for stale results) instead of refusing",
     )
-
-
-def init_distributed(want: str = "auto") -> torch.device:
-    """Join the process group when launched with several ranks (torchrun, or the submitit
-    plugin's variables): this rank's device (``resolve_device``) is set first, then the backend
-    follows from it, NCCL for a GPU and gloo for the CPU. Returns the device."""
-    device = resolve_device(want)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-@contextlib.contextmanager
-def process_group(raw: dict):
-    """The job's process group (``init_distributed`` for the config's device) for the duration of
-    the block, left at its end; nothing for a single-rank job."""
-    init_distributed(configlib.validate("train", raw)["device"])
-    try:
-        yield
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def run(args) -> int:

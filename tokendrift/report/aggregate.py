@@ -12,7 +12,7 @@ what each writes are registered in report.figures.
 from __future__ import annotations
 
 from ..core.utils import TokenDriftError
-from ..grid import add_grid_args, grid_from_args
+from ..grid.layout import add_grid_args, grid_from_args
 from .figures import FIGURES
 from .tables import write_table
 

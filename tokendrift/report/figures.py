@@ -19,7 +19,7 @@ from .results import Stat, at_entropy, cell, entropy_floor, frontier, is_nan, re
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..grid import Grid
+    from ..grid.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,10 @@ class Figure:
     title: str  # the report's label
     files: tuple[str, ...]  # the extensions of the files it writes under figures/, the image first
     caption: str  # under the image in the report
-    draw: Callable[[Grid], None]  # writes every file from the grid's result files
+    draw: Callable[[Layout], None]  # writes every file from the grid's result files
 
 
-def _save(fig, name: str, g: Grid) -> None:
+def _save(fig, name: str, g: Layout) -> None:
     """PNG and PDF, and an HTML page holding the PNG for the report's front page."""
     for ext in ("png", "pdf"):
         path, data = g.figure_file(name, ext), figure_bytes(fig, ext)
@@ -87,7 +87,7 @@ def _legend_outside(fig, axes, **kw) -> None:
         )
 
 
-def figure2(g: Grid) -> None:
+def figure2(g: Layout) -> None:
     """Gen.-PPL against training step: rows backbone (x metric), one column per NFE."""
     import matplotlib
 
@@ -155,7 +155,7 @@ def model_styles(keys) -> dict:
     return {k: (cmap(COLOURS[i % 20]), MARKERS[(i + i // 20) % len(MARKERS)]) for i, k in enumerate(keys)}
 
 
-def quality_diversity(g: Grid) -> None:
+def quality_diversity(g: Layout) -> None:
     """Gen.-PPL against entropy per NFE: the start checkpoint's temperature sweep as a curve,
     every model of the tables (at its table step) as a point with SD bars, each in its own
     colour and marker, with one legend right of the panels."""
@@ -227,7 +227,7 @@ def quality_diversity(g: Grid) -> None:
     plt.close(fig)
 
 
-def ratio_frame(g: Grid) -> pd.DataFrame:
+def ratio_frame(g: Layout) -> pd.DataFrame:
     """Every evaluated checkpoint of every trained model, per NFE (the ratio figure's CSV): the
     matched-entropy ratio as the tables define it (mean Gen.-PPL over the start's frontier at the
     mean entropy) and the mean ± SD of the per-seed ratios (each seed's Gen.-PPL over the frontier
@@ -278,7 +278,7 @@ def ratio_frame(g: Grid) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def ratio_steps(g: Grid) -> None:
+def ratio_steps(g: Layout) -> None:
     """The matched-entropy ratio (evaluator, then oracle), the entropy and the held-out NELBO of
     every trained model against its training step, one column per NFE (NELBO: one panel per
     backbone); the start checkpoint is the dashed line."""

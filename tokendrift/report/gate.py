@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..grid import paper_tables
+from ..grid.sheet import paper_tables
 from .render import table_name
 from .results import cell
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..grid import Grid
+    from ..grid.layout import Layout
 
 
 def paper_entry(row: dict, nfe: int) -> list | None:
@@ -30,7 +30,7 @@ def is_suspect(row: dict, nfe: int) -> bool:
 # --------------------------------------------------------------------------- the baseline gate
 
 
-def gate_enabled(g: Grid) -> tuple[bool, str]:
+def gate_enabled(g: Layout) -> tuple[bool, str]:
     """Whether the paper's numbers apply to this config (workflow option ``baseline_gate.enabled``)."""
     opt = g.config["baseline_gate"]["enabled"]
     if opt is True or opt is False:
@@ -52,7 +52,7 @@ def paper_start_row(bb: str) -> tuple[str, dict] | None:
     return None
 
 
-def baseline_gate(g: Grid, table: str, scores: pd.DataFrame) -> dict:
+def baseline_gate(g: Layout, table: str, scores: pd.DataFrame) -> dict:
     """Compare the table's starting checkpoint (temperature 1) with the paper's row for it, per
     NFE, Gen.-PPL and entropy: a cell fails when |ours - paper| > max(sd x sqrt(SD_paper^2 +
     SD_ours^2), rel x paper) (workflow/schemas/config.schema.yaml, ``baseline_gate``)."""

@@ -19,7 +19,7 @@ from ..core.utils import TokenDriftError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..grid import Grid
+    from ..grid.layout import Layout
 
 METRICS = ("gen_ppl", "entropy", "oracle_gen_ppl", "mauve", "ngram_kl2", "ngram_kl2_floor", "ngram_kl2_floor_sd")
 DASH = "—"  # a missing number
@@ -32,7 +32,7 @@ def is_nan(v) -> bool:
 # --------------------------------------------------------------------------- reading
 
 
-def read_scores(g: Grid, units) -> pd.DataFrame:
+def read_scores(g: Layout, units) -> pd.DataFrame:
     """One line per existing score file: unit, temperature, NFE and the metrics (None where a
     score file predates one)."""
     import pandas as pd
@@ -60,7 +60,7 @@ def read_scores(g: Grid, units) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["backbone", "model", "seed", "step", "temperature", "nfe", *METRICS])
 
 
-def read_nelbo(g: Grid, units) -> pd.DataFrame:
+def read_nelbo(g: Layout, units) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
@@ -83,7 +83,7 @@ def _num(v):
     return None if v is None else float(v)
 
 
-def entropy_floor(g: Grid) -> float | None:
+def entropy_floor(g: Layout) -> float | None:
     """exp(entropy rate) of a synthetic source (the entropy_rate job's file): the oracle Gen.-PPL floor;
     None for a text source, or while that job has not run (`tokendrift aggregate` of partial results)."""
     if not g.entropy_rate_file or not Path(g.entropy_rate_file[0]).exists():

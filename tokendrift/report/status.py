@@ -5,7 +5,7 @@ log to read), running or missing, then the one command that reruns what is missi
 
 It reads only result files, Snakemake's own records in ``D/.snakemake`` and the drivers' records
 (never runs Snakemake; it updates the cache of verified digests); every path comes from
-tokendrift.grid.Grid. The rules, per job:
+tokendrift.grid.layout.Layout. The rules, per job:
 
 - **done**: every output exists, none is marked incomplete, and each completion record matches
   the files it lists (tokendrift.core.records). A damaged one makes its job **failed**, naming the file:
@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.records import Verifier
-from ..grid import Grid, Unit, add_grid_args, grid_from_args
+from ..grid.layout import Layout, add_grid_args, grid_from_args
+from ..grid.sheet import Unit
 
 STATES = ("done", "failed", "running", "missing")
 
@@ -228,7 +229,7 @@ class Snapshot:
         return "failed" if log_mtime is not None else "missing"
 
 
-def shared_jobs(g: Grid, bb: str) -> list[Job]:
+def shared_jobs(g: Layout, bb: str) -> list[Job]:
     """The jobs every checkpoint of backbone bb waits for, in order."""
     jobs = [
         Job(f"fetch {item}", (Path(g.fetch_file(item)),), g.log_file("fetch", item=item))
@@ -240,7 +241,7 @@ def shared_jobs(g: Grid, bb: str) -> list[Job]:
     return jobs
 
 
-def chain(g: Grid, u: Unit, shared: list[Job] | None = None) -> list[Job]:
+def chain(g: Layout, u: Unit, shared: list[Job] | None = None) -> list[Job]:
     """Every job one checkpoint's scores depend on, upstream first."""
     jobs = list(shared if shared is not None else shared_jobs(g, u.backbone))
     if u.model != "start":
@@ -256,7 +257,7 @@ def chain(g: Grid, u: Unit, shared: list[Job] | None = None) -> list[Job]:
     return jobs
 
 
-def unit_status(g: Grid, snap: Snapshot, u: Unit, shared: list[Job] | None = None) -> dict:
+def unit_status(g: Layout, snap: Snapshot, u: Unit, shared: list[Job] | None = None) -> dict:
     """{"state", "job" (the job that decides it), "log" (for failed)} of one checkpoint."""
     jobs = chain(g, u, shared)
     states = [snap.state(j) for j in jobs]
@@ -274,7 +275,7 @@ def unit_status(g: Grid, snap: Snapshot, u: Unit, shared: list[Job] | None = Non
     return {"state": "missing", "job": j.name}
 
 
-def sections(g: Grid) -> list[tuple[str, list[tuple[str, list[Unit]]]]]:
+def sections(g: Layout) -> list[tuple[str, list[tuple[str, list[Unit]]]]]:
     """(section, [(row label, its units over seeds)]): the tables' rows, then Figure 2's curves."""
     out = []
     for name, t in g.tables.items():
@@ -292,7 +293,7 @@ def sections(g: Grid) -> list[tuple[str, list[tuple[str, list[Unit]]]]]:
     return out
 
 
-def study_status(g: Grid, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None) -> dict:
+def study_status(g: Layout, workdir: str | Path = ".", recent: float = 600.0, now: float | None = None) -> dict:
     records = [r for _, rs, *_ in g.job_records() for r in rs]
     snap = Snapshot(workdir, recent, now, records, g.records_cache)
     shared = {bb: shared_jobs(g, bb) for bb in g.backbones}

@@ -24,7 +24,7 @@ import io
 import pandas as pd
 
 from ..core.utils import atomic_write_json, atomic_write_text
-from ..grid import Grid
+from ..grid.layout import Layout
 from .gate import baseline_gate, is_suspect, paper_entry
 from .render import DASH, Block, fmt, html_block, html_inline, html_page, md_block, table_name, tex_block, tex_inline
 from .results import Stat, at_entropy, cell, entropy_floor, frontier, is_nan, read_nelbo, read_scores
@@ -32,7 +32,7 @@ from .results import Stat, at_entropy, cell, entropy_floor, frontier, is_nan, re
 # --------------------------------------------------------------------------- tables
 
 
-def table_frame(g: Grid, table: str) -> pd.DataFrame:
+def table_frame(g: Layout, table: str) -> pd.DataFrame:
     """The tidy table: one line per row x NFE with every number (the CSV)."""
     t = g.tables[table]
     bb = t["backbone"]
@@ -127,7 +127,7 @@ def _best(values) -> float | None:
     return min(v) if v else None
 
 
-def main_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+def main_block(g: Layout, table: str, df: pd.DataFrame) -> Block:
     """The paper's shape: per NFE "Gen.-PPL ± SD" and entropy; our row, then the paper's under it."""
     t = g.tables[table]
     want = len(g.seeds)
@@ -176,7 +176,7 @@ def _has_kl(df: pd.DataFrame) -> bool:
     return "ngram_kl2" in df.columns and df["ngram_kl2"].notna().any()
 
 
-def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+def honesty_block(g: Layout, table: str, df: pd.DataFrame) -> Block:
     """What the paper does not report: oracle Gen.-PPL, MAUVE, the exact bigram divergence, the
     matched-entropy ratio, the start checkpoint at the method's entropy, held-out NELBO."""
     has_oracle, has_kl = "oracle_gen_ppl" in df.columns, _has_kl(df)
@@ -218,7 +218,7 @@ def honesty_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
     return Block([f"NFE = {n}" for n in g.nfes], sub, ["NELBO ↓"], rows)
 
 
-def sweep_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
+def sweep_block(g: Layout, table: str, df: pd.DataFrame) -> Block:
     """The start checkpoint along its temperature sweep: Gen.-PPL, entropy, MAUVE (and the exact
     bigram divergence), the frontier that the ratio and the matched row read."""
     has_kl = _has_kl(df)
@@ -240,7 +240,7 @@ def sweep_block(g: Grid, table: str, df: pd.DataFrame) -> Block:
     return Block([f"NFE = {n}" for n in g.nfes], sub, [], rows)
 
 
-def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> dict:
+def table_text(g: Layout, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> dict:
     """The prose around the two tabulars (Markdown inline marks: **bold**, *italic*, `code`)."""
     t = g.tables[table]
     has_oracle = "oracle_gen_ppl" in df.columns
@@ -286,7 +286,7 @@ def table_text(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate:
     }
 
 
-def _distributional_text(g: Grid, df: pd.DataFrame) -> str:
+def _distributional_text(g: Layout, df: pd.DataFrame) -> str:
     """The legend of the MAUVE and KL₂ columns, with the bigram statistic's noise floor."""
     text = (
         "MAUVE ↑ = MAUVE (the authors' `mauve-text`, score options `mauve_*`) of the samples against as many "
@@ -306,7 +306,7 @@ def _distributional_text(g: Grid, df: pd.DataFrame) -> str:
     return text
 
 
-def render_table(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> tuple[str, str, str]:
+def render_table(g: Layout, table: str, df: pd.DataFrame, floor: float | None, gate: dict) -> tuple[str, str, str]:
     """Markdown, LaTeX and HTML of one table: the paper's table, then the honesty columns."""
     main, honesty, sweep = main_block(g, table, df), honesty_block(g, table, df), sweep_block(g, table, df)
     text = table_text(g, table, df, floor, gate)
@@ -343,7 +343,7 @@ def render_table(g: Grid, table: str, df: pd.DataFrame, floor: float | None, gat
     return md, tex, html_page(f"td-{table}", table_name(table), body)
 
 
-def write_table(g: Grid, table: str) -> None:
+def write_table(g: Layout, table: str) -> None:
     df = table_frame(g, table)
     gate = baseline_gate(g, table, read_scores(g, g.table_units(table)))
     md, tex, page = render_table(g, table, df, entropy_floor(g), gate)

@@ -27,7 +27,8 @@ from pathlib import Path
 from ..core import config as configlib
 from ..core.records import check
 from ..core.utils import TokenDriftError, atomic_write_json, read_json
-from ..grid import Grid, Unit, add_grid_args, grid_from_args
+from ..grid.layout import Layout, add_grid_args, grid_from_args
+from ..grid.sheet import Unit
 from .figures import FIGURES
 
 KEY = "tokendrift.key"
@@ -39,11 +40,11 @@ SUMMARY = "tokendrift.summary_digest"  # digest of the score files behind a pare
 ARTIFACTS = "tokendrift.artifacts_digest"  # ... and of its table and figure artifacts
 
 
-def tracking_uri(g: Grid) -> str:
+def tracking_uri(g: Layout) -> str:
     return g.config["mlflow"]["tracking_uri"] or f"sqlite:///{Path(g.root).resolve()}/mlflow.db"
 
 
-def _client(g: Grid):
+def _client(g: Layout):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import mlflow
@@ -101,13 +102,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def train_options(g: Grid, bb: str, rid: str, seed: int) -> dict:
+def train_options(g: Layout, bb: str, rid: str, seed: int) -> dict:
     """A run's full training config, defaults filled in (so every ablation's options compare)."""
     return configlib.validate("train", g.train_config(bb, rid, seed))
 
 
 class Importer:
-    def __init__(self, g: Grid):
+    def __init__(self, g: Layout):
         self.g = g
         self.client, self.exp = _client(g)
         self.existing = {}
@@ -300,7 +301,7 @@ class Importer:
                 self.client.log_artifact(run_id, str(f), "probe")
 
 
-def import_results(g: Grid) -> dict:
+def import_results(g: Layout) -> dict:
     imp = Importer(g)
     for bb in g.backbones:
         imp.probe(bb)
@@ -322,7 +323,7 @@ def import_results(g: Grid) -> dict:
     return summary
 
 
-def compare(g: Grid, table: str):
+def compare(g: Layout, table: str):
     """One table's rows side by side (mean over seeds per NFE), read back from MLflow."""
     import pandas as pd
 

@@ -1,11 +1,14 @@
-# Reads and validates the config and expands the grid (tokendrift.grid): every rule asks G for
-# its paths, inputs and job arguments.
+# Reads and validates the config and expands the grid (tokendrift.grid): every rule asks G, the
+# rule adapter (tokendrift.grid.rules), for its paths, inputs and job arguments.
 from snakemake.exceptions import WorkflowError
 
 from tokendrift.core.utils import TokenDriftError
-from tokendrift.grid import workflow_grid
 from tokendrift.report.figures import FIGURES
 from tokendrift.report.status import end_driver, record_driver, stops_jobs
+from tokendrift.grid.rules import workflow_grid
+from tokendrift.report.figures import FIGURES
+from tokendrift.report.status import end_driver, record_driver, stops_jobs
+from tokendrift.core.utils import TokenDriftError
 
 try:
     G = workflow_grid(config, workflow.basedir, workflow.config_settings.configfiles)
