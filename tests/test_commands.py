@@ -5,8 +5,9 @@ import json
 import math
 
 import pytest
+import yaml
 
-from tests.conftest import CI, SCHEMA, TINY_SOURCE, make_init
+from tests.conftest import CI, REPO, SCHEMA, TINY_SOURCE, make_init
 from tokendrift import aggregate, cli
 from tokendrift import config as configlib
 from tokendrift.checkpoint import open_checkpoint
@@ -44,8 +45,9 @@ def test_a_job_section_takes_its_checks_from_the_job_schema():
         Grid(raw | {"sample": {**raw["sample"], "n_samples": 0}}, SCHEMA)
     with pytest.raises(configlib.TokenDriftError, match=r"nelbo\.n_steps: unknown key"):
         Grid(raw | {"nelbo": {"n_steps": 2}}, SCHEMA)
-    g = Grid(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section
-    assert g.config["score"] == configlib.defaults("score")
+    g = Grid(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section: each key's
+    props = yaml.safe_load((REPO / "tokendrift" / "schemas" / "score.schema.yaml").read_text())["properties"]
+    assert g.config["score"] == {k: p["default"] for k, p in props.items()}  # "default", as the schema file says
 
 
 def test_open_checkpoint_gives_the_model_its_process_and_source(tmp_path):
