@@ -61,8 +61,11 @@ def test_matched_entropy_row_and_ratio_follow_the_log_linear_frontier(filled):
     matched = by[("start at matched entropy", "4")]
     assert float(matched["gen_ppl"]) == pytest.approx(want)
     assert float(matched["gen_ppl_matched_temperature"]) == pytest.approx(0.65)
-    assert float(by[("TokenDrift", "4")]["gen_ppl_ratio"]) == pytest.approx(42.0 / want)
-    assert e == pytest.approx(4.5)
+    td = by[("TokenDrift", "4")]
+    assert float(td["gen_ppl_ratio"]) == pytest.approx(42.0 / want)
+    # the entropy the start is matched at: TokenDrift's mean over its seeds (sample SD beside it)
+    assert float(td["entropy"]) == float(matched["entropy"]) == pytest.approx(e)
+    assert float(td["entropy_sd"]) == pytest.approx(statistics.stdev(TD[s][1] for s in g.seeds))
 
 
 def test_ratio_against_step_is_the_tables_ratio_with_the_seeds_spread(filled):

@@ -6,8 +6,9 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from tests.conftest import CI, PAPER, SCHEMA, TINY_SOURCE, make_init
+from tests.conftest import CI, PAPER, REPO, SCHEMA, TINY_SOURCE, make_init
 from tokendrift import cli
 from tokendrift.core import config as configlib
 from tokendrift.core.checkpoint import open_checkpoint
@@ -85,8 +86,9 @@ def test_a_job_section_takes_its_checks_from_the_job_schema():
         Rules(raw | {"sample": {**raw["sample"], "n_samples": 0}}, SCHEMA)
     with pytest.raises(configlib.TokenDriftError, match=r"nelbo\.n_steps: unknown key"):
         Rules(raw | {"nelbo": {"n_steps": 2}}, SCHEMA)
-    g = Rules(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section
-    assert g.config["score"] == configlib.defaults("score")
+    g = Rules(raw | {"score": {}}, SCHEMA)  # the job's defaults fill the section: each key's
+    props = yaml.safe_load((REPO / "tokendrift" / "schemas" / "score.schema.yaml").read_text())["properties"]
+    assert g.config["score"] == {k: p["default"] for k, p in props.items()}  # "default", as the schema file says
 
 
 def test_open_checkpoint_gives_the_model_its_process_and_source(tmp_path):

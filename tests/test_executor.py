@@ -397,21 +397,24 @@ def test_bad_resources_name_rule_and_resource(res, needle):
         resources.local_parameters(p, "t")
 
 
-def test_settings_and_common_settings():
+def test_every_setting_has_help_and_a_default():
     from dataclasses import MISSING, fields
 
     for f in fields(plugin.ExecutorSettings):
         assert f.metadata["help"] and f.default is not MISSING, f.name
-    s = plugin.ExecutorSettings()
-    assert (s.cluster, s.folder, s.slurm_signal_delay_s) == ("auto", ".snakemake/submitit", 90)
-    c = plugin.common_settings
-    assert c.non_local_exec and not c.implies_no_shared_fs and not c.job_deploy_sources
-    assert c.pass_envvar_declarations_to_cmd and not c.auto_deploy_default_storage_provider
-    assert c.pass_default_resources_args and c.pass_default_storage_provider_args
-    assert c.init_seconds_before_status_checks <= 1
-    expect = "slurm" if (plugin.shutil.which("sbatch") and plugin.shutil.which("srun")) else "local"
-    assert plugin.resolve_cluster("auto") == expect
-    with pytest.raises(WorkflowError):
+
+
+@pytest.mark.parametrize(
+    "on_path, want",
+    [({"sbatch", "srun"}, "slurm"), ({"sbatch"}, "local"), ({"srun"}, "local"), (set(), "local")],
+)
+def test_auto_cluster_is_slurm_only_with_sbatch_and_srun_on_path(monkeypatch, on_path, want):
+    monkeypatch.setattr(
+        plugin.shutil, "which", lambda name: f"/usr/bin/{name}" if name in on_path else None
+    )
+    assert plugin.resolve_cluster("auto") == want
+    assert plugin.resolve_cluster("local") == "local" and plugin.resolve_cluster("slurm") == "slurm"
+    with pytest.raises(WorkflowError, match="auto, slurm or local, got 'pbs'"):
         plugin.resolve_cluster("pbs")
 
 

@@ -16,6 +16,7 @@ import yaml
 from tests.conftest import PAPER, REPO, SCHEMA, planned_jobs, snakemake
 from tokendrift.core.utils import TokenDriftError
 from tokendrift.grid.layout import Layout
+from tokendrift.grid.rules import workflow_grid
 
 # The paper's grid (docs/grid.md), written out independently of tokendrift/grid/paper_grid.yaml:
 # (backbone, run) -> (steps, the options that make the run what it is)
@@ -113,15 +114,29 @@ BAD = [
 
 @pytest.mark.parametrize("change,expected", BAD, ids=[e for _, e in BAD])
 def test_bad_configs_are_refused_naming_the_key(tmp_path, change, expected):
+    from snakemake.common.configfile import load_configfile
+
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "ci.yaml").read_text())
     cfg.update(change)
     with pytest.raises(TokenDriftError, match=re.escape(expected)):
         Layout(cfg, SCHEMA)
-    # the same through Snakemake: exit 1, the key named, nothing written
+    # the same as the Snakefile gets it: the file read by Snakemake's own loader, the grid made by
+    # the call in workflow/rules/common.smk (whose refusal Snakemake reports: one run below)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(TokenDriftError, match=re.escape(expected)):
+        workflow_grid(load_configfile(str(path)), str(REPO), [str(path)])
+
+
+def test_snakemake_refuses_a_bad_config_naming_the_key_and_writes_nothing(tmp_path):
+    """One real run for the cases above: each reaches Snakemake through the same call, so one
+    shows that the refusal ends the run with exit 1, the key named, nothing written."""
+    cfg = yaml.safe_load((REPO / "tests" / "configs" / "ci.yaml").read_text())
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "steps": {"long": 4.0, "short": 2}}))
     r = snakemake("all_tables", "-n", "--configfile", str(path), "--directory", str(tmp_path / "wd"), check=False)
-    assert r.returncode != 0 and expected in r.stdout + r.stderr
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "invalid config: workflow config: steps.long: must be an integer, got the float 4.0" in r.stdout + r.stderr
     assert not (tmp_path / "wd" / "results").exists()
 
 

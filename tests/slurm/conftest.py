@@ -67,22 +67,31 @@ def job_counts(out: str) -> dict:
     return counts
 
 
+def find_train(needle: str):
+    """The running `tokendrift train` process whose command line contains ``needle``, and its Slurm
+    job id; None when there is none now."""
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "tokendrift train" in cmd and needle in cmd and "python" in cmd:
+            try:
+                env = open(f"/proc/{p.pid}/environ", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            var = dict(e.decode().split("=", 1) for e in env if e.startswith(b"SLURM_") and b"=" in e)
+            if "SLURM_ARRAY_JOB_ID" in var:  # an array task: its own id is ARRAY_TASK (the bare
+                return p, f"{var['SLURM_ARRAY_JOB_ID']}_{var['SLURM_ARRAY_TASK_ID']}"  # id is the array)
+            if "SLURM_JOB_ID" in var:
+                return p, var["SLURM_JOB_ID"]
+    return None
+
+
 def train_process(needle: str, timeout: float = 600):
     """The running `tokendrift train` process whose command line contains ``needle``, and its Slurm job id."""
     t0 = time.time()
     while time.time() - t0 < timeout:
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if "tokendrift train" in cmd and needle in cmd and "python" in cmd:
-                try:
-                    env = open(f"/proc/{p.pid}/environ", "rb").read().split(b"\0")
-                except OSError:
-                    continue
-                var = dict(e.decode().split("=", 1) for e in env if e.startswith(b"SLURM_") and b"=" in e)
-                if "SLURM_ARRAY_JOB_ID" in var:  # an array task: its own id is ARRAY_TASK (the bare
-                    return p, f"{var['SLURM_ARRAY_JOB_ID']}_{var['SLURM_ARRAY_TASK_ID']}"  # id is the array)
-                if "SLURM_JOB_ID" in var:
-                    return p, var["SLURM_JOB_ID"]
+        found = find_train(needle)
+        if found:
+            return found
         time.sleep(0.2)
     raise AssertionError(f"no running training job matching {needle}")
 

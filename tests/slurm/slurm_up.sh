@@ -65,6 +65,11 @@ ClusterName=tokendrift
 SlurmctldHost=${HOST}
 SlurmUser=root
 AuthType=auth/munge
+# A requeued job waits the credential lifetime before it may start again (slurm.conf(5),
+# AuthInfo cred_expire: 120 s by default), then the next pass of the scheduler's main loop
+# (SchedulerParameters sched_interval: 60 s by default): 20 s and 5 s on this one-node cluster.
+AuthInfo=cred_expire=20
+SchedulerParameters=sched_interval=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

@@ -177,7 +177,8 @@ def test_a_requeued_job_reruns_and_the_workflow_completes(slurm, tmp_path):
     proc = start(wd)
     try:
         job = slurm_id(wd / "id.0")
-        # what preemption or a node failure does; Slurm 22.05 holds a requeued job ~2 minutes
+        # what preemption or a node failure does; Slurm holds a requeued job for its credential lifetime
+        # (AuthInfo cred_expire: 20 s on the test cluster, tests/slurm/slurm_up.sh; 120 s by default)
         subprocess.run(["scontrol", "requeue", job], check=True)
         out, _ = proc.communicate(timeout=400)
     finally:

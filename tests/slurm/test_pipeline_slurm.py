@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.slurm.conftest import job_counts, our_jobs, train_process
+from tests.slurm.conftest import find_train, job_counts, our_jobs
 
 pytestmark = pytest.mark.slurm
 
@@ -78,60 +78,95 @@ def test_all_tables_on_slurm_equals_the_local_run(clean):
     assert_same_csv(local, cluster)  # full precision: equal up to float32 rounding (seen: 2.4e-7)
 
 
-def test_a_cancelled_seed_is_all_that_reruns(clean, tmp_path):
-    _, cluster, _ = clean
-    proc = start(tmp_path, "slurm", "--retries", "0")
-    _, job = train_process("mdlm/tokendrift/seed1")
-    subprocess.run(["scancel", job], check=True)
-    out, _ = proc.communicate(timeout=1800)
-    assert proc.returncode != 0  # one job failed ...
-    root = tmp_path / ROOT
-    assert (root / "train/mdlm/tokendrift/seed0/done.json").exists(), out[-6000:]  # ... the others finished (keep-going)
-    assert (root / "scores/mdlm/continuation/seed1/step120/T1.0_nfe4.json").exists()
-    assert not (root / "train/mdlm/tokendrift/seed1/done.json").exists()
-    r = run(tmp_path, "slurm")
-    counts = job_counts(r.stdout + r.stderr)
-    # that seed's training, its two checkpoints' sampling and scoring, then what reads them
-    assert counts.get("train") == 1 and counts.get("sample_run") == 2 and counts.get("score_run") == 2, counts
-    assert "sample_start" not in counts and "pretrain_start" not in counts
-    assert tables(tmp_path)["table1.md"] == tables(cluster)["table1.md"]
-    assert_same_csv(tmp_path, cluster)
+@pytest.fixture(scope="module")
+def interrupted(slurm, tmp_path_factory):
+    """One folder through three interruptions and the rerun that finishes it, each as a user meets it:
+    A. `all_tables --retries 0`: the training job of mdlm/tokendrift/seed0 is requeued after its
+       first checkpoint (what preemption or a time limit does) and that of seed1 is scancelled;
+       A ends failed (keep-going finishes the rest);
+    B. the same command, Ctrl-C'd as soon as its first job (seed1's training) is in the queue;
+    C. the same command again, to the end.
+    One run of the grid instead of one per interruption; what each step shows is checked by the
+    three tests below."""
+    wd = tmp_path_factory.mktemp("interrupted")
+    seen = {}
+    proc = start(wd, "slurm", "--retries", "0")
+    last = wd / ROOT / "train/mdlm/tokendrift/seed0/checkpoints/last/meta.json"
+    try:
+        t0 = time.time()
+        while ("requeued" not in seen or "cancelled" not in seen) and time.time() - t0 < 1200:
+            if "cancelled" not in seen and (found := find_train("mdlm/tokendrift/seed1")):
+                subprocess.run(["scancel", found[1]], check=True)
+                seen["cancelled"] = found[1]
+            if "requeued" not in seen and (found := find_train("mdlm/tokendrift/seed0")):
+                if last.exists():  # its first checkpoint
+                    subprocess.run(["scontrol", "requeue", found[1]], check=True)
+                    seen["requeued"] = found[1]
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        seen["A_out"], _ = proc.communicate(timeout=1800)
+        seen["A_rc"] = proc.returncode
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+    seen["after_A"] = {f: (wd / ROOT / f).exists() for f in (
+        "train/mdlm/tokendrift/seed0/done.json", "train/mdlm/tokendrift/seed1/done.json",
+        "scores/mdlm/continuation/seed1/step120/T1.0_nfe4.json")}
 
-
-def test_a_requeued_training_job_resumes_and_ends_identical(clean, tmp_path):
-    _, cluster, _ = clean
-    proc = start(tmp_path, "slurm")
-    run_dir = tmp_path / ROOT / "train/mdlm/tokendrift/seed0"
-    _, job = train_process("mdlm/tokendrift/seed0")
-    last = run_dir / "checkpoints/last/meta.json"
+    proc = start(wd, "slurm")
     t0 = time.time()
-    while not last.exists() and time.time() - t0 < 600:
-        time.sleep(0.1)
-    assert last.exists(), "the job finished before its first checkpoint: make the tiny run longer"
-    subprocess.run(["scontrol", "requeue", job], check=True)  # what preemption or a time limit does
-    out, _ = proc.communicate(timeout=1800)
-    assert proc.returncode == 0, out[-4000:]
-    states = subprocess.run(["sacct", "-n", "-j", job, "-D", "-X", "-o", "State"], capture_output=True,
-                            text=True).stdout
-    assert "REQUEUED" in states or "PREEMPTED" in states or states.count("\n") > 1, states
-    log = (tmp_path / ROOT / "logs/train/mdlm/tokendrift/seed0.log").read_text()
-    assert "/120" in log and " 0/120" not in log.split("\r")[0], "the requeued job started over instead of resuming"
-    want = load_file(cluster / ROOT / "train/mdlm/tokendrift/seed0/checkpoints/step_000120/ema.safetensors")
-    got = load_file(run_dir / "checkpoints/step_000120/ema.safetensors")
-    assert all((got[k] == want[k]).all() for k in want)  # bitwise: nothing lost, nothing repeated
-
-
-def test_ctrl_c_cancels_our_jobs_and_a_rerun_finishes(slurm, tmp_path):
-    proc = start(tmp_path, "slurm")
-    t0 = time.time()
-    while not our_jobs() and time.time() - t0 < 300:
+    while not our_jobs() and time.time() - t0 < 300 and proc.poll() is None:
         time.sleep(0.2)
-    assert our_jobs(), "no job reached the queue"
+    seen["B_queued"] = our_jobs()
     os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=300)
+    seen["B_out"], _ = proc.communicate(timeout=300)
     t0 = time.time()
     while our_jobs() and time.time() - t0 < 60:
         time.sleep(0.5)
+    seen["B_left"] = our_jobs()
+
+    seen["C"] = run(wd, "slurm")  # rerun-incomplete is in the profile
+    return wd, seen
+
+
+def test_a_requeued_training_job_resumes_and_ends_identical(clean, interrupted):
+    _, cluster, _ = clean
+    wd, seen = interrupted
+    job = seen.get("requeued")
+    assert job, f"the job finished before its first checkpoint: make the tiny run longer\n{seen['A_out'][-3000:]}"
+    assert seen["after_A"]["train/mdlm/tokendrift/seed0/done.json"], seen["A_out"][-4000:]  # A finished it
+    states = subprocess.run(["sacct", "-n", "-j", job, "-D", "-X", "-o", "State"], capture_output=True,
+                            text=True).stdout
+    assert "REQUEUED" in states or "PREEMPTED" in states or states.count("\n") > 1, states
+    log = (wd / ROOT / "logs/train/mdlm/tokendrift/seed0.log").read_text()
+    assert "/120" in log and " 0/120" not in log.split("\r")[0], "the requeued job started over instead of resuming"
+    step = "train/mdlm/tokendrift/seed0/checkpoints/step_000120/ema.safetensors"
+    want, got = load_file(cluster / ROOT / step), load_file(wd / ROOT / step)
+    assert all((got[k] == want[k]).all() for k in want)  # bitwise: nothing lost, nothing repeated
+
+
+def test_a_cancelled_seed_is_all_that_reruns(clean, interrupted):
+    _, cluster, _ = clean
+    wd, seen = interrupted
+    assert seen.get("cancelled"), seen["A_out"][-3000:]
+    assert seen["A_rc"] != 0  # one job failed ...
+    after = seen["after_A"]
+    # ... the others finished (keep-going)
+    assert after["scores/mdlm/continuation/seed1/step120/T1.0_nfe4.json"], seen["A_out"][-6000:]
+    assert after["train/mdlm/tokendrift/seed0/done.json"] and not after["train/mdlm/tokendrift/seed1/done.json"]
+    counts = job_counts(seen["C"].stdout + seen["C"].stderr)
+    # that seed's training, its two checkpoints' sampling and scoring, then what reads them
+    assert counts.get("train") == 1 and counts.get("sample_run") == 2 and counts.get("score_run") == 2, counts
+    assert "sample_start" not in counts and "pretrain_start" not in counts
+    assert tables(wd)["table1.md"] == tables(cluster)["table1.md"]
+    assert_same_csv(wd, cluster)
+
+
+def test_ctrl_c_cancels_our_jobs_and_a_rerun_finishes(interrupted):
+    wd, seen = interrupted
+    assert seen["B_queued"], "no job reached the queue"
+    assert seen["B_left"] == [], seen["B_out"][-3000:]
+    assert tables(wd)  # C, the same command again, finished
     assert our_jobs() == []
-    run(tmp_path, "slurm")  # rerun-incomplete is in the profile
-    assert tables(tmp_path)
