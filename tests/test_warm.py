@@ -100,7 +100,7 @@ def test_a_signalled_or_killed_job_stops_its_fork_and_writes_nothing(server, che
     would); SIGKILL, which the process cannot pass on, makes the server kill the fork."""
     env, sock = server
     out = tmp_path / "big"
-    args = ["sample", str(checkpoint), "--out", str(out), "--nfe", "64", "--n-samples", "200000", "--batch-size", "64"]
+    args = ["sample", str(checkpoint), "--out", str(out), "--nfe", "64", "--n-samples", "100000", "--batch-size", "64"]
     p = subprocess.Popen([sys.executable, "-m", "tokendrift.cli", *args], env=env, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while f"--out {out} " not in server_log(sock) and time.time() - t0 < 60:
