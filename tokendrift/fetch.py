@@ -16,6 +16,7 @@ result always says which weights and which data produced it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -144,6 +145,13 @@ def fetch_checkpoint(src: str, item: str) -> dict:
 
 
 def versions() -> dict:
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict:
+    """Read once per process: every record of a job carries them (importlib.metadata parses each
+    package's METADATA file, about 50 ms for the list)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
