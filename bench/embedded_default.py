@@ -214,7 +214,9 @@ def time_main(args) -> None:
             variants = [
                 {"name": "before", "ref": args.before, "commit": commit, "repo": where, "warm": True,
                  "env": {**base_env, "PYTHONPATH": str(where), "TOKENDRIFT_WARM": "1"}},
-                {"name": "after", "repo": REPO, "warm": True,
+                {"name": "after", "repo": REPO, "warm": True, "ref": "working tree",
+                 "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                          text=True).stdout.strip(),
                  "env": {**base_env, "PYTHONPATH": str(REPO), "TOKENDRIFT_WARM": "1"}},
             ]
             run_rounds(args, variants)
@@ -287,7 +289,7 @@ def compare_and_write(args, runs: list[dict], rounds: int, remove: bool = False)
         cells = [f"{r['stages'].get(s, {}).get('job_s', 0):.0f} s ({r['stages'].get(s, {}).get('jobs', 0)})" for s in stages]
         ident = f"{r['files_identical']}/{r['files_compared']}" if "files_compared" in r else "reference"
         share = f"{100 * r['startup_share']:.1f}%" if r.get("startup_share") is not None else "n/a"
-        name = f"{r['variant']} ({r['commit'][:7]})" if r.get("commit") else r["variant"]
+        name = f"{r['variant']} ({r['commit'][:7]}{'+' if r.get('ref') == 'working tree' else ''})" if r.get("commit") else r["variant"]
         lines.append(f"| {r['round']} {name} | {r['wall_s']:.0f} s | {r['jobs']} | {r['job_s']:.0f} | "
                      + " | ".join(cells) + f" | {share} | {ident} |")
     table = "\n".join(lines) + "\n"
