@@ -22,6 +22,15 @@ figure and score file is byte-identical to the first variant's. Writes
 bench/results/embedded_default_time.json (or --out).
 
     python bench/embedded_default.py --time [--runs 1] [--baseline /path/to/old/checkout] [--concurrent] [--config CI_CONFIG]
+
+Before and after in one run (`--before REF`): REF (a commit, branch or tag) is checked out into a
+temporary git worktree and timed as the variant `before`, this working tree as `after`, both as
+the local profile runs them (warm start) and each with its own embedded default
+(workflow/config/default.yaml of its checkout, unless --config), interleaved over `--runs`
+rounds. Writes bench/results/embedded_default_before_after.json and .md (or --out and its .md);
+the byte comparison is then informative only where the two defaults are the same config.
+
+    python bench/embedded_default.py --time --before 1223b81 [--runs 1]
     python bench/embedded_default.py --analyze before=/old/checkout after=/some/workdir   # runs finished elsewhere
 """
 
@@ -182,8 +191,38 @@ def analyze_main(args) -> None:
     compare_and_write(args, runs, rounds=1)
 
 
+def before_worktree(ref: str) -> Path:
+    """A detached git worktree of ``ref`` in a temporary folder (removed by ``drop_worktree``)."""
+    where = Path(tempfile.mkdtemp(prefix="td-bench-before-")) / "checkout"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), ref], check=True,
+                   capture_output=True, text=True)
+    return where
+
+
+def drop_worktree(where: Path) -> None:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)], capture_output=True)
+    shutil.rmtree(where.parent, ignore_errors=True)
+
+
 def time_main(args) -> None:
     base_env = {k: v for k, v in os.environ.items() if k not in ("TOKENDRIFT_WARM", "PYTHONPATH")}
+    if args.before:  # before (REF) and after (this working tree), both as the local profile runs them
+        where = before_worktree(args.before)
+        try:
+            commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            variants = [
+                {"name": "before", "ref": args.before, "commit": commit, "repo": where, "warm": True,
+                 "env": {**base_env, "PYTHONPATH": str(where), "TOKENDRIFT_WARM": "1"}},
+                {"name": "after", "repo": REPO, "warm": True, "ref": "working tree",
+                 "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                          text=True).stdout.strip(),
+                 "env": {**base_env, "PYTHONPATH": str(REPO), "TOKENDRIFT_WARM": "1"}},
+            ]
+            run_rounds(args, variants)
+        finally:
+            drop_worktree(where)
+        return
     variants = []
     if args.baseline:
         repo = Path(args.baseline).resolve()
@@ -192,20 +231,28 @@ def time_main(args) -> None:
     variants.append({"name": "cold", "repo": REPO, "warm": False, "env": {**here, "TOKENDRIFT_WARM": "0"}})
     variants.append({"name": "warm", "repo": REPO, "warm": True, "env": {**here, "TOKENDRIFT_WARM": "1"}})
     variants = [v for v in variants if v["name"] in args.variants or (v["name"] == "baseline" and args.baseline)]
+    run_rounds(args, variants)
+
+
+def run_rounds(args, variants: list[dict]) -> None:
+    """``args.runs`` rounds of every variant (in turn, or at once with --concurrent), then the comparison."""
     keep = Path(args.keep) if args.keep else None
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
     runs = []
     config = Path(args.config).resolve() if args.config else None
     for i in range(args.runs):
+        order = variants if i % 2 == 0 else variants[::-1]  # alternate which variant goes first
         if args.concurrent:  # every variant at once: the same load on all of them
-            launched = [launch(v, config, keep) for v in variants]
+            launched = [launch(v, config, keep) for v in order]
             results = [finish(r) for r in launched]
         else:
-            results = (finish(launch(v, config, keep)) for v in variants)
-        for v, res in zip(variants, results):
+            results = (finish(launch(v, config, keep)) for v in order)
+        for v, res in sorted(zip(order, results), key=lambda vr: variants.index(vr[0])):
             res["round"] = i
             res["concurrent"] = args.concurrent
+            res.update({k: v[k] for k in ("ref", "commit") if k in v})
+            res["config"] = str(config or "workflow/config/default.yaml")
             print(f"round {i} {v['name']}: {res['wall_s']:.0f} s wall, {res['jobs']} jobs, {res['job_s']:.0f} job-s, "
                   f"start-up {100 * res['startup_share']:.0f}%", flush=True)
             runs.append(res)
@@ -236,15 +283,21 @@ def compare_and_write(args, runs: list[dict], rounds: int, remove: bool = False)
             "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(), "runs": runs}
     out.write_text(json.dumps(meta, indent=2) + "\n")
     stages = ["pretraining", "training", "sampling", "scoring", "aggregation"]
-    print("\n| run | wall | jobs | job-s | " + " | ".join(stages) + " | start-up share | identical files |")
-    print("|---|---|---|---|" + "---|" * len(stages) + "---|---|")
+    lines = ["| run | wall | jobs | job-s | " + " | ".join(stages) + " | start-up share | identical files |",
+             "|---|---|---|---|" + "---|" * len(stages) + "---|---|"]
     for r in runs:
         cells = [f"{r['stages'].get(s, {}).get('job_s', 0):.0f} s ({r['stages'].get(s, {}).get('jobs', 0)})" for s in stages]
         ident = f"{r['files_identical']}/{r['files_compared']}" if "files_compared" in r else "reference"
-        share = f"{100 * r['startup_share']:.0f}%" if r.get("startup_share") is not None else "n/a"
-        print(f"| {r['round']} {r['variant']} | {r['wall_s']:.0f} s | {r['jobs']} | {r['job_s']:.0f} | " + " | ".join(cells)
-              + f" | {share} | {ident} |")
-    print(f"\nwrote {out}")
+        share = f"{100 * r['startup_share']:.1f}%" if r.get("startup_share") is not None else "n/a"
+        name = f"{r['variant']} ({r['commit'][:7]}{'+' if r.get('ref') == 'working tree' else ''})" if r.get("commit") else r["variant"]
+        lines.append(f"| {r['round']} {name} | {r['wall_s']:.0f} s | {r['jobs']} | {r['job_s']:.0f} | "
+                     + " | ".join(cells) + f" | {share} | {ident} |")
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    out.with_suffix(".md").write_text(
+        f"{meta['date']}, {meta['cpus']} CPUs, load average after {meta['loadavg_after'][0]:.1f}; "
+        "job-seconds by stage (jobs)\n\n" + table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def main() -> None:
@@ -254,17 +307,23 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
                     help="--time: variants of this checkout (baseline comes with --baseline)")
     ap.add_argument("--baseline", help="--time: another checkout to time as the variant 'baseline'")
+    ap.add_argument("--before", metavar="REF",
+                    help="--time: time git REF (checked out to a temporary worktree) as 'before' and this working "
+                         "tree as 'after', side by side (module docstring)")
     ap.add_argument("--concurrent", action="store_true",
                     help="--time: run a round's variants at the same time (each with its 2 job slots) instead of in turn")
     ap.add_argument("--analyze", nargs="+", metavar="LABEL=DIR",
                     help="the breakdown of runs finished in these working directories (no timing run)")
     ap.add_argument("--keep", help="--time: keep each run's working directory under this folder")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "embedded_default_time.json"))
+    ap.add_argument("--out", default=None, help="the JSON to write (default: bench/results/embedded_default_time.json, "
+                    "with --before embedded_default_before_after.json)")
     ap.add_argument("--config", default=None, help="the config (default: workflow/config/default.yaml)")
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 64])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 1.0])
     ap.add_argument("--n-samples", type=int, default=256, help="samples per (NFE, temperature) cell")
     args = ap.parse_args()
+    name = "embedded_default_before_after.json" if args.before else "embedded_default_time.json"
+    args.out = args.out or str(REPO / "bench" / "results" / name)
     if args.analyze:
         return analyze_main(args)
     if args.time:

@@ -83,13 +83,14 @@ def enabled(environ=os.environ) -> bool:
 
 def server_key(environ=os.environ) -> str:
     """Digest of what a fork inherits from the server: the import-time variables, the interpreter
-    and its path, and the package's files (name, size, modification time)."""
+    and its path, and the package's files (name, size, modification time), its job schemas
+    included (the server holds them parsed)."""
     h = hashlib.sha256()
     env = sorted((k, v) for k, v in environ.items() if k.startswith(IMPORT_VARS))
     path = [os.path.abspath(p) for p in sys.path]  # "" (python -c) is the current folder
     h.update(json.dumps([env, sys.executable, path, os.getuid()]).encode())
     root = Path(__file__).parent
-    for f in sorted(root.rglob("*.py")):
+    for f in sorted([*root.rglob("*.py"), *root.rglob("*.yaml")]):
         st = f.stat()
         h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
@@ -197,8 +198,31 @@ def preload() -> None:
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-    from .core import checkpoint, data  # noqa: F401
+    from .core import checkpoint, data, divergence  # noqa: F401
+    from .core.config import SCHEMA_DIR, schema
     from .jobs import pretrain, probe, sample, score, train  # noqa: F401
+
+    for f in SCHEMA_DIR.glob("*.schema.yaml"):  # parsed once here (cached), not in every job
+        schema(f.name.removesuffix(".schema.yaml"))
+
+    # What a scoring job imported or built itself after these: mauve-text's imports (scikit-learn,
+    # scipy.stats, faiss; more than half of a warm scoring job's time) and transformers' table of
+    # checkpoint key conversions, which every from_pretrained builds once per process (pure Python,
+    # cached in its module). scikit-learn pulls in pyarrow, whose jemalloc would start a background
+    # thread at load: switched off for that load (a fork must not inherit threads).
+    arrow = os.environ.get("JE_ARROW_MALLOC_CONF")
+    os.environ["JE_ARROW_MALLOC_CONF"] = "background_thread:false"
+    try:
+        import mauve.compute_mauve  # noqa: F401
+    finally:
+        if arrow is None:
+            del os.environ["JE_ARROW_MALLOC_CONF"]
+        else:
+            os.environ["JE_ARROW_MALLOC_CONF"] = arrow
+    with contextlib.suppress(ImportError, AttributeError):
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        get_checkpoint_conversion_mapping("gpt2")
 
 
 def serve(path: Path, idle_s: float, command) -> None:

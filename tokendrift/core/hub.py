@@ -8,6 +8,7 @@ the fetch manifest it read (``manifest_record``) and the versions of the librari
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from pathlib import Path
@@ -140,6 +141,13 @@ def manifest_record(path: str | os.PathLike | None) -> dict | None:
 
 
 def versions() -> dict:
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict:
+    """Read once per process: every record of a job carries them (importlib.metadata parses each
+    package's METADATA file, about 50 ms for the list)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
