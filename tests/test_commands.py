@@ -118,3 +118,15 @@ def test_a_source_without_an_entropy_rate_is_refused_and_nothing_written(tmp_pat
     assert cli.main(["entropy-rate", *configlib.option_args("source", source), "--out", str(tmp_path / "e.json")]) == 2
     assert "entropy" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_a_number_option_given_as_an_integer_is_a_float_and_a_count_stays_an_integer():
+    """A job records its options: `--mauve-scaling 5` must record 5.0 whether the grid or a user
+    wrote the flag, and a count (`--n-samples 8`) must stay an integer."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    configlib.add_options(p, "score")
+    got = configlib.read_options(p.parse_args(["--mauve-scaling", "5", "--batch-size", "8"]), "score")
+    assert type(got["mauve_scaling"]) is float and got["mauve_scaling"] == 5.0
+    assert type(got["batch_size"]) is int and got["batch_size"] == 8

@@ -114,11 +114,14 @@ def _option_value(sub: dict):
         if text_only or ("string" in types and text != "null"):
             return text
         try:
-            return json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError:
             if "enum" in sub and text in sub["enum"]:
                 return text
             raise argparse.ArgumentTypeError(f"{text!r} is not JSON (a number, true, null, [...], {{...}})") from None
+        if types == ["number"] and type(value) is int:
+            return float(value)  # a number option is a float: `--mauve-scaling 5` records 5.0
+        return value
 
     return parse
 
