@@ -138,7 +138,9 @@ def launch(variant: dict, config: Path | None, keep: Path | None) -> dict:
            "--profile", str(repo / "profiles" / "local"),
            "--configfile", str(config or repo / "workflow" / "config" / "default.yaml"), "--directory", str(wd)]
     log = open(wd / "snakemake.log", "w")  # noqa: SIM115 (closed by finish)
-    proc = subprocess.Popen(cmd, env=variant["env"], stdout=log, stderr=subprocess.STDOUT)
+    # run in the working directory: `python -m` puts its folder first on sys.path, before PYTHONPATH,
+    # so a run started from another checkout would import that checkout's package
+    proc = subprocess.Popen(cmd, env=variant["env"], cwd=wd, stdout=log, stderr=subprocess.STDOUT)
     return {"variant": variant, "wd": wd, "proc": proc, "log": log, "t0": time.perf_counter()}
 
 

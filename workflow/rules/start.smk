@@ -14,6 +14,7 @@ rule pretrain_start:
     log:
         G.log("pretrain_start"),
     threads: 2
+    priority: 10  # every other job waits on the starts and the evaluator: schedule them first
     resources:
         requeue=1,
     conda:
@@ -52,6 +53,7 @@ rule pretrain_evaluator:
     log:
         G.log("pretrain_evaluator"),
     threads: 2
+    priority: 10
     resources:
         requeue=1,
     conda:
