@@ -73,9 +73,18 @@ STAGES = {
     "score_start": "scoring",
 }
 # the command each rule runs (its start-up is timed apart); the rest run `tokendrift aggregate`/`track`
-COMMANDS = {"pretrain_start": "pretrain", "pretrain_evaluator": "pretrain", "entropy_rate": "entropy-rate",
-            "train": "train", "sample_run": "sample", "sample_start": "sample", "score_run": "score",
-            "score_start": "score", "probe": "probe", "track": "track"}
+COMMANDS = {
+    "pretrain_start": "pretrain",
+    "pretrain_evaluator": "pretrain",
+    "entropy_rate": "entropy-rate",
+    "train": "train",
+    "sample_run": "sample",
+    "sample_start": "sample",
+    "score_run": "score",
+    "score_start": "score",
+    "probe": "probe",
+    "track": "track",
+}
 # what a cold job of each command imports before its work (scoring, probing and the evaluator's
 # pretraining also import transformers' GPT-2 module)
 GPT2 = "import transformers.models.gpt2.modeling_gpt2"
@@ -94,8 +103,12 @@ def job_records(wd: Path) -> list[dict]:
             jobs[key]["start"] = min(jobs[key]["start"], m["starttime"])
             jobs[key]["end"] = max(jobs[key]["end"], m["endtime"])
             continue
-        jobs[key] = {"rule": m["rule"], "start": m["starttime"], "end": m["endtime"],
-                     "output": base64.b64decode(f.name.replace("@", "/")).decode(errors="replace")}
+        jobs[key] = {
+            "rule": m["rule"],
+            "start": m["starttime"],
+            "end": m["endtime"],
+            "output": base64.b64decode(f.name.replace("@", "/")).decode(errors="replace"),
+        }
     return list(jobs.values())
 
 
@@ -109,8 +122,11 @@ def startup_seconds(variant: dict, command: str, reps: int = 3) -> float:
         cmd = [sys.executable, "-c", code]
     if variant["warm"]:  # start the server for this environment and wait for it
         where = [sys.executable, "-c", "from tokendrift.warm import socket_path; print(socket_path())"]
-        sock = Path(subprocess.run(where, env=variant["env"], cwd=variant["repo"], capture_output=True, text=True,
-                                   check=True).stdout.strip())
+        sock = Path(
+            subprocess.run(
+                where, env=variant["env"], cwd=variant["repo"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
         subprocess.run(cmd, env=variant["env"], cwd=variant["repo"], capture_output=True, check=True)
         deadline = time.monotonic() + 120
         while not sock.exists() and time.monotonic() < deadline:
@@ -126,17 +142,29 @@ def startup_seconds(variant: dict, command: str, reps: int = 3) -> float:
 def result_files(wd: Path) -> list[Path]:
     """The files that must not change: every table, figure and score file."""
     root = wd / "results"
-    return sorted(p.relative_to(wd) for sub in ("tables", "figures", "scores") for p in root.glob(f"*/{sub}/**/*")
-                  if p.is_file())
+    return sorted(
+        p.relative_to(wd) for sub in ("tables", "figures", "scores") for p in root.glob(f"*/{sub}/**/*") if p.is_file()
+    )
 
 
 def launch(variant: dict, config: Path | None, keep: Path | None) -> dict:
     """Start `all_tables` for one variant in a fresh working directory."""
     wd = Path(tempfile.mkdtemp(prefix=f"td-bench-{variant['name']}-", dir=keep))
     repo = variant["repo"]
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "all_tables",
-           "--profile", str(repo / "profiles" / "local"),
-           "--configfile", str(config or repo / "workflow" / "config" / "default.yaml"), "--directory", str(wd)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(repo / "Snakefile"),
+        "all_tables",
+        "--profile",
+        str(repo / "profiles" / "local"),
+        "--configfile",
+        str(config or repo / "workflow" / "config" / "default.yaml"),
+        "--directory",
+        str(wd),
+    ]
     log = open(wd / "snakemake.log", "w")  # noqa: SIM115 (closed by finish)
     # run in the working directory: `python -m` puts its folder first on sys.path, before PYTHONPATH,
     # so a run started from another checkout would import that checkout's package
@@ -169,10 +197,17 @@ def breakdown(wd: Path, variant: dict | None) -> dict:
         d["job_s"] += j["end"] - j["start"]
         startup_total += startups.get(COMMANDS.get(j["rule"], ""), 0.0)
     job_s = sum(d["job_s"] for d in by_stage.values())
-    return {"workdir": str(wd), "jobs": len(jobs), "job_s": job_s,
-            "stages": by_stage, "startup_s_per_command": startups, "startup_job_s": startup_total,
-            "startup_share": startup_total / job_s if variant else None, "loadavg_at_end": os.getloadavg()[0],
-            "span_s": max(j["end"] for j in jobs) - min(j["start"] for j in jobs)}
+    return {
+        "workdir": str(wd),
+        "jobs": len(jobs),
+        "job_s": job_s,
+        "stages": by_stage,
+        "startup_s_per_command": startups,
+        "startup_job_s": startup_total,
+        "startup_share": startup_total / job_s if variant else None,
+        "loadavg_at_end": os.getloadavg()[0],
+        "span_s": max(j["end"] for j in jobs) - min(j["start"] for j in jobs),
+    }
 
 
 def analyze_main(args) -> None:
@@ -183,7 +218,9 @@ def analyze_main(args) -> None:
         label, wd = item.split("=", 1)
         res = {"variant": label, "round": 0, **breakdown(Path(wd), None)}
         logs = sorted((Path(wd) / ".snakemake" / "log").glob("*.snakemake.log"))
-        elapsed = [line for line in logs[-1].read_text().splitlines() if line.startswith("Elapsed time:")] if logs else []
+        elapsed = (
+            [line for line in logs[-1].read_text().splitlines() if line.startswith("Elapsed time:")] if logs else []
+        )
         if elapsed:
             h, m, sec = elapsed[-1].split(": ", 1)[1].split(":")
             res["wall_s"] = int(h) * 3600 + int(m) * 60 + float(sec)
@@ -196,8 +233,12 @@ def analyze_main(args) -> None:
 def before_worktree(ref: str) -> Path:
     """A detached git worktree of ``ref`` in a temporary folder (removed by ``drop_worktree``)."""
     where = Path(tempfile.mkdtemp(prefix="td-bench-before-")) / "checkout"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), ref], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), ref],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return where
 
 
@@ -211,15 +252,28 @@ def time_main(args) -> None:
     if args.before:  # before (REF) and after (this working tree), both as the local profile runs them
         where = before_worktree(args.before)
         try:
-            commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    check=True).stdout.strip()
+            commit = subprocess.run(
+                ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
             variants = [
-                {"name": "before", "ref": args.before, "commit": commit, "repo": where, "warm": True,
-                 "env": {**base_env, "PYTHONPATH": str(where), "TOKENDRIFT_WARM": "1"}},
-                {"name": "after", "repo": REPO, "warm": True, "ref": "working tree",
-                 "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                                          text=True).stdout.strip(),
-                 "env": {**base_env, "PYTHONPATH": str(REPO), "TOKENDRIFT_WARM": "1"}},
+                {
+                    "name": "before",
+                    "ref": args.before,
+                    "commit": commit,
+                    "repo": where,
+                    "warm": True,
+                    "env": {**base_env, "PYTHONPATH": str(where), "TOKENDRIFT_WARM": "1"},
+                },
+                {
+                    "name": "after",
+                    "repo": REPO,
+                    "warm": True,
+                    "ref": "working tree",
+                    "commit": subprocess.run(
+                        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+                    ).stdout.strip(),
+                    "env": {**base_env, "PYTHONPATH": str(REPO), "TOKENDRIFT_WARM": "1"},
+                },
             ]
             run_rounds(args, variants)
         finally:
@@ -255,8 +309,11 @@ def run_rounds(args, variants: list[dict]) -> None:
             res["concurrent"] = args.concurrent
             res.update({k: v[k] for k in ("ref", "commit") if k in v})
             res["config"] = str(config or "workflow/config/default.yaml")
-            print(f"round {i} {v['name']}: {res['wall_s']:.0f} s wall, {res['jobs']} jobs, {res['job_s']:.0f} job-s, "
-                  f"start-up {100 * res['startup_share']:.0f}%", flush=True)
+            print(
+                f"round {i} {v['name']}: {res['wall_s']:.0f} s wall, {res['jobs']} jobs, {res['job_s']:.0f} job-s, "
+                f"start-up {100 * res['startup_share']:.0f}%",
+                flush=True,
+            )
             runs.append(res)
     compare_and_write(args, runs, rounds=args.runs, remove=not keep)
 
@@ -281,24 +338,41 @@ def compare_and_write(args, runs: list[dict], rounds: int, remove: bool = False)
             shutil.rmtree(r["workdir"], ignore_errors=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": datetime.now().isoformat(timespec="seconds"), "config": args.config or "workflow/config/default.yaml",
-            "cpus": os.cpu_count(), "loadavg_after": os.getloadavg(), "runs": runs}
+    meta = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "config": args.config or "workflow/config/default.yaml",
+        "cpus": os.cpu_count(),
+        "loadavg_after": os.getloadavg(),
+        "runs": runs,
+    }
     out.write_text(json.dumps(meta, indent=2) + "\n")
     stages = ["pretraining", "training", "sampling", "scoring", "aggregation"]
-    lines = ["| run | wall | jobs | job-s | " + " | ".join(stages) + " | start-up share | identical files |",
-             "|---|---|---|---|" + "---|" * len(stages) + "---|---|"]
+    lines = [
+        "| run | wall | jobs | job-s | " + " | ".join(stages) + " | start-up share | identical files |",
+        "|---|---|---|---|" + "---|" * len(stages) + "---|---|",
+    ]
     for r in runs:
-        cells = [f"{r['stages'].get(s, {}).get('job_s', 0):.0f} s ({r['stages'].get(s, {}).get('jobs', 0)})" for s in stages]
+        cells = [
+            f"{r['stages'].get(s, {}).get('job_s', 0):.0f} s ({r['stages'].get(s, {}).get('jobs', 0)})" for s in stages
+        ]
         ident = f"{r['files_identical']}/{r['files_compared']}" if "files_compared" in r else "reference"
         share = f"{100 * r['startup_share']:.1f}%" if r.get("startup_share") is not None else "n/a"
-        name = f"{r['variant']} ({r['commit'][:7]}{'+' if r.get('ref') == 'working tree' else ''})" if r.get("commit") else r["variant"]
-        lines.append(f"| {r['round']} {name} | {r['wall_s']:.0f} s | {r['jobs']} | {r['job_s']:.0f} | "
-                     + " | ".join(cells) + f" | {share} | {ident} |")
+        name = (
+            f"{r['variant']} ({r['commit'][:7]}{'+' if r.get('ref') == 'working tree' else ''})"
+            if r.get("commit")
+            else r["variant"]
+        )
+        lines.append(
+            f"| {r['round']} {name} | {r['wall_s']:.0f} s | {r['jobs']} | {r['job_s']:.0f} | "
+            + " | ".join(cells)
+            + f" | {share} | {ident} |"
+        )
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     out.with_suffix(".md").write_text(
         f"{meta['date']}, {meta['cpus']} CPUs, load average after {meta['loadavg_after'][0]:.1f}; "
-        "job-seconds by stage (jobs)\n\n" + table)
+        "job-seconds by stage (jobs)\n\n" + table
+    )
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
@@ -306,19 +380,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time", action="store_true", help="time all_tables instead (module docstring)")
     ap.add_argument("--runs", type=int, default=1, help="--time: rounds of every variant")
-    ap.add_argument("--variants", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
-                    help="--time: variants of this checkout (baseline comes with --baseline)")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["cold", "warm"],
+        choices=["cold", "warm"],
+        help="--time: variants of this checkout (baseline comes with --baseline)",
+    )
     ap.add_argument("--baseline", help="--time: another checkout to time as the variant 'baseline'")
-    ap.add_argument("--before", metavar="REF",
-                    help="--time: time git REF (checked out to a temporary worktree) as 'before' and this working "
-                         "tree as 'after', side by side (module docstring)")
-    ap.add_argument("--concurrent", action="store_true",
-                    help="--time: run a round's variants at the same time (each with its 2 job slots) instead of in turn")
-    ap.add_argument("--analyze", nargs="+", metavar="LABEL=DIR",
-                    help="the breakdown of runs finished in these working directories (no timing run)")
+    ap.add_argument(
+        "--before",
+        metavar="REF",
+        help="--time: time git REF (checked out to a temporary worktree) as 'before' and this working "
+        "tree as 'after', side by side (module docstring)",
+    )
+    ap.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="--time: run a round's variants at the same time (each with its 2 job slots) instead of in turn",
+    )
+    ap.add_argument(
+        "--analyze",
+        nargs="+",
+        metavar="LABEL=DIR",
+        help="the breakdown of runs finished in these working directories (no timing run)",
+    )
     ap.add_argument("--keep", help="--time: keep each run's working directory under this folder")
-    ap.add_argument("--out", default=None, help="the JSON to write (default: bench/results/embedded_default_time.json, "
-                    "with --before embedded_default_before_after.json)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="the JSON to write (default: bench/results/embedded_default_time.json, "
+        "with --before embedded_default_before_after.json)",
+    )
     ap.add_argument("--config", default=None, help="the config (default: workflow/config/default.yaml)")
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 64])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 1.0])
@@ -354,30 +447,58 @@ def main() -> None:
                 sdir = out / f"evidence/{backbone}/nfe{nfe}_T{temp}"
                 score_file = sdir.parent / f"{sdir.name}.json"
                 if not score_file.exists():
-                    sample_checkpoint(str(ckpt), str(sdir), nfe=nfe, n_samples=args.n_samples, seed=0,
-                                      temperature=temp, batch_size=smp["batch_size"])
+                    sample_checkpoint(
+                        str(ckpt),
+                        str(sdir),
+                        nfe=nfe,
+                        n_samples=args.n_samples,
+                        seed=0,
+                        temperature=temp,
+                        batch_size=smp["batch_size"],
+                    )
                     score_samples(str(sdir), evaluator, str(score_file), evaluator_name=g.evaluator())
                 r = json.loads(score_file.read_text())
-                rows.append({"backbone": backbone, "nfe": nfe, "temperature": temp, "oracle_gen_ppl": r["oracle_gen_ppl"],
-                             "gen_ppl": r["gen_ppl"], "entropy": r["entropy"], "nelbo": nelbo})
+                rows.append(
+                    {
+                        "backbone": backbone,
+                        "nfe": nfe,
+                        "temperature": temp,
+                        "oracle_gen_ppl": r["oracle_gen_ppl"],
+                        "gen_ppl": r["gen_ppl"],
+                        "entropy": r["entropy"],
+                        "nelbo": nelbo,
+                    }
+                )
 
     floor = math.exp(source.entropy_rate)
     data_entropy = sample_entropy(source.batch("valid", 0, 256))
-    result = {"entropy_rate": source.entropy_rate, "entropy_rate_se": source.entropy_rate_se, "oracle_floor": floor,
-              "data_sample_entropy": data_entropy, "timings": timings, "rows": rows}
+    result = {
+        "entropy_rate": source.entropy_rate,
+        "entropy_rate_se": source.entropy_rate_se,
+        "oracle_floor": floor,
+        "data_sample_entropy": data_entropy,
+        "timings": timings,
+        "rows": rows,
+    }
     atomic_write_json(out / "evidence.json", result)
-    print(f"entropy rate {source.entropy_rate:.3f} ± {source.entropy_rate_se:.3f} nats/token -> oracle Gen.-PPL floor "
-          f"{floor:.1f}; data sample entropy {data_entropy:.2f}")
+    print(
+        f"entropy rate {source.entropy_rate:.3f} ± {source.entropy_rate_se:.3f} nats/token -> oracle Gen.-PPL floor "
+        f"{floor:.1f}; data sample entropy {data_entropy:.2f}"
+    )
     print("pretraining wall time: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print("\n| backbone | T | " + " | ".join(f"NFE {n} oracle / AR / entropy" for n in args.nfe) + " | NELBO |")
     print("|---|---|" + "---|" * len(args.nfe) + "---|")
     for backbone in ("mdlm", "duo"):
         for temp in args.temperatures:
-            cells = [next(r for r in rows if r["backbone"] == backbone and r["nfe"] == n and r["temperature"] == temp)
-                     for n in args.nfe]
-            print(f"| {backbone} | {temp} | " + " | ".join(
-                f"{c['oracle_gen_ppl']:.1f} / {c['gen_ppl']:.1f} / {c['entropy']:.2f}" for c in cells)
-                + f" | {cells[0]['nelbo']:.3f} |")
+            cells = [
+                next(r for r in rows if r["backbone"] == backbone and r["nfe"] == n and r["temperature"] == temp)
+                for n in args.nfe
+            ]
+            print(
+                f"| {backbone} | {temp} | "
+                + " | ".join(f"{c['oracle_gen_ppl']:.1f} / {c['gen_ppl']:.1f} / {c['entropy']:.2f}" for c in cells)
+                + f" | {cells[0]['nelbo']:.3f} |"
+            )
 
 
 if __name__ == "__main__":

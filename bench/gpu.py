@@ -85,23 +85,64 @@ RESULTS = Path(__file__).parent / "results"
 # bf16 dense tensor-core peak (TFLOPS, no sparsity) by device name; the first match wins, so the
 # more specific names come first. Vendor data sheets.
 PEAK_TFLOPS = [
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0),  # H100 SXM
-    ("H800", 989.0), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L4", 121.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100", 989.0),  # H100 SXM
+    ("H800", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
 ]
 
-PAPER_GPUS = 4          # training GPUs per job (App. F)
-PAPER_MICRO_BATCH = 2   # sequences per GPU per micro-step (App. F)
+PAPER_GPUS = 4  # training GPUs per job (App. F)
+PAPER_MICRO_BATCH = 2  # sequences per GPU per micro-step (App. F)
 
 SIZES = {  # what --dry changes
-    "gpu": dict(device="cuda", preset="small", length=1024, vocab=50258, precision="bf16", steps=10, warmup=3,
-                sample_reps=3, sample_batch=32, score_n=32, score_batch=16,
-                scorer=dict(n_layer=36, n_embd=1280, n_head=20), budget=330.0),
-    "dry": dict(device="cpu", preset="tiny", length=64, vocab=257, precision="fp32", steps=2, warmup=1,
-                sample_reps=1, sample_batch=8, score_n=16, score_batch=8,
-                scorer=dict(n_layer=2, n_embd=64, n_head=2), budget=150.0),
+    "gpu": dict(
+        device="cuda",
+        preset="small",
+        length=1024,
+        vocab=50258,
+        precision="bf16",
+        steps=10,
+        warmup=3,
+        sample_reps=3,
+        sample_batch=32,
+        score_n=32,
+        score_batch=16,
+        scorer=dict(n_layer=36, n_embd=1280, n_head=20),
+        budget=330.0,
+    ),
+    "dry": dict(
+        device="cpu",
+        preset="tiny",
+        length=64,
+        vocab=257,
+        precision="fp32",
+        steps=2,
+        warmup=1,
+        sample_reps=1,
+        sample_batch=8,
+        score_n=16,
+        score_batch=8,
+        scorer=dict(n_layer=2, n_embd=64, n_head=2),
+        budget=150.0,
+    ),
 }
-CAPS = {"environment": 15, "steps": 60, "drift": 10, "max_micro_batch": 60, "sampler": 60, "scorer": 40,
-        "attention": 15, "compile": 150}
+CAPS = {
+    "environment": 15,
+    "steps": 60,
+    "drift": 10,
+    "max_micro_batch": 60,
+    "sampler": 60,
+    "scorer": 40,
+    "attention": 15,
+    "compile": 150,
+}
 
 
 class PartTimeout(BaseException):
@@ -169,25 +210,53 @@ class Bench:
         self.inits: dict[str, Path] = {}
         self.peak: float | None = None  # the device's bf16 peak (TFLOPS), from the environment part
         self.start = time.monotonic()
-        self.result = {"kind": "dry_cpu" if args.dry else "gpu", "measured_on": self.device,
-                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                       "settings": self.settings(), "parts": {}}
-        self.step_args = SimpleNamespace(micro_batch=args.micro_batch, device=self.device,
-                                          bf16=sizes["precision"] == "bf16")
+        self.result = {
+            "kind": "dry_cpu" if args.dry else "gpu",
+            "measured_on": self.device,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "settings": self.settings(),
+            "parts": {},
+        }
+        self.step_args = SimpleNamespace(
+            micro_batch=args.micro_batch, device=self.device, bf16=sizes["precision"] == "bf16"
+        )
 
     def settings(self) -> dict:
         z, a = self.z, self.args
-        return {"dry": a.dry, "device": z["device"], "preset": z["preset"], "length": z["length"],
-                "vocab_size": z["vocab"], "precision": z["precision"], "micro_batch": a.micro_batch,
-                "timed_steps": z["steps"], "warmup_steps": z["warmup"], "backbones": a.backbones,
-                "queue_size": 1024, "drift_anchors": PAPER_MICRO_BATCH * PAPER_GPUS, "paper_gpus_per_job": PAPER_GPUS,
-                "optimizer": "AdamW (lr 1e-5)", "nfe": a.nfe, "sample_batch": a.sample_batch,
-                "sample_reps": z["sample_reps"], "sample_draws": "float64",
-                "scorer": {**z["scorer"], "vocab_size": 50257, "n_positions": z["length"], "dtype": "float32",
-                           "batch_size": a.score_batch, "sequences": z["score_n"]},
-                "max_batch_cap": a.max_batch_cap, "caps_s": self.caps(), "budget_s": self.budget(),
-                "peak_tflops_arg": a.peak_tflops, "compile": (not a.dry) or a.compile}
+        return {
+            "dry": a.dry,
+            "device": z["device"],
+            "preset": z["preset"],
+            "length": z["length"],
+            "vocab_size": z["vocab"],
+            "precision": z["precision"],
+            "micro_batch": a.micro_batch,
+            "timed_steps": z["steps"],
+            "warmup_steps": z["warmup"],
+            "backbones": a.backbones,
+            "queue_size": 1024,
+            "drift_anchors": PAPER_MICRO_BATCH * PAPER_GPUS,
+            "paper_gpus_per_job": PAPER_GPUS,
+            "optimizer": "AdamW (lr 1e-5)",
+            "nfe": a.nfe,
+            "sample_batch": a.sample_batch,
+            "sample_reps": z["sample_reps"],
+            "sample_draws": "float64",
+            "scorer": {
+                **z["scorer"],
+                "vocab_size": 50257,
+                "n_positions": z["length"],
+                "dtype": "float32",
+                "batch_size": a.score_batch,
+                "sequences": z["score_n"],
+            },
+            "max_batch_cap": a.max_batch_cap,
+            "caps_s": self.caps(),
+            "budget_s": self.budget(),
+            "peak_tflops_arg": a.peak_tflops,
+            "compile": (not a.dry) or a.compile,
+        }
 
     def caps(self) -> dict:
         caps = dict(CAPS)
@@ -262,15 +331,25 @@ class Bench:
         info.update(torch_cuda=torch.version.cuda, transformers=transformers.__version__)
         if self.device == "cuda":
             p = torch.cuda.get_device_properties(0)
-            info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gb=p.total_memory / 2**30,
-                        cudnn=torch.backends.cudnn.version(),
-                        sdp_enabled={k: getattr(torch.backends.cuda, f"{k}_sdp_enabled")()
-                                     for k in ("flash", "mem_efficient", "math", "cudnn")
-                                     if hasattr(torch.backends.cuda, f"{k}_sdp_enabled")},
-                        tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+            info.update(
+                gpu=p.name,
+                capability=f"{p.major}.{p.minor}",
+                gpu_memory_gb=p.total_memory / 2**30,
+                cudnn=torch.backends.cudnn.version(),
+                sdp_enabled={
+                    k: getattr(torch.backends.cuda, f"{k}_sdp_enabled")()
+                    for k in ("flash", "mem_efficient", "math", "cudnn")
+                    if hasattr(torch.backends.cuda, f"{k}_sdp_enabled")
+                },
+                tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            )
             try:
-                info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                                capture_output=True, text=True, timeout=10).stdout.strip()
+                info["driver"] = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.strip()
             except (OSError, subprocess.SubprocessError) as e:
                 info["driver"] = f"unknown ({type(e).__name__})"
             info["peak_tflops"], info["peak_tflops_from"] = peak_tflops(p.name, self.args.peak_tflops)
@@ -279,8 +358,14 @@ class Bench:
             print("  CUDA-only settings (driver, cuDNN, SDPA flags, peak TFLOPS): skipped, no GPU")
         rec.update(info)
         self.peak = info["peak_tflops"]
-        print("  " + ", ".join(f"{k}={v}" for k, v in info.items() if k in (
-            "gpu", "driver", "torch", "torch_cuda", "cudnn", "cpu", "peak_tflops")))
+        print(
+            "  "
+            + ", ".join(
+                f"{k}={v}"
+                for k, v in info.items()
+                if k in ("gpu", "driver", "torch", "torch_cuda", "cudnn", "cpu", "peak_tflops")
+            )
+        )
 
     def steps(self, rec: dict) -> None:
         rows = rec["rows"] = {}
@@ -297,8 +382,9 @@ class Bench:
                         splits[v].append(split)
             row = rows[bb] = {}
             for v, (s, opt, noise) in runs.items():
-                row[v] = {key: statistics.median(sp[key] for sp in splits[v])
-                          for key in ("micro_s", "optimizer_s", "step_s")}
+                row[v] = {
+                    key: statistics.median(sp[key] for sp in splits[v]) for key in ("micro_s", "optimizer_s", "step_s")
+                }
                 reset_peak(self.device)
                 step(s, opt, noise, 0, x0=x)
                 row[v]["peak_mem_gb"] = peak_gb(self.device)
@@ -316,12 +402,20 @@ class Bench:
                 row["continuation_mfu_micro"] = row["continuation_tflops_micro"] / self.peak
                 row["continuation_mfu_step"] = row["continuation_tflops_step"] / self.peak
             row["feature_dim"] = runs["tokendrift"][0].queues["real"].dim
-            print(f"  {bb}: continuation {1e3 * c['step_s']:.1f} ms (micro {1e3 * c['micro_s']:.1f}), TokenDrift "
-                  f"{1e3 * t['step_s']:.1f} ms (micro {1e3 * t['micro_s']:.1f}), ratio {row['ratio_step']:.2f}"
-                  + (f", MFU {100 * row['continuation_mfu_micro']:.1f}%" if "continuation_mfu_micro" in row else
-                     " (MFU: skipped, no GPU peak)")
-                  + (f", peak memory {c['peak_mem_gb']:.1f} / {t['peak_mem_gb']:.1f} GiB"
-                     if self.device == "cuda" else ""))
+            print(
+                f"  {bb}: continuation {1e3 * c['step_s']:.1f} ms (micro {1e3 * c['micro_s']:.1f}), TokenDrift "
+                f"{1e3 * t['step_s']:.1f} ms (micro {1e3 * t['micro_s']:.1f}), ratio {row['ratio_step']:.2f}"
+                + (
+                    f", MFU {100 * row['continuation_mfu_micro']:.1f}%"
+                    if "continuation_mfu_micro" in row
+                    else " (MFU: skipped, no GPU peak)"
+                )
+                + (
+                    f", peak memory {c['peak_mem_gb']:.1f} / {t['peak_mem_gb']:.1f} GiB"
+                    if self.device == "cuda"
+                    else ""
+                )
+            )
             del runs
             free()
         if self.device != "cuda":
@@ -339,8 +433,10 @@ class Bench:
             td = steps[bb]["tokendrift"]["micro_s"]
             rec["share_of_tokendrift_micro_step"] = rec[f"drift_field_s_{rec['anchors_paper']}_anchors"] / td
             rec["share_from"] = f"{bb} TokenDrift micro-step"
-            print(f"  8 anchors: {1e3 * rec['drift_field_s_8_anchors']:.2f} ms, "
-                  f"{100 * rec['share_of_tokendrift_micro_step']:.2f}% of the TokenDrift micro-step")
+            print(
+                f"  8 anchors: {1e3 * rec['drift_field_s_8_anchors']:.2f} ms, "
+                f"{100 * rec['share_of_tokendrift_micro_step']:.2f}% of the TokenDrift micro-step"
+            )
 
     def max_micro_batch(self, rec: dict) -> None:
         if self.device != "cuda":
@@ -368,14 +464,20 @@ class Bench:
                 finally:
                     x = None
                     free()
-                tries[mb] = {"peak_mem_gb": peak_gb(self.device), "step_s": dt,
-                             "tokens_per_s": mb * self.z["length"] / dt}
+                tries[mb] = {
+                    "peak_mem_gb": peak_gb(self.device),
+                    "step_s": dt,
+                    "tokens_per_s": mb * self.z["length"] / dt,
+                }
                 best = mb
                 mb *= 2
             rec[v]["largest"] = best
             rec[v]["capped"] = best is not None and best * 2 > self.args.max_batch_cap
-            print(f"  {v}: largest micro-batch {best}" + (" (the cap)" if rec[v]["capped"] else "")
-                  + f"; tries {list(tries)}")
+            print(
+                f"  {v}: largest micro-batch {best}"
+                + (" (the cap)" if rec[v]["capped"] else "")
+                + f"; tries {list(tries)}"
+            )
             del s, opt, noise
             free()
 
@@ -395,12 +497,15 @@ class Bench:
                         r = time_sampler(model, diff, n, self.z["length"], nfe, self.z["sample_reps"], self.device)
                     r["samples_per_s"] = n / r["sampler_s"]
                     rows[bb][str(nfe)] = r
-                    print(f"  {bb} NFE {nfe}: {r['samples_per_s']:.2f} samples/s, sampler overhead "
-                          f"{100 * r['overhead']:.1f}%, own work {100 * r['own_work_share']:.1f}% of the forwards")
+                    print(
+                        f"  {bb} NFE {nfe}: {r['samples_per_s']:.2f} samples/s, sampler overhead "
+                        f"{100 * r['overhead']:.1f}%, own work {100 * r['own_work_share']:.1f}% of the forwards"
+                    )
                 # the held-out NELBO's forwards (fp32, as `tokendrift nelbo` runs them), batch 16
                 x0 = self.ids(16, model.config.vocab_size)
                 gen = torch.Generator(device=self.device).manual_seed(0)
                 diff.nelbo(model, x0, generator=gen, n_t=1)
+
                 def nelbo(m=model, d=diff, x=x0, g=gen):
                     return d.nelbo(m, x, generator=g, n_t=1)
 
@@ -429,7 +534,7 @@ class Bench:
 
         def bare():
             with torch.no_grad():
-                return [lm(dev_ids[i:i + bs], use_cache=False).logits.float() for i in range(0, n, bs)]
+                return [lm(dev_ids[i : i + bs], use_cache=False).logits.float() for i in range(0, n, bs)]
 
         score()
         ts, tb = [], []
@@ -437,10 +542,19 @@ class Bench:
             ts.append(timed(score, self.device))
             tb.append(timed(bare, self.device))
         s, b = statistics.median(ts), statistics.median(tb)
-        rec.update(score_s=s, bare_forwards_s=b, tokens=n * L, tokens_per_s=n * L / s, bare_tokens_per_s=n * L / b,
-                   overhead=s / b - 1, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
-        print(f"  GPT-2 Large-sized ({rec['params'] / 1e6:.0f}M), fp32: {rec['tokens_per_s']:.0f} tokens/s, "
-              f"overhead {100 * rec['overhead']:.1f}% over bare forwards")
+        rec.update(
+            score_s=s,
+            bare_forwards_s=b,
+            tokens=n * L,
+            tokens_per_s=n * L / s,
+            bare_tokens_per_s=n * L / b,
+            overhead=s / b - 1,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
+        print(
+            f"  GPT-2 Large-sized ({rec['params'] / 1e6:.0f}M), fp32: {rec['tokens_per_s']:.0f} tokens/s, "
+            f"overhead {100 * rec['overhead']:.1f}% over bare forwards"
+        )
 
     def attention(self, rec: dict) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -458,10 +572,19 @@ class Bench:
                 model(x)
                 sync(self.device)
         names = {e.key for e in prof.key_averages()}
-        rec["aten_ops"] = sorted(n for n in names if n.startswith("aten::_scaled_dot_product")
-                                 or n.startswith("aten::_flash") or n.startswith("aten::_efficient"))
-        rec["kernels"] = sorted(n for n in names if not n.startswith("aten::") and any(
-            k in n.lower() for k in ("flash", "fmha", "sdpa", "attention", "attn")))[:20]
+        rec["aten_ops"] = sorted(
+            n
+            for n in names
+            if n.startswith("aten::_scaled_dot_product")
+            or n.startswith("aten::_flash")
+            or n.startswith("aten::_efficient")
+        )
+        rec["kernels"] = sorted(
+            n
+            for n in names
+            if not n.startswith("aten::")
+            and any(k in n.lower() for k in ("flash", "fmha", "sdpa", "attention", "attn"))
+        )[:20]
         print(f"  SDPA runs: {', '.join(rec['aten_ops']) or 'no fused op (the math path)'}")
         if rec["kernels"]:
             print(f"  kernels: {', '.join(rec['kernels'][:4])}")
@@ -471,8 +594,14 @@ class Bench:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         c = model.config
-        q = torch.randn(self.args.micro_batch, c.n_heads, self.z["length"], c.hidden_size // c.n_heads,
-                        device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(
+            self.args.micro_batch,
+            c.n_heads,
+            self.z["length"],
+            c.hidden_size // c.n_heads,
+            device="cuda",
+            dtype=torch.bfloat16,
+        )
         rec["backends_accepting_dit_shapes"] = {}
         for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
             if not hasattr(SDPBackend, name):
@@ -505,8 +634,10 @@ class Bench:
                 r[key] = statistics.median(sp[key] for sp in splits)
             if v in eager:
                 r["speedup_step"] = eager[v]["step_s"] / r["step_s"]
-            print(f"  {v}: compiled in {r['first_step_s']:.1f} s, step {1e3 * r['step_s']:.1f} ms"
-                  + (f", {r['speedup_step']:.2f}x eager" if "speedup_step" in r else ""))
+            print(
+                f"  {v}: compiled in {r['first_step_s']:.1f} s, step {1e3 * r['step_s']:.1f} ms"
+                + (f", {r['speedup_step']:.2f}x eager" if "speedup_step" in r else "")
+            )
             del s, opt, noise
             free()
 
@@ -529,11 +660,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--micro-batch", type=int, default=PAPER_MICRO_BATCH)
     ap.add_argument("--backbones", nargs="+", default=["mdlm", "duo"], choices=["mdlm", "duo"])
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--sample-batch", type=int, help="samples per sampler batch (default the paper config's 32; --dry 8)")
+    ap.add_argument(
+        "--sample-batch", type=int, help="samples per sampler batch (default the paper config's 32; --dry 8)"
+    )
     ap.add_argument("--score-batch", type=int, help="evaluator batch (default the paper config's 16; --dry 8)")
     ap.add_argument("--max-batch-cap", type=int, default=256, help="largest micro-batch the doubling search tries")
     ap.add_argument("--peak-tflops", type=float, help="the device's bf16 dense peak, when not in the table")
-    ap.add_argument("--budget", type=float, help="seconds for the whole run (default 330; --dry 150: about 20 s of CPU time, more wall time on a loaded machine)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        help="seconds for the whole run (default 330; --dry 150: about 20 s of CPU time, more wall time on a loaded machine)",
+    )
     ap.add_argument("--cap", action="append", default=[], metavar="PART=SECONDS", help="a part's cap; repeatable")
     ap.add_argument("--compile", action="store_true", help="run the compile part in --dry too")
     args = ap.parse_args(argv)

@@ -70,7 +70,9 @@ def per_cell(results: Path, unit: str, reps: int) -> dict:
     row["reference_pass_s (once per job)"] = median_time(lambda: gen_ppl(ref_texts, ev, layer=-1, **kw), reps)
     row["compute_mauve_s"] = median_time(lambda: divergence.mauve(p, q, OPTIONS), reps)
     row["ngram_floor_s (once per job)"] = median_time(
-        lambda: divergence.noise_floor(source, ids.shape[0], OPTIONS["ngram_max_order"], OPTIONS["ngram_floor_draws"], 0),
+        lambda: divergence.noise_floor(
+            source, ids.shape[0], OPTIONS["ngram_max_order"], OPTIONS["ngram_floor_draws"], 0
+        ),
         reps,
     )
     row["ngram_cell_s"] = median_time(lambda: divergence.ngram_divergence(ids, source, 3, 16, 0, floor), reps)
@@ -104,18 +106,34 @@ def separation(results: Path, counts=(64, 256)) -> list[dict]:
         g = torch.Generator().manual_seed(0)
         for t in range(trap.shape[1]):
             trap[:, t] = fresh[torch.randperm(n, generator=g), t]
-        sets = {"fresh source samples": fresh, "marginal trap": trap,
-                "uniform random tokens": torch.from_numpy(np.random.default_rng(3).integers(0, source.vocab_size,
-                                                                                          fresh.shape))}
-        feats = lambda ids: gen_ppl(decode_samples(ids, source.hf_tokenizer()), ev, batch_size=64,  # noqa: E731
-                                    max_length=1024, layer=-1)["features"]
+        sets = {
+            "fresh source samples": fresh,
+            "marginal trap": trap,
+            "uniform random tokens": torch.from_numpy(
+                np.random.default_rng(3).integers(0, source.vocab_size, fresh.shape)
+            ),
+        }
+
+        def feats(ids):
+            return gen_ppl(decode_samples(ids, source.hf_tokenizer()), ev, batch_size=64, max_length=1024, layer=-1)[
+                "features"
+            ]
+
         ref = feats(source.sample(n, 1))
         floor = divergence.noise_floor(source, n, 2, 16, 0)
         for name, ids in sets.items():
             kl = divergence.ngram_divergence(ids, source, 2, 16, 0, floor)["orders"]
-            rows.append({"n": n, "set": name, "mauve": divergence.mauve(feats(ids), ref, OPTIONS)["mauve"],
-                         "kl1": kl["1"]["kl"], "kl2": kl["2"]["kl"], "kl2_floor": kl["2"]["floor_mean"],
-                         "kl2_floor_sd": kl["2"]["floor_sd"]})
+            rows.append(
+                {
+                    "n": n,
+                    "set": name,
+                    "mauve": divergence.mauve(feats(ids), ref, OPTIONS)["mauve"],
+                    "kl1": kl["1"]["kl"],
+                    "kl2": kl["2"]["kl"],
+                    "kl2_floor": kl["2"]["floor_mean"],
+                    "kl2_floor_sd": kl["2"]["floor_sd"],
+                }
+            )
     return rows
 
 
@@ -125,10 +143,33 @@ def score_job(code: Path, results: Path, unit: str, out: Path) -> tuple[float, f
     outs = [str(out / f"{i}.json") for i in range(len(folders))]
     bb, model, seed, step = unit.split("/")  # the score_run job's arguments (workflow/config/default.yaml)
     ckpt = results / "train" / bb / model / seed / "checkpoints" / f"step_{int(step[4:]):06d}"
-    cmd = [sys.executable, "-m", "tokendrift.cli", "score", *folders, "--evaluator",
-           str(results / "evaluator" / "pretrain" / "model"), "--out", *outs, "--batch-size", "64", "--device", "cpu",
-           "--checkpoint", str(ckpt), "--nelbo-out", str(out / "nelbo.json"), "--nelbo-n-batches", "2",
-           "--nelbo-batch-size", "64", "--nelbo-device", "cpu", "--nelbo-seed", seed[4:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokendrift.cli",
+        "score",
+        *folders,
+        "--evaluator",
+        str(results / "evaluator" / "pretrain" / "model"),
+        "--out",
+        *outs,
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        str(ckpt),
+        "--nelbo-out",
+        str(out / "nelbo.json"),
+        "--nelbo-n-batches",
+        "2",
+        "--nelbo-batch-size",
+        "64",
+        "--nelbo-device",
+        "cpu",
+        "--nelbo-seed",
+        seed[4:],
+    ]
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -160,8 +201,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         base.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.base, "tokendrift"], capture_output=True,
-                                 check=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", args.base, "tokendrift"], capture_output=True, check=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
         runs = {"base": [], "mauve": []}
         for _ in range(args.reps):
@@ -170,17 +212,32 @@ def main() -> None:
                 out.mkdir(exist_ok=True)
                 runs[name].append(score_job(code, results, args.unit, out))
     job = {
-        name: {"wall_s_median": statistics.median(w for w, _ in r), "wall_s": [w for w, _ in r],
-               "peak_rss_mb_median": statistics.median(m for _, m in r)}
+        name: {
+            "wall_s_median": statistics.median(w for w, _ in r),
+            "wall_s": [w for w, _ in r],
+            "peak_rss_mb_median": statistics.median(m for _, m in r),
+        }
         for name, r in runs.items()
     }
     job["ratio"] = job["mauve"]["wall_s_median"] / job["base"]["wall_s_median"]
     print(json.dumps(job, indent=1))
     out = REPO / "bench" / "results" / "mauve_cost.json"
     load = os.getloadavg()
-    out.write_text(json.dumps({"args": vars(args), "loadavg": load, "cpu_count": os.cpu_count(), "separation": sep, "per_cell": cell,
-                               "score_job": job, "target": "the score job at most 2x its time before MAUVE"},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "loadavg": load,
+                "cpu_count": os.cpu_count(),
+                "separation": sep,
+                "per_cell": cell,
+                "score_job": job,
+                "target": "the score job at most 2x its time before MAUVE",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

@@ -42,8 +42,23 @@ def timed(cmd, cwd=REPO, env=None, timeout=900) -> float:
 
 def dry_run(runs: int) -> list[float]:
     with tempfile.TemporaryDirectory() as wd:
-        return [timed([*SMK, "all_tables", "-n", "-q", "--snakefile", REPO / "Snakefile", "--profile",
-                       REPO / "profiles/slurm", "--directory", wd]) for _ in range(runs)]
+        return [
+            timed(
+                [
+                    *SMK,
+                    "all_tables",
+                    "-n",
+                    "-q",
+                    "--snakefile",
+                    REPO / "Snakefile",
+                    "--profile",
+                    REPO / "profiles/slurm",
+                    "--directory",
+                    wd,
+                ]
+            )
+            for _ in range(runs)
+        ]
 
 
 def noop(runs: int) -> list[float] | None:
@@ -51,7 +66,9 @@ def noop(runs: int) -> list[float] | None:
         return None
     out = []
     for _ in range(runs):
-        r = subprocess.run([*SMK, "all_tables", "--profile", "profiles/local"], cwd=REPO, capture_output=True, text=True)
+        r = subprocess.run(
+            [*SMK, "all_tables", "--profile", "profiles/local"], cwd=REPO, capture_output=True, text=True
+        )
         if "Nothing to be done" not in r.stdout + r.stderr:
             return None  # not finished (or stale): a no-op cannot be timed
         out.append(timed([*SMK, "all_tables", "--profile", "profiles/local"]))
@@ -96,8 +113,10 @@ def main() -> None:
     res["local_overhead_s"] = local_overhead(args.trivial_jobs, args.runs)
     med = lambda v: statistics.median(v) if isinstance(v, list) and v else v  # noqa: E731
     print(f"snakemake -n all_tables (paper config): {med(res['dry_run_paper_s']):.2f} s (target 3)")
-    print(f"no-op rerun of the default: {med(res['noop_rerun_default_s']) if res['noop_rerun_default_s'] else 'n/a'}"
-          " s (target 5)")
+    print(
+        f"no-op rerun of the default: {med(res['noop_rerun_default_s']) if res['noop_rerun_default_s'] else 'n/a'}"
+        " s (target 5)"
+    )
     for name, v in res["local_overhead_s"].items():
         print(f"{args.trivial_jobs} trivial jobs, {name}: {med(v):.2f} s ({med(v) / args.trivial_jobs:.3f} s per job)")
     out = Path(__file__).parent / "results" / "orchestration.json"

@@ -57,8 +57,9 @@ def run_steps(mode: str) -> tuple[bool, list[int]]:
     """(whether the allocator was tuned, the minor faults of each step) in a fresh process."""
     clean = {k: v for k, v in os.environ.items() if k not in user_malloc_settings()}
     env = {**clean, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), clean.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(STEPS)], capture_output=True, text=True, check=True,
-                         env=env, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode, str(STEPS)], capture_output=True, text=True, check=True, env=env, cwd=REPO
+    )
     applied, *faults = out.stdout.split()
     return applied == "True", [int(f) for f in faults]
 
@@ -78,18 +79,32 @@ def main() -> int:
     if not applies:
         print("  this glibc does not fault the step's buffers back in: nothing to cut, target does not apply")
     else:
-        print(f"  target tuned < 0.1 x default: {'met' if met else 'NOT met'} "
-              f"({steady_tuned / steady_default:.3f})")
+        print(f"  target tuned < 0.1 x default: {'met' if met else 'NOT met'} ({steady_tuned / steady_default:.3f})")
     out = REPO / "bench" / "results" / "page_faults.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-                    "libc": " ".join(platform.libc_ver())},
-        "steps": STEPS, "tuned_applied": applied, "faults_default": default, "faults_tuned": tuned,
-        "steady_median_default": steady_default, "steady_median_tuned": steady_tuned,
-        "target": "steady tuned < 0.1 x steady default (when the default faults >= 500 a step)",
-        "target_applies": applies, "target_met": met if applies else None,
-    }, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "load_avg_1m": os.getloadavg()[0],
+                    "libc": " ".join(platform.libc_ver()),
+                },
+                "steps": STEPS,
+                "tuned_applied": applied,
+                "faults_default": default,
+                "faults_tuned": tuned,
+                "steady_median_default": steady_default,
+                "steady_median_tuned": steady_tuned,
+                "target": "steady tuned < 0.1 x steady default (when the default faults >= 500 a step)",
+                "target_applies": applies,
+                "target_met": met if applies else None,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     return 0 if (met or not applies) else 1
 

@@ -67,13 +67,30 @@ def tree_memory(root: psutil.Process) -> tuple[int, int]:
 def measure(n_docs: int, num_proc: int, work: Path, tokenizer_dir: Path) -> dict:
     corpus = work / f"owt{n_docs}"
     write_corpus(corpus, n_docs, shards=max(1, n_docs // 4000))
-    cfg = {"kind": "openwebtext", "path": str(corpus), "data_files": "data/train-*.parquet", "tokenizer": str(tokenizer_dir),
-           "n_valid_docs": max(1, n_docs // 100), "num_proc": num_proc, "cache_dir": str(work / f"cache{n_docs}")}
-    env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
+    cfg = {
+        "kind": "openwebtext",
+        "path": str(corpus),
+        "data_files": "data/train-*.parquet",
+        "tokenizer": str(tokenizer_dir),
+        "n_valid_docs": max(1, n_docs // 100),
+        "num_proc": num_proc,
+        "cache_dir": str(work / f"cache{n_docs}"),
+    }
+    env = {
+        **os.environ,
+        "HF_HOME": str(work / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     t0 = time.perf_counter()
-    proc = psutil.Popen([sys.executable, "-m", "tokendrift.cli", "prepare", *configlib.option_args("source", cfg)],
-                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = psutil.Popen(
+        [sys.executable, "-m", "tokendrift.cli", "prepare", *configlib.option_args("source", cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     peak_anon = peak_rss = 0
     while proc.poll() is None:
         anon, rss = tree_memory(proc)
@@ -85,9 +102,16 @@ def measure(n_docs: int, num_proc: int, work: Path, tokenizer_dir: Path) -> dict
         raise SystemExit(f"prepare failed for {n_docs} documents:\n{err[-3000:]}")
     stats = json.loads(out.strip().splitlines()[-1])
     tokens = stats["tokens"]["train"] + stats["tokens"]["valid"]
-    return {"docs": n_docs, "tokens": tokens, "wall_s": round(wall, 2), "stage_s": stats["seconds"],
-            "tokens_per_s": round(tokens / stats["seconds"]), "peak_anon_mib": round(peak_anon / 1024, 1),
-            "peak_rss_mib": round(peak_rss / 1024, 1), "num_proc": num_proc}
+    return {
+        "docs": n_docs,
+        "tokens": tokens,
+        "wall_s": round(wall, 2),
+        "stage_s": stats["seconds"],
+        "tokens_per_s": round(tokens / stats["seconds"]),
+        "peak_anon_mib": round(peak_anon / 1024, 1),
+        "peak_rss_mib": round(peak_rss / 1024, 1),
+        "num_proc": num_proc,
+    }
 
 
 def main() -> None:
@@ -103,13 +127,22 @@ def main() -> None:
         rows = [measure(n, args.num_proc, work, tok_dir) for n in args.docs]
     print(f"{'docs':>8} {'tokens':>11} {'stage s':>8} {'tokens/s':>10} {'peak anon MiB':>14} {'peak RSS MiB':>13}")
     for r in rows:
-        print(f"{r['docs']:>8} {r['tokens']:>11} {r['stage_s']:>8.2f} {r['tokens_per_s']:>10} "
-              f"{r['peak_anon_mib']:>14} {r['peak_rss_mib']:>13}")
+        print(
+            f"{r['docs']:>8} {r['tokens']:>11} {r['stage_s']:>8.2f} {r['tokens_per_s']:>10} "
+            f"{r['peak_anon_mib']:>14} {r['peak_rss_mib']:>13}"
+        )
     growth = rows[-1]["peak_anon_mib"] / rows[0]["peak_anon_mib"]
     print(f"corpus x{rows[-1]['tokens'] / rows[0]['tokens']:.1f}: peak anonymous memory x{growth:.2f}")
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "python": platform.python_version()},
-              "date": time.strftime("%Y-%m-%d"), "rows": rows, "anon_growth": round(growth, 3)}
+    result = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+        "anon_growth": round(growth, 3),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -77,8 +77,15 @@ def time_sampler(model, diff, n: int, length: int, nfe: int, reps: int, device: 
         tb.append(timed(bare, device))
         to.append(timed(own, device))
     s, b, o = statistics.median(ts), statistics.median(tb), statistics.median(to)
-    return {"sampler_s": s, "bare_forwards_s": b, "forward_passes": info["forward_passes"], "per_nfe_s": s / nfe,
-            "own_work_s": o, "own_work_share": o / b, "overhead": s / b - 1}
+    return {
+        "sampler_s": s,
+        "bare_forwards_s": b,
+        "forward_passes": info["forward_passes"],
+        "per_nfe_s": s / nfe,
+        "own_work_s": o,
+        "own_work_share": o / b,
+        "overhead": s / b - 1,
+    }
 
 
 def main() -> None:
@@ -107,20 +114,28 @@ def main() -> None:
         texts = src.decode(src.batch("valid", 0, args.n))
         ids = tok(texts, return_tensors="pt", padding=True)["input_ids"].to(args.device)
         score = lambda: gen_ppl(texts, (lm, tok), batch_size=64, device=args.device)  # noqa: E731
-        bare = lambda: [lm(ids[i:i + 64], use_cache=False).logits.float() for i in range(0, len(ids), 64)]  # noqa: E731
+        bare = lambda: [lm(ids[i : i + 64], use_cache=False).logits.float() for i in range(0, len(ids), 64)]  # noqa: E731
         score()
         ts, tb = [], []
         for _ in range(args.reps):
             ts.append(timed(score, args.device))
             tb.append(timed(bare, args.device))
         s, b = statistics.median(ts), statistics.median(tb)
-        rows["score"] = {"score_s": s, "bare_forwards_s": b, "samples_per_s": args.n / s,
-                         "bare_samples_per_s": args.n / b, "overhead": s / b - 1}
+        rows["score"] = {
+            "score_s": s,
+            "bare_forwards_s": b,
+            "samples_per_s": args.n / s,
+            "bare_samples_per_s": args.n / b,
+            "overhead": s / b - 1,
+        }
     for k, r in rows.items():
-        print(f"{k:12} overhead {100 * r['overhead']:6.1f}%  " + "  ".join(
-            f"{a}={v:.4g}" for a, v in r.items() if a != "overhead"))
-    write_results(f"sample_score_overhead_{args.device}", args, malloc, rows,
-                  {"sampler_overhead": 0.05, "score_overhead": 0.10})
+        print(
+            f"{k:12} overhead {100 * r['overhead']:6.1f}%  "
+            + "  ".join(f"{a}={v:.4g}" for a, v in r.items() if a != "overhead")
+        )
+    write_results(
+        f"sample_score_overhead_{args.device}", args, malloc, rows, {"sampler_overhead": 0.05, "score_overhead": 0.10}
+    )
 
 
 if __name__ == "__main__":

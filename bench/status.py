@@ -58,8 +58,15 @@ def build(g: Layout, wd: Path) -> dict:
             state, at = "failed", names.index("train")
         else:
             k = i % 20
-            state, at = (("done", len(jobs)) if k < 15 else ("failed", names.index("score")) if k < 17
-                         else ("running", names.index("sample")) if k == 17 else ("missing", names.index("sample")))
+            state, at = (
+                ("done", len(jobs))
+                if k < 15
+                else ("failed", names.index("score"))
+                if k < 17
+                else ("running", names.index("sample"))
+                if k == 17
+                else ("missing", names.index("sample"))
+            )
         for j in jobs[:at]:
             for o in j.outputs:
                 touch(wd, o)
@@ -95,8 +102,15 @@ def main() -> int:
             t0 = time.perf_counter()
             study_status(g, wd)
             scan.append(time.perf_counter() - t0)
-        cmd = [str(Path(sys.executable).parent / "tokendrift"), "status", str(PAPER), "--schema", str(SCHEMA),
-               "--directory", str(wd)]
+        cmd = [
+            str(Path(sys.executable).parent / "tokendrift"),
+            "status",
+            str(PAPER),
+            "--schema",
+            str(SCHEMA),
+            "--directory",
+            str(wd),
+        ]
         wall = []
         for _ in range(args.runs):
             t0 = time.perf_counter()

@@ -40,8 +40,14 @@ from tokendrift.jobs.train_state import make_state  # noqa: E402
 
 
 def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-            "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "cpu": platform.processor() or platform.machine()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "cpu": platform.processor() or platform.machine(),
+    }
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
     except (OSError, StopIteration):
@@ -52,8 +58,11 @@ def machine(device: str) -> dict:
 
 
 def add_allocator_arg(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--glibc-default-malloc", action="store_true",
-                    help="leave glibc's malloc as it starts, instead of tuning it as every pipeline job does")
+    ap.add_argument(
+        "--glibc-default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it starts, instead of tuning it as every pipeline job does",
+    )
 
 
 def allocator(args) -> str:
@@ -68,8 +77,18 @@ def write_results(stem: str, args, malloc: str, rows, targets: dict) -> None:
     targets. A --glibc-default-malloc run goes to <stem>_glibc_default.json, beside the tuned run's."""
     out = Path(__file__).parent / "results" / f"{stem}{'_glibc_default' if args.glibc_default_malloc else ''}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": {**machine(args.device), "malloc": malloc}, "rows": rows,
-                               "targets": targets}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "machine": {**machine(args.device), "malloc": malloc},
+                "rows": rows,
+                "targets": targets,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 
@@ -84,15 +103,25 @@ def setup(init: Path, variant: str, args, extra: dict | None = None) -> tuple:
     """A training job's Setup with the AdamW and noise generator of its training state
     (``make_state``: the generator in train mode, so dropout runs as in training); ``extra``
     adds job options."""
-    cfg = T.resolve_config({"variant": variant, "init": str(init), "global_batch": args.micro_batch,
-                            "micro_batch": args.micro_batch, "device": args.device,
-                            "precision": "bf16" if args.bf16 else "fp32", "optim": {"warmup_steps": 0},
-                            **(extra or {})})
+    cfg = T.resolve_config(
+        {
+            "variant": variant,
+            "init": str(init),
+            "global_batch": args.micro_batch,
+            "micro_batch": args.micro_batch,
+            "device": args.device,
+            "precision": "bf16" if args.bf16 else "fp32",
+            "optim": {"warmup_steps": 0},
+            **(extra or {}),
+        }
+    )
     s = T.build(cfg)
     if variant == "tokendrift":  # steady state: full queues
         d = s.queues["real"].dim
         for q in s.queues.values():
-            q.push(torch.nn.functional.normalize(torch.randn(cfg["objective"]["queue_size"], d, device=s.device), dim=-1))
+            q.push(
+                torch.nn.functional.normalize(torch.randn(cfg["objective"]["queue_size"], d, device=s.device), dim=-1)
+            )
     state = make_state(s)  # single process: state.model is s.model, now in training mode
     assert state.model is s.model and s.model.training
     return s, state.optimizer, state.noise
@@ -166,9 +195,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak (H100 SXM bf16 dense: 989)")
     ap.add_argument("--backbones", nargs="+", default=["mdlm", "duo"])
-    ap.add_argument("--sync-debug", action="store_true",
-                    help="CUDA: count the host syncs of one more step of each variant "
-                         "(torch.cuda.set_sync_debug_mode('warn'); the count goes in the JSON)")
+    ap.add_argument(
+        "--sync-debug",
+        action="store_true",
+        help="CUDA: count the host syncs of one more step of each variant "
+        "(torch.cuda.set_sync_debug_mode('warn'); the count goes in the JSON)",
+    )
     add_allocator_arg(ap)
     args = ap.parse_args()
     malloc = allocator(args)
@@ -194,12 +226,19 @@ def main() -> None:
             tokens = args.micro_batch * args.length
             cfg = s.model.config
             flops = 6 * n_params * tokens + 12 * cfg.n_blocks * cfg.hidden_size * args.length * tokens
-            row = {"backbone": bb, "continuation_s": med["continuation"], "tokendrift_s": med["tokendrift"],
-                   "ratio": med["tokendrift"] / med["continuation"], "drift_field_s": drift,
-                   "drift_share": drift / med["tokendrift"], "feature_dim": d, "params": n_params,
-                   # the 170M DiT's 2d, 64 anchors (the paper's 4-GPU step gathers 8: an upper bound)
-                   "drift_field_1536_s": drift_time(1536, args.device, 20, 64),
-                   "continuation_tflops": flops / med["continuation"] / 1e12}
+            row = {
+                "backbone": bb,
+                "continuation_s": med["continuation"],
+                "tokendrift_s": med["tokendrift"],
+                "ratio": med["tokendrift"] / med["continuation"],
+                "drift_field_s": drift,
+                "drift_share": drift / med["tokendrift"],
+                "feature_dim": d,
+                "params": n_params,
+                # the 170M DiT's 2d, 64 anchors (the paper's 4-GPU step gathers 8: an upper bound)
+                "drift_field_1536_s": drift_time(1536, args.device, 20, 64),
+                "continuation_tflops": flops / med["continuation"] / 1e12,
+            }
             if args.device == "cuda" and args.sync_debug:
                 for v, (sv, opt, noise) in runs.items():
                     row[f"{v}_host_syncs"] = host_syncs(lambda: step(sv, opt, noise, 0))
@@ -213,11 +252,18 @@ def main() -> None:
             del runs
     print(f"{'backbone':8} {'cont. s':>9} {'TD s':>9} {'ratio':>6} {'drift s':>9} {'share':>7}")
     for r in rows:
-        print(f"{r['backbone']:8} {r['continuation_s']:9.4f} {r['tokendrift_s']:9.4f} {r['ratio']:6.2f} "
-              f"{r['drift_field_s']:9.5f} {100 * r['drift_share']:6.2f}%"
-              + (f"  MFU {100 * r['continuation_mfu']:.1f}%" if "continuation_mfu" in r else ""))
-    write_results(f"step_overhead_{args.device}_{args.preset}", args, malloc, rows,
-                  {"ratio": 2.1, "drift_share": 0.02, "mfu": 0.40})
+        print(
+            f"{r['backbone']:8} {r['continuation_s']:9.4f} {r['tokendrift_s']:9.4f} {r['ratio']:6.2f} "
+            f"{r['drift_field_s']:9.5f} {100 * r['drift_share']:6.2f}%"
+            + (f"  MFU {100 * r['continuation_mfu']:.1f}%" if "continuation_mfu" in r else "")
+        )
+    write_results(
+        f"step_overhead_{args.device}_{args.preset}",
+        args,
+        malloc,
+        rows,
+        {"ratio": 2.1, "drift_share": 0.02, "mfu": 0.40},
+    )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,14 @@ def init_duo(tmp_path_factory):
 
 def job(init, /, **over) -> dict:
     cfg = {
-        "variant": "tokendrift", "init": str(init), "steps": 6, "global_batch": 4, "micro_batch": 2,
-        "save_every": 2, "seed": 1, "device": "cpu",
+        "variant": "tokendrift",
+        "init": str(init),
+        "steps": 6,
+        "global_batch": 4,
+        "micro_batch": 2,
+        "save_every": 2,
+        "seed": 1,
+        "device": "cpu",
         "optim": {"lr": 1e-3, "warmup_steps": 2, "ema": 0.9},
         "objective": {"queue_size": 8},
     }
@@ -84,11 +90,19 @@ def job(init, /, **over) -> dict:
 
 # --------------------------- hand-made score files (tests/test_aggregate.py, tests/test_report.py)
 
+
 def make_grid(tmp_path, **over) -> Layout:
-    cfg = {"name": "t", "results": str(tmp_path / "results"), "source": {"kind": "openwebtext"},
-           "seeds": [0, 1, 2], "start": {"mdlm": {"pretrain": {}}, "duo": {"pretrain": {}}},
-           "evaluator": {"name": "gpt2-large"}, "steps": {"long": 4, "short": 2},
-           "sample": {"nfe": [4, 8], "sweep": [0.5, 0.8]}, **over}
+    cfg = {
+        "name": "t",
+        "results": str(tmp_path / "results"),
+        "source": {"kind": "openwebtext"},
+        "seeds": [0, 1, 2],
+        "start": {"mdlm": {"pretrain": {}}, "duo": {"pretrain": {}}},
+        "evaluator": {"name": "gpt2-large"},
+        "steps": {"long": 4, "short": 2},
+        "sample": {"nfe": [4, 8], "sweep": [0.5, 0.8]},
+        **over,
+    }
     return Layout(cfg, SCHEMA)
 
 
@@ -121,6 +135,7 @@ def filled(tmp_path):
 
 # ------------ dry runs of the repository's Snakefile (tests/test_grid.py, tests/test_ablations.py)
 
+
 def snakemake(*args, cwd=REPO, check=True):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
@@ -133,7 +148,9 @@ def snakemake(*args, cwd=REPO, check=True):
 def ci_dry_run(tmp_path_factory) -> str:
     """`snakemake all_tables -n` of the CI config in an empty folder, run once for every test that
     reads its plan (tests/test_ablations.py, tests/test_status.py): its standard output."""
-    return snakemake("all_tables", "-n", "--configfile", str(CI), "--directory", str(tmp_path_factory.mktemp("ci_dry"))).stdout
+    return snakemake(
+        "all_tables", "-n", "--configfile", str(CI), "--directory", str(tmp_path_factory.mktemp("ci_dry"))
+    ).stdout
 
 
 def planned_jobs(out: str) -> list[dict]:
@@ -151,8 +168,16 @@ def planned_jobs(out: str) -> list[dict]:
 
 # ------------------------------------------------ the report in a browser (tests/test_pipeline.py)
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str | None:
@@ -161,8 +186,19 @@ def chromium() -> str | None:
 
 def rendered_dom(page: Path, tmp: Path) -> str:
     """The page's DOM after its scripts ran (headless Chromium, no network)."""
-    r = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp}", "--virtual-time-budget=10000",
-                        "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0 and "<html" in r.stdout, r.stderr[-3000:]
     return r.stdout
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORDS = ("the river stone cloud light market city garden letter window morning evening story music paper "
-         "teacher doctor family friend water mountain forest ocean island bridge road train station school "
-         "house kitchen table chair summer winter spring autumn people number history science game team "
-         "player coach season money bank price company report news world country state").split()
+WORDS = (
+    "the river stone cloud light market city garden letter window morning evening story music paper "
+    "teacher doctor family friend water mountain forest ocean island bridge road train station school "
+    "house kitchen table chair summer winter spring autumn people number history science game team "
+    "player coach season money bank price company report news world country state"
+).split()
 PUNCT = [".", ",", "'s", "?", "!"]
 
 
@@ -56,7 +58,7 @@ def write_parquet(folder, texts: list[str], shards: int = 3) -> None:
     data.mkdir(parents=True, exist_ok=True)
     bounds = np.linspace(0, len(texts), shards + 1).astype(int)
     for k in range(shards):
-        table = pa.table({"text": texts[bounds[k]:bounds[k + 1]]})
+        table = pa.table({"text": texts[bounds[k] : bounds[k + 1]]})
         pq.write_table(table, data / f"train-{k:05d}-of-{shards:05d}.parquet")
 
 
@@ -127,8 +129,9 @@ def write_gpt2_tokenizer(folder, texts, vocab_size: int = 512):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bpe.save_model(str(folder))  # vocab.json, merges.txt
-    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
-                            eos_token="<|endoftext|>")
+    tok = GPT2TokenizerFast(
+        tokenizer_object=bpe._tokenizer, unk_token="<|endoftext|>", bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     tok.save_pretrained(folder)
     return tok
 
@@ -138,8 +141,15 @@ def write_gpt2_evaluator(folder, tokenizer, n_layer: int = 1, n_embd: int = 32, 
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=1024,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -190,18 +200,44 @@ def release_config_classes():
     class MDLMConfig(PretrainedConfig):
         model_type = "mdlm"
 
-        def __init__(self, vocab_size=50258, model_length=1024, hidden_dim=768, cond_dim=129, n_blocks=12,
-                     n_heads=12, dropout=0.1, time_conditioning=False, **kwargs):
+        def __init__(
+            self,
+            vocab_size=50258,
+            model_length=1024,
+            hidden_dim=768,
+            cond_dim=129,
+            n_blocks=12,
+            n_heads=12,
+            dropout=0.1,
+            time_conditioning=False,
+            **kwargs,
+        ):
             super().__init__(**kwargs)
-            self.vocab_size, self.model_length, self.hidden_dim, self.cond_dim = vocab_size, model_length, hidden_dim, cond_dim
+            self.vocab_size, self.model_length, self.hidden_dim, self.cond_dim = (
+                vocab_size,
+                model_length,
+                hidden_dim,
+                cond_dim,
+            )
             self.n_blocks, self.n_heads, self.dropout = n_blocks, n_heads, dropout
             self.time_conditioning = time_conditioning
 
     class DUOConfig(PretrainedConfig):
         model_type = "duo"
 
-        def __init__(self, vocab_size=50258, model_length=1024, causal=False, hidden_dim=768, cond_dim=129,
-                     n_blocks=12, n_heads=12, dropout=0.1, var_min=True, **kwargs):
+        def __init__(
+            self,
+            vocab_size=50258,
+            model_length=1024,
+            causal=False,
+            hidden_dim=768,
+            cond_dim=129,
+            n_blocks=12,
+            n_heads=12,
+            dropout=0.1,
+            var_min=True,
+            **kwargs,
+        ):
             super().__init__(**kwargs)
             self.causal, self.vocab_size, self.model_length = causal, vocab_size, model_length
             self.hidden_dim, self.cond_dim, self.n_blocks, self.n_heads = hidden_dim, cond_dim, n_blocks, n_heads
@@ -214,10 +250,17 @@ def write_release_config(folder, diffusion: str, model_cfg, **changes) -> dict:
     """``folder/config.json`` of a DiT config as the release of ``diffusion`` writes it (its
     class's key names; ``changes`` overrides or adds keys); returns the JSON."""
     c = model_cfg
-    keys = dict(vocab_size=c.vocab_size, model_length=c.length, hidden_dim=c.hidden_size, cond_dim=c.cond_dim,
-                n_blocks=c.n_blocks, n_heads=c.n_heads, dropout=c.dropout,
-                architectures=[diffusion.upper()], **({"time_conditioning": c.time_conditioning}
-                                                      if diffusion == "mdlm" else {}))
+    keys = dict(
+        vocab_size=c.vocab_size,
+        model_length=c.length,
+        hidden_dim=c.hidden_size,
+        cond_dim=c.cond_dim,
+        n_blocks=c.n_blocks,
+        n_heads=c.n_heads,
+        dropout=c.dropout,
+        architectures=[diffusion.upper()],
+        **({"time_conditioning": c.time_conditioning} if diffusion == "mdlm" else {}),
+    )
     release_config_classes()[diffusion](**{**keys, **changes}).save_pretrained(folder)
     return json.loads((Path(folder) / "config.json").read_text())
 
@@ -244,13 +287,19 @@ def write_lightning_release(path, diffusion: str, model_cfg: dict, seed: int = 0
     g = torch.Generator().manual_seed(seed + 1)
     shadow = [p.detach() + 0.01 * torch.randn(p.shape, generator=g) for p in model.parameters()]
     ema = dict(state, **{n: s for (n, _), s in zip(model.named_parameters(), shadow)})
-    torch.save({
-        "epoch": 3, "global_step": num_updates, "pytorch-lightning_version": "2.2.1",
-        "state_dict": {f"backbone.{k}": v for k, v in state.items()},
-        "ema": {"decay": 0.9999, "num_updates": num_updates, "shadow_params": shadow, "collected_params": None},
-        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 3e-4}]}], "lr_schedulers": [],
-        "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 3}}}},
-    }, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": num_updates,
+            "pytorch-lightning_version": "2.2.1",
+            "state_dict": {f"backbone.{k}": v for k, v in state.items()},
+            "ema": {"decay": 0.9999, "num_updates": num_updates, "shadow_params": shadow, "collected_params": None},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 3e-4}]}],
+            "lr_schedulers": [],
+            "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 3}}}},
+        },
+        path,
+    )
     return ema
 
 
@@ -261,8 +310,14 @@ def write_paper_files(root, n_docs: int = 240, tokenizer_vocab: int = 512, model
     texts = write_corpus_tar(root / "owt", n_docs)
     tok = write_gpt2_tokenizer(root / "gpt2", texts, tokenizer_vocab)
     write_gpt2_evaluator(root / "gpt2-large", tok)
-    cfg = model_cfg or {"preset": "small", "vocab_size": len(tok) + 1, "hidden_size": 32, "n_blocks": 2,
-                        "n_heads": 2, "cond_dim": 16}
+    cfg = model_cfg or {
+        "preset": "small",
+        "vocab_size": len(tok) + 1,
+        "hidden_size": 32,
+        "n_blocks": 2,
+        "n_heads": 2,
+        "cond_dim": 16,
+    }
     write_hf_release(root / "mdlm-owt", "mdlm", cfg, seed=1)
     write_lightning_release(root / "duo.ckpt", "duo", cfg, seed=2)
     return {"texts": texts, "tokenizer": tok, "model": cfg}

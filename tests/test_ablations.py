@@ -38,7 +38,9 @@ def test_a_config_adds_one_run_and_one_table_to_the_papers_grid(ci_dry_run):
     assert {("mdlm", "alpha_3", "0"), ("mdlm", "alpha_3", "1"), ("mdlm", "tokendrift", "0")} <= set(train)
     rules = {j["rule"] for j in jobs}
     assert {"alpha", "table1", *FIGURES} <= rules
-    sampled = [(j["model"], j["seed"], j["step"]) for j in jobs if j["rule"] == "sample_run" and j["backbone"] == "mdlm"]
+    sampled = [
+        (j["model"], j["seed"], j["step"]) for j in jobs if j["rule"] == "sample_run" and j["backbone"] == "mdlm"
+    ]
     assert len(sampled) == len(set(sampled)) and ("alpha_3", "0", "4") in sampled
 
 
@@ -51,8 +53,14 @@ def own(**change) -> dict:
 TABLE = load_file(OWN)["tables"]["base_loss"]
 BAD = [
     (own(paper_tables=["table1"]), "paper_tables"),
-    (own(paper_grid=True, runs=[{"backbone": "mdlm", "id": "tokendrift", "steps": "long"}],
-         tables={"t": {**TABLE, "rows": [{"model": "tokendrift"}]}}), "runs[0]: mdlm/tokendrift is a run of the paper's grid"),
+    (
+        own(
+            paper_grid=True,
+            runs=[{"backbone": "mdlm", "id": "tokendrift", "steps": "long"}],
+            tables={"t": {**TABLE, "rows": [{"model": "tokendrift"}]}},
+        ),
+        "runs[0]: mdlm/tokendrift is a run of the paper's grid",
+    ),
     (own(tables={"figure2": TABLE}), "tables"),
     (own(tables={"table1": TABLE}), "tables"),
     (own(tables={"Bad-Name": TABLE}), "tables"),
@@ -64,10 +72,17 @@ BAD = [
     (own(tables={"t": {**TABLE, "backbone": "duo"}}), "needs backbone 'duo'"),
     (own(tables={"t": {k: v for k, v in TABLE.items() if k != "title"}}), "tables.t"),
     (own(tables={"t": {**TABLE, "rows": [{"model": "drift_base", "colour": "red"}]}}), "tables.t.rows.0.colour"),
-    (own(runs=[*load_file(OWN)["runs"], {"backbone": "mdlm", "id": "unused", "steps": "long"}], figure2={"mdlm": ["start"]}),
-     "runs[1]: mdlm/unused is read by no table and no figure"),
-    (own(runs=[{"backbone": "mdlm", "id": "drift_base", "steps": "long", "set": {"objective": {"alpha": -1}}}]),
-     "runs.mdlm/drift_base.objective.alpha"),
+    (
+        own(
+            runs=[*load_file(OWN)["runs"], {"backbone": "mdlm", "id": "unused", "steps": "long"}],
+            figure2={"mdlm": ["start"]},
+        ),
+        "runs[1]: mdlm/unused is read by no table and no figure",
+    ),
+    (
+        own(runs=[{"backbone": "mdlm", "id": "drift_base", "steps": "long", "set": {"objective": {"alpha": -1}}}]),
+        "runs.mdlm/drift_base.objective.alpha",
+    ),
     (own(figure2={"mdlm": ["start", "ghost"]}), "figure2.mdlm: 'ghost'"),
 ]
 
@@ -88,8 +103,20 @@ def test_a_bad_own_table_stops_snakemake_naming_the_key_and_writing_nothing(tmp_
 
 @pytest.mark.slow
 def test_a_config_with_only_its_own_table_builds_everything_a_paper_table_has(tmp_path):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "all_tables",
-           "--profile", str(REPO / "profiles" / "local"), "--configfile", str(OWN), "--directory", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "all_tables",
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--configfile",
+        str(OWN),
+        "--directory",
+        str(tmp_path),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     cfg = load_file(OWN)
@@ -109,12 +136,18 @@ def test_a_config_with_only_its_own_table_builds_everything_a_paper_table_has(tm
     # three blocks: the paper's shape, the honesty block (oracle, ratio, MAUVE, NELBO), the start's sweep
     assert (g.root / "tables" / "base_loss.tex").read_text().count(r"\begin{tabular}") == 3
     # the ratio figure's numbers: the table's step and every curve step, the start at step 0
-    steps = {int(r["step"]) for r in csv.DictReader(open(g.figure_outputs("ratio_steps")[2])) if r["model"] == "drift_base"}
+    steps = {
+        int(r["step"]) for r in csv.DictReader(open(g.figure_outputs("ratio_steps")[2])) if r["model"] == "drift_base"
+    }
     assert steps == {1, 2, 3, 4}
     assert Path(g.score_file(Unit("mdlm", "drift_base", 1, 3), 1.0, 2)).exists()
     # MLflow: the table's parent run, printed by `tokendrift compare`
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "compare", "base_loss", str(OWN), "--schema", str(SCHEMA)],
-                       capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokendrift.cli", "compare", "base_loss", str(OWN), "--schema", str(SCHEMA)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert re.search(r"^drift_base\s.*\s2$", r.stdout, re.M) and re.search(r"^start\s", r.stdout, re.M)
 
@@ -129,8 +162,22 @@ def test_no_own_table_can_take_the_name_of_a_rule_of_the_workflow():
     """Own table names become rule names: the schema's reserved names cover every rule there is."""
     sch = yaml.safe_load(SCHEMA.read_text())
     reserved = set(sch["properties"]["tables"]["propertyNames"]["not"]["enum"])
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--list-rules",
-                        "--configfile", str(CI)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--list-rules",
+            "--configfile",
+            str(CI),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rules = {line.split()[0] for line in r.stdout.splitlines() if line.strip()} - set(load_file(CI)["tables"])
     assert "train" in rules and "ratio_steps" in rules

@@ -172,10 +172,31 @@ def test_mauve_and_the_exact_divergence_in_the_table_the_sweep_the_figures_and_m
     sweep_mauve = {0.5: 0.2, 0.8: 0.6, 1.0: 0.9}
     for s in g.seeds:
         for t, (p, e) in SWEEP.items():
-            put(g, Unit("mdlm", "start", s, 0), t, 4, p, e, nelbo=3.0, mauve=sweep_mauve[t], ngram_kl2=0.5 + t,
-                ngram_kl2_floor=0.35, ngram_kl2_floor_sd=0.02)
-        put(g, Unit("mdlm", "tokendrift", s, 4), 1.0, 4, *TD[s], nelbo=3.5 + s, mauve=0.3 + 0.1 * s, ngram_kl2=2.0,
-            ngram_kl2_floor=0.35, ngram_kl2_floor_sd=0.02)
+            put(
+                g,
+                Unit("mdlm", "start", s, 0),
+                t,
+                4,
+                p,
+                e,
+                nelbo=3.0,
+                mauve=sweep_mauve[t],
+                ngram_kl2=0.5 + t,
+                ngram_kl2_floor=0.35,
+                ngram_kl2_floor_sd=0.02,
+            )
+        put(
+            g,
+            Unit("mdlm", "tokendrift", s, 4),
+            1.0,
+            4,
+            *TD[s],
+            nelbo=3.5 + s,
+            mauve=0.3 + 0.1 * s,
+            ngram_kl2=2.0,
+            ngram_kl2_floor=0.35,
+            ngram_kl2_floor_sd=0.02,
+        )
     write_table(g, "table1")
     by = {(r["row"], r["nfe"]): r for r in rows(g, "table1")}
     assert float(by[("TokenDrift", "4")]["mauve"]) == pytest.approx(0.4)

@@ -39,8 +39,9 @@ def test_bf16_training_stays_close_to_fp32(tmp_path, diffusion, variant):
     runs = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        trainlib.train(job(init, variant=variant, precision=precision, steps=4, optim={"warmup_steps": 0}), out,
-                       progress=False)
+        trainlib.train(
+            job(init, variant=variant, precision=precision, steps=4, optim={"warmup_steps": 0}), out, progress=False
+        )
         runs[precision] = metrics(out)
     assert [m["step"] for m in runs["bf16"]] == [1, 2, 3, 4]
     keys = ["loss", "grad_norm", "drift_loss" if variant == "tokendrift" else "base_loss"]
@@ -91,7 +92,7 @@ def test_data_parallel_dropout_scales_by_exactly_one_over_keep_and_keeps_only_it
         y = dropout(x, p, True, (rank, world))
     torch.manual_seed(0)
     draw = torch.empty(B * world, 8, 16, dtype=dtype).bernoulli_(1 - p)  # what one process draws for all rows
-    keep = draw[rank * B:(rank + 1) * B] != 0
+    keep = draw[rank * B : (rank + 1) * B] != 0
     # F.dropout's arithmetic: x times the float32 scale 1 / (1 - p), rounded to x's dtype
     scale = torch.tensor(1 / (1 - p), dtype=torch.float32)
     expected = (x.detach().float() * torch.where(keep, scale, 0)).to(dtype)

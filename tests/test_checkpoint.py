@@ -37,9 +37,13 @@ def random_model(seed=0) -> DiT:
 def write_lightning(path, model: DiT, ema: DiT):
     state = collections.OrderedDict(("backbone." + k, v) for k, v in model.state_dict().items())
     state["noise.dummy"] = torch.zeros(1)  # non-backbone keys are dropped
-    ckpt = {"state_dict": state, "ema": {"shadow_params": [p.detach().clone() for p in ema.parameters()],
-                                         "num_updates": 10, "decay": 0.9999},
-            "hyper_parameters": {"config": Malicious()}, "global_step": 5, "epoch": 0}
+    ckpt = {
+        "state_dict": state,
+        "ema": {"shadow_params": [p.detach().clone() for p in ema.parameters()], "num_updates": 10, "decay": 0.9999},
+        "hyper_parameters": {"config": Malicious()},
+        "global_step": 5,
+        "epoch": 0,
+    }
     torch.save(ckpt, path)
 
 
@@ -63,7 +67,9 @@ def test_lightning_ckpt_loads_without_running_pickled_code(tmp_path):
 
 def test_hf_safetensors_with_backbone_keys(tmp_path):
     model = random_model(2)
-    save_file({"backbone." + k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {"backbone." + k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors")
+    )
     fresh = DiT(CFG).eval()
     load_into(fresh, read_external(tmp_path / "model.safetensors"))
     assert torch.equal(logits(fresh), logits(model))
@@ -119,7 +125,9 @@ def test_import_command(tmp_path, capsys):
     src = tmp_path / "src.json"
     src.write_text(json.dumps({"kind": "synthetic", "vocab_size": 12, "length": 8}))
     # preset "small" would not fit this tiny checkpoint: the error lists the mis-shaped keys
-    rc = cli(["checkpoint", "import", str(tmp_path / "duo.ckpt"), str(tmp_path / "out"), "--diffusion", "duo", "--no-ema"])
+    rc = cli(
+        ["checkpoint", "import", str(tmp_path / "duo.ckpt"), str(tmp_path / "out"), "--diffusion", "duo", "--no-ema"]
+    )
     assert rc == 2 and "mis-shaped keys" in capsys.readouterr().err and not (tmp_path / "out").exists()
     rc = cli(["checkpoint", "import", str(tmp_path / "duo.ckpt"), str(tmp_path / "out"), "--diffusion", "duo"])
     err = capsys.readouterr().err
@@ -133,14 +141,16 @@ def test_import_into_model_folder(tmp_path, monkeypatch):
 
     raw, ema = random_model(5), random_model(6)
     write_lightning(tmp_path / "mdlm.ckpt", raw, ema)
-    monkeypatch.setitem(DiTConfig.PRESETS, "testsize", dict(vocab_size=13, length=8, hidden_size=32, n_heads=4,
-                                                            n_blocks=4, cond_dim=16))
+    monkeypatch.setitem(
+        DiTConfig.PRESETS, "testsize", dict(vocab_size=13, length=8, hidden_size=32, n_heads=4, n_blocks=4, cond_dim=16)
+    )
     meta = ck.import_checkpoint(str(tmp_path / "mdlm.ckpt"), str(tmp_path / "out"), "mdlm", preset="testsize")
     model, meta2 = load_model_dir(tmp_path / "out")
     assert torch.equal(logits(model), logits(ema))
     assert meta2["origin_sha256"] == meta["origin_sha256"] and meta2["diffusion"] == "mdlm"
     # the EMA's update count and decay travel with its weights (train's optim.ema_start: continue)
     assert meta2["ema_num_updates"] == 10 and meta2["ema_decay"] == 0.9999
-    raw_meta = ck.import_checkpoint(str(tmp_path / "mdlm.ckpt"), str(tmp_path / "raw"), "mdlm", preset="testsize",
-                                    ema=False)
+    raw_meta = ck.import_checkpoint(
+        str(tmp_path / "mdlm.ckpt"), str(tmp_path / "raw"), "mdlm", preset="testsize", ema=False
+    )
     assert "ema_num_updates" not in raw_meta  # raw weights: no EMA to continue

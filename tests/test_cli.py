@@ -30,8 +30,7 @@ libc.free(ctypes.c_void_p(p))
 
 def tune(**env) -> tuple[str, str]:
     clean = {k: v for k, v in os.environ.items() if k not in user_malloc_settings()}
-    out = subprocess.run([sys.executable, "-c", TUNE], capture_output=True, text=True, check=True,
-                         env={**clean, **env})
+    out = subprocess.run([sys.executable, "-c", TUNE], capture_output=True, text=True, check=True, env={**clean, **env})
     applied, mmapped = out.stdout.split()
     return applied, mmapped
 

@@ -28,16 +28,26 @@ def test_every_command_of_the_table_is_defined_by_its_module_and_none_is_missing
     assert cli.command_module("no-such-command") is None
 
 
-@pytest.mark.parametrize("section, command, prefix", [("sample", "sample", ""), ("score", "score", ""),
-                                                      ("nelbo", "score", "nelbo_"), ("nelbo", "nelbo", ""),
-                                                      ("probe", "probe", "")])
+@pytest.mark.parametrize(
+    "section, command, prefix",
+    [
+        ("sample", "sample", ""),
+        ("score", "score", ""),
+        ("nelbo", "score", "nelbo_"),
+        ("nelbo", "nelbo", ""),
+        ("probe", "probe", ""),
+    ],
+)
 def test_the_options_grid_writes_are_the_config_values_the_job_reads(section, command, prefix):
     """Every option of a config section reaches its job: Rules writes one flag per key of the job's
     schema, and the job's parser (built from the same schema) reads back the config's value."""
-    g = Rules(configlib.load_file(CI) | {"nelbo": {"n_batches": 3, "batch_size": 5, "n_t": 2, "device": "cpu"}},
-             SCHEMA)
-    required = {"sample": ["CKPT", "--out", "o", "--nfe", "4"], "score": ["S", "--evaluator", "e", "--out", "o"],
-                "nelbo": ["CKPT", "--out", "o"], "probe": ["--checkpoint", "a=CKPT", "--out", "o"]}[command]
+    g = Rules(configlib.load_file(CI) | {"nelbo": {"n_batches": 3, "batch_size": 5, "n_t": 2, "device": "cpu"}}, SCHEMA)
+    required = {
+        "sample": ["CKPT", "--out", "o", "--nfe", "4"],
+        "score": ["S", "--evaluator", "e", "--out", "o"],
+        "nelbo": ["CKPT", "--out", "o"],
+        "probe": ["--checkpoint", "a=CKPT", "--out", "o"],
+    }[command]
     args = cli.build_parser([command]).parse_args([command, *required, *g.job_options(section, prefix)])
     wanted = {k: v for k, v in g.config[section].items() if k in configlib.schema(section)["properties"]}
     assert wanted and configlib.read_options(args, section, prefix) == wanted
@@ -49,10 +59,16 @@ def test_every_training_job_reads_back_exactly_the_job_config_its_flags_carry(co
     the job's parser reads back the job config the grid holds, types included (3e-05, [1, 2], null,
     a mapping), so that its config digest, and with it its results, are those of the config."""
     g = Rules(configlib.load_file(config), SCHEMA)
-    jobs = [(["train"], g.train_args(SimpleNamespace(backbone=bb, model=m, seed=s)), g.train_config(bb, m, s))
-            for bb, m in g.runs for s in g.seeds]
-    jobs += [(["pretrain"], g.pretrain_args(SimpleNamespace(backbone=bb)), g.pretrain_config(bb))
-             for bb in g.backbones if "pretrain" in g.config["start"][bb]]
+    jobs = [
+        (["train"], g.train_args(SimpleNamespace(backbone=bb, model=m, seed=s)), g.train_config(bb, m, s))
+        for bb, m in g.runs
+        for s in g.seeds
+    ]
+    jobs += [
+        (["pretrain"], g.pretrain_args(SimpleNamespace(backbone=bb)), g.pretrain_config(bb))
+        for bb in g.backbones
+        if "pretrain" in g.config["start"][bb]
+    ]
     if "pretrain" in g.config["evaluator"]:
         jobs.append((["pretrain"], g.evaluator_args(None), g.evaluator_config()))
     assert len(jobs) >= len(g.runs) * len(g.seeds) > 0
@@ -66,18 +82,39 @@ def test_every_training_job_reads_back_exactly_the_job_config_its_flags_carry(co
 
 def test_a_train_flag_overrides_the_config_file_and_a_bad_value_names_its_flag(tmp_path, capsys):
     (tmp_path / "job.yaml").write_text("steps: 40\nobjective: {loss: logit_l2, alpha: 2.0}\noptim: {lr: 1.0e-4}\n")
-    argv = ["train", "--config", str(tmp_path / "job.yaml"), "--objective.alpha", "0.5", "--checkpoint-steps", "[10, 20]",
-            "--init", "null", "--out", "o"]
+    argv = [
+        "train",
+        "--config",
+        str(tmp_path / "job.yaml"),
+        "--objective.alpha",
+        "0.5",
+        "--checkpoint-steps",
+        "[10, 20]",
+        "--init",
+        "null",
+        "--out",
+        "o",
+    ]
     args = cli.build_parser(["train"]).parse_args(argv)
-    assert trainlib.load_job_config(args) == {"steps": 40, "objective": {"loss": "logit_l2", "alpha": 0.5},
-                                              "optim": {"lr": 1e-4}, "checkpoint_steps": [10, 20], "init": None}
+    assert trainlib.load_job_config(args) == {
+        "steps": 40,
+        "objective": {"loss": "logit_l2", "alpha": 0.5},
+        "optim": {"lr": 1e-4},
+        "checkpoint_steps": [10, 20],
+        "init": None,
+    }
     assert not hasattr(args, "steps")  # a flag not given is absent: the schema fills the default
     with pytest.raises(SystemExit):
         cli.build_parser(["train"]).parse_args(["train", "--objective.alpha", "big", "--out", "o"])
     assert "--objective.alpha" in capsys.readouterr().err
     with pytest.raises(configlib.TokenDriftError, match=r"objective\.alpha"):
-        trainlib.resolve_config(trainlib.load_job_config(
-            cli.build_parser(["train"]).parse_args(["train", "--objective.alpha", "-1", "--init", "x", "--out", "o"])))
+        trainlib.resolve_config(
+            trainlib.load_job_config(
+                cli.build_parser(["train"]).parse_args(
+                    ["train", "--objective.alpha", "-1", "--init", "x", "--out", "o"]
+                )
+            )
+        )
 
 
 def test_a_job_section_takes_its_checks_from_the_job_schema():

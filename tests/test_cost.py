@@ -21,14 +21,24 @@ DRY = REPO / "bench" / "results" / "gpu_dry_cpu.json"
 def measurement(on: str = "cuda") -> dict:
     """A bench/gpu.py result with round numbers, at the paper's sizes."""
     step = {"continuation": {"micro_s": 0.1, "optimizer_s": 0.5}, "tokendrift": {"micro_s": 0.2, "optimizer_s": 0.5}}
-    sampler = {"4": {"samples_per_s": 2.0}, "8": {"samples_per_s": 1.0}, "16": {"samples_per_s": 0.5},
-               "nelbo_seq_s": 0.01}
-    return {"kind": "gpu" if on == "cuda" else "dry_cpu", "measured_on": on, "date": "2026-12-02",
-            "settings": {"preset": "small", "length": 1024, "micro_batch": 2, "sample_batch": 32},
-            "parts": {"environment": {"status": "ok", "gpu": "NVIDIA H100 80GB HBM3", "cpu": "some CPU"},
-                      "steps": {"status": "ok", "rows": {"mdlm": step, "duo": step}},
-                      "sampler": {"status": "ok", "rows": {"mdlm": sampler, "duo": sampler}},
-                      "scorer": {"status": "ok", "tokens_per_s": 1000.0}}}
+    sampler = {
+        "4": {"samples_per_s": 2.0},
+        "8": {"samples_per_s": 1.0},
+        "16": {"samples_per_s": 0.5},
+        "nelbo_seq_s": 0.01,
+    }
+    return {
+        "kind": "gpu" if on == "cuda" else "dry_cpu",
+        "measured_on": on,
+        "date": "2026-12-02",
+        "settings": {"preset": "small", "length": 1024, "micro_batch": 2, "sample_batch": 32},
+        "parts": {
+            "environment": {"status": "ok", "gpu": "NVIDIA H100 80GB HBM3", "cpu": "some CPU"},
+            "steps": {"status": "ok", "rows": {"mdlm": step, "duo": step}},
+            "sampler": {"status": "ok", "rows": {"mdlm": sampler, "duo": sampler}},
+            "scorer": {"status": "ok", "tokens_per_s": 1000.0},
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +65,9 @@ def test_a_profile_without_gpus_counts_one_and_says_so(tmp_path):
 
 
 def test_training_hours_by_hand(paper):
-    rows, _ = cost.grid_cost(paper, measurement(), {r: (4 if r in ("train", "pretrain_start") else 1)
-                                                   for r in cost.RULES})
+    rows, _ = cost.grid_cost(
+        paper, measurement(), {r: (4 if r in ("train", "pretrain_start") else 1) for r in cost.RULES}
+    )
     train = by_what(rows, "train")
     # 3 seeds x 13000 steps x (512 / (2 x 4) = 64 micro-steps x 0.1 s + 0.5 s) x 4 GPUs
     assert train["mdlm continuation, 13000 steps"]["jobs"] == 3
@@ -101,15 +112,29 @@ def test_missing_parts_are_not_measured_and_the_total_says_so(paper, tmp_path):
 
 
 def test_cli_on_the_paper_grid_with_the_dry_run_is_labelled_cpu(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(PAPER), "--cost", str(DRY),
-                        "--profile-yaml", str(PROFILE)], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokendrift.cli",
+            "grid",
+            str(PAPER),
+            "--cost",
+            str(DRY),
+            "--profile-yaml",
+            str(PROFILE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "No GPU measurement yet" in out and "CPU measurement, not a GPU estimate" in out
     lines = out.splitlines()
     header = [i for i, line in enumerate(lines) if line.startswith("stage ")]
     assert len(header) == 1 and "hours (CPU)" in lines[header[0]] and "GPU-hours" not in lines[header[0]]
-    stages = {line.split()[0] for line in lines[header[0] + 1:] if line.strip()}
+    stages = {line.split()[0] for line in lines[header[0] + 1 :] if line.strip()}
     assert {"train", "sample", "score", "total"} <= stages
     total = [line for line in out.splitlines() if line.startswith("total")]
     assert len(total) == 1 and float(total[0].split()[2].replace(",", "")) > 0
@@ -118,6 +143,10 @@ def test_cli_on_the_paper_grid_with_the_dry_run_is_labelled_cpu(tmp_path):
 def test_cli_refuses_a_file_that_is_not_a_measurement(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"rows": []}))
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(PAPER), "--cost", str(bad)],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokendrift.cli", "grid", str(PAPER), "--cost", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 2 and "not a bench/gpu.py result" in r.stderr

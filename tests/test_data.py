@@ -14,8 +14,16 @@ from tokendrift.core.data import SyntheticHMM, make_source
 from tokendrift.core.utils import TokenDriftError
 from tokendrift.jobs.prepare import prepare
 
-TINY = {"kind": "synthetic", "n_states": 3, "vocab_size": 4, "length": 4, "tokens_per_state": 2, "n_successors": 1,
-        "seed": 1, "mc_samples": 2000}
+TINY = {
+    "kind": "synthetic",
+    "n_states": 3,
+    "vocab_size": 4,
+    "length": 4,
+    "tokens_per_state": 2,
+    "n_successors": 1,
+    "seed": 1,
+    "mc_samples": 2000,
+}
 
 
 def test_forward_algorithm_equals_brute_force_enumeration():
@@ -119,8 +127,14 @@ def test_openwebtext_path_on_a_local_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     texts = _write_dataset(tmp_path / "owt")
     _train_tokenizer(tmp_path / "tok", texts)
-    cfg = {"kind": "openwebtext", "path": str(tmp_path / "owt"), "tokenizer": str(tmp_path / "tok"),
-           "n_valid_docs": 10, "length": 32, "cache_dir": str(tmp_path / "cache")}
+    cfg = {
+        "kind": "openwebtext",
+        "path": str(tmp_path / "owt"),
+        "tokenizer": str(tmp_path / "tok"),
+        "n_valid_docs": 10,
+        "length": 32,
+        "cache_dir": str(tmp_path / "cache"),
+    }
     prepare(cfg, progress=False)  # the data stage; jobs only read what it wrote
     src = make_source(cfg)
     tok = src.hf_tokenizer()
@@ -138,14 +152,17 @@ def test_openwebtext_path_on_a_local_dataset(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"kind": "wikipedia"}, "source.kind"),
-    ({"kind": "synthetic", "n_states": 0}, "source.n_states"),
-    ({"kind": "synthetic", "stickiness": 1.5}, "source.stickiness"),
-    ({"kind": "synthetic", "tokenizer": "gpt2"}, "tokenizer"),
-    ({"kind": "textdir", "path": "/nonexistent/corpus"}, "/nonexistent/corpus"),
-    ({"kind": "openwebtext", "path": "/nonexistent/owt", "tokenizer": "/nonexistent/tok"}, "/nonexistent/owt"),
-])
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"kind": "wikipedia"}, "source.kind"),
+        ({"kind": "synthetic", "n_states": 0}, "source.n_states"),
+        ({"kind": "synthetic", "stickiness": 1.5}, "source.stickiness"),
+        ({"kind": "synthetic", "tokenizer": "gpt2"}, "tokenizer"),
+        ({"kind": "textdir", "path": "/nonexistent/corpus"}, "/nonexistent/corpus"),
+        ({"kind": "openwebtext", "path": "/nonexistent/owt", "tokenizer": "/nonexistent/tok"}, "/nonexistent/owt"),
+    ],
+)
 def test_bad_source_config_names_the_field(cfg, message, tmp_path):
     with pytest.raises(TokenDriftError, match=message):
         prepare({**cfg, "cache_dir": str(tmp_path)} if cfg["kind"] != "synthetic" else cfg, progress=False)

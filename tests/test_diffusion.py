@@ -71,6 +71,7 @@ class TinyNet(torch.nn.Module):
 
 # ---------------------------------------------------------------- schedule and time sampling
 
+
 def test_schedule_weight_and_sigma():
     t = torch.tensor([1e-3, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
     m, d = MDLM(5), DUO(5)
@@ -94,6 +95,7 @@ def test_antithetic_times_are_stratified_in_eps_one():
 
 
 # ---------------------------------------------------------------- corruption
+
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
 def test_mdlm_masks_at_rate_one_minus_alpha(t):
@@ -125,6 +127,7 @@ def test_duo_replaces_by_uniform_ids_pad_included(t):
 
 
 # ---------------------------------------------------------------- MDLM parameterization and loss
+
 
 def test_mdlm_subs_parameterization():
     d = MDLM(5)
@@ -162,14 +165,16 @@ def test_mdlm_loss_matches_explicit_enumeration(t):
                 row = [float(v) for v in logits_all[i, l, : V - 1]]
                 s += -(row[x0[l]] - math.log(sum(math.exp(v) for v in row))) / t
         hand[x0] = hand.get(x0, 0.0) + pm * s / L
-        oracle_total += math.prod(float(P[j]) for j in x0) * pm * float(
-            d.base_loss(lp_oracle[sl], x0_all[sl], xt_all[sl], tt))
+        oracle_total += (
+            math.prod(float(P[j]) for j in x0) * pm * float(d.base_loss(lp_oracle[sl], x0_all[sl], xt_all[sl], tt))
+        )
     for x0, value in code.items():
         assert value == pytest.approx(hand[x0], rel=1e-5)
     assert oracle_total == pytest.approx((1 - d.eps) * H, rel=1e-6)
 
 
 # ---------------------------------------------------------------- DUO loss
+
 
 def _posterior(x, z, a_s, a_t, N):
     """q(z_s = j | z_t = z, x) by Bayes' rule, for x a distribution over the N states."""
@@ -246,14 +251,18 @@ def test_duo_exact_nelbo_integral_is_the_entropy_plus_the_kl():
 
     a1 = 1 - (1 - d.eps)
     q1 = [a1 * (float(P[z]) if z < V - 1 else 0.0) + (1 - a1) / V for z in range(V)]
-    info = sum(float(P[x]) * sum((a1 * (x == z) + (1 - a1) / V) * math.log((a1 * (x == z) + (1 - a1) / V) / q1[z])
-                                 for z in range(V)) for x in range(V - 1))
+    info = sum(
+        float(P[x])
+        * sum((a1 * (x == z) + (1 - a1) / V) * math.log((a1 * (x == z) + (1 - a1) / V) / q1[z]) for z in range(V))
+        for x in range(V - 1)
+    )
     assert integral(P) == pytest.approx(H - info, abs=1e-7)
     Q = torch.tensor([0.3, 0.4, 0.3], dtype=torch.float64)
     assert integral(Q) == pytest.approx(H + float((P * (P / Q).log()).sum()), abs=1e-5)
 
 
 # ---------------------------------------------------------------- held-out NELBO
+
 
 def test_nelbo_of_the_exact_denoiser_is_the_entropy_and_a_wrong_one_pays_the_kl():
     # per-token variance of the MDLM estimator ~ log(1/eps) E[nll^2] ~ 8: 5e5 token draws give ~0.4%
@@ -270,10 +279,13 @@ def test_nelbo_of_the_exact_denoiser_is_the_entropy_and_a_wrong_one_pays_the_kl(
     d = DUO(4)
     est = d.nelbo(ProductDenoiser(), x, generator=torch.Generator().manual_seed(2), n_t=8)
     assert est == pytest.approx(H, rel=0.02)
-    assert d.nelbo(ProductDenoiser(Q), x, generator=torch.Generator().manual_seed(2), n_t=8) == pytest.approx(H + kl, rel=0.02)
+    assert d.nelbo(ProductDenoiser(Q), x, generator=torch.Generator().manual_seed(2), n_t=8) == pytest.approx(
+        H + kl, rel=0.02
+    )
 
 
 # ---------------------------------------------------------------- categorical draws
+
 
 def test_sample_categorical_is_exact_in_float64():
     w = torch.tensor([0.0, 5.0, 3.0, 0.0, 1.0, 1.0, 0.0], dtype=torch.float64)  # zeros first, inside, last
@@ -301,7 +313,7 @@ def test_float64_draws_keep_the_tail_of_a_peaked_distribution():
     exact tail rate is M 1e-7 / (1 + M 1e-7) ~ 5e-3, 39.8 tail draws expected in 8,000 rows.
     A draw that lost the tail as float32 does would give ~0."""
     tail, exact = tail_draws(1e-7, torch.float64)
-    assert abs(tail - exact) < 4 * exact ** 0.5, (tail, exact)  # within 4 Poisson SDs
+    assert abs(tail - exact) < 4 * exact**0.5, (tail, exact)  # within 4 Poisson SDs
 
 
 def test_float32_race_noise_is_floored_and_quantized():
@@ -310,7 +322,7 @@ def test_float32_race_noise_is_floored_and_quantized():
     a token needs E_i < w_i / w_winner * E_winner to win, so tokens ~1e-8 below the winner are
     almost never drawn. float64 noise has neither floor nor grid at that scale."""
     n = 1 << 24
-    delta = 2.0 ** -24
+    delta = 2.0**-24
     e32 = race_noise((n,), torch.Generator().manual_seed(0), dtype=torch.float32)
     e64 = race_noise((n,), torch.Generator().manual_seed(0), dtype=torch.float64)
     assert float(e32.min()) >= 0.99 * -math.log1p(-delta)
@@ -334,6 +346,7 @@ def test_nucleus_keeps_the_top_mass_as_duo():
 
 
 # ---------------------------------------------------------------- samplers
+
 
 @pytest.mark.parametrize("cls", [MDLM, DUO])
 @pytest.mark.parametrize("nfe", [1, 3, 16])
@@ -392,7 +405,7 @@ def test_samples_hold_no_special_id_even_if_the_model_predicts_it(cls):
 def test_temperature_sharpens_to_the_tempered_marginals(cls):
     d = cls(4)
     x = d.sample(ProductDenoiser(), 3000, 8, 4, temperature=0.5, generator=torch.Generator().manual_seed(0))
-    p_cold = P ** 2 / (P ** 2).sum()
+    p_cold = P**2 / (P**2).sum()
     assert torch.allclose(freqs(x)[:3], p_cold, atol=0.012)
     assert entropy(freqs(x)) < H - 0.2
 
@@ -449,10 +462,18 @@ def test_mdlm_forward_passes_follow_the_cache_rule():
 def test_sampler_validation_names_the_field(cls):
     d = cls(4)
     m = ProductDenoiser()
-    bad = [({"nfe": 0}, "nfe"), ({"nfe": 2.5}, "nfe"), ({"temperature": 0.0}, "temperature"),
-           ({"temperature": float("nan")}, "temperature"), ({"precision": "float16"}, "precision"),
-           ({"batch_size": 0}, "batch_size"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
-           ({"noise_removal": "none"}, "noise_removal"), ({"n": 0}, "n")]
+    bad = [
+        ({"nfe": 0}, "nfe"),
+        ({"nfe": 2.5}, "nfe"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"precision": "float16"}, "precision"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"noise_removal": "none"}, "noise_removal"),
+        ({"n": 0}, "n"),
+    ]
     for kw, field in bad:
         args = {"n": 2, "length": 4, "nfe": 2} | kw
         with pytest.raises(TokenDriftError, match=f"^{field}: "):

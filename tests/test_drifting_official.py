@@ -48,8 +48,13 @@ def test_the_drifting_code_options_alone_are_not_the_official_force(i):
     case = DATA["cases"][i]
     gen, pos, neg = _inputs(case)
     want = torch.tensor(case["force"], dtype=torch.float64)
-    V = O.drift_field(gen, pos, neg, O.DriftOptions(case["R_list"], kernel="l2_meannorm", scale="coord_rms",
-                                                    reduction="sum"), exclude_self=True)
+    V = O.drift_field(
+        gen,
+        pos,
+        neg,
+        O.DriftOptions(case["R_list"], kernel="l2_meannorm", scale="coord_rms", reduction="sum"),
+        exclude_self=True,
+    )
     assert _rel(V, want) > 1e-3
 
 
@@ -57,9 +62,21 @@ def test_preset_ignores_the_options_it_sets():
     case = DATA["cases"][0]
     gen, pos, neg = _inputs(case)
     a = O.drift_field(gen, pos, neg, O.DriftOptions(case["R_list"], preset="drifting_official"), exclude_self=True)
-    b = O.drift_field(gen, pos, neg, O.DriftOptions(case["R_list"], preset="drifting_official", kernel="sq_l2",
-                                                    reduction="mean", scale="vector_rms", floor=0.0,
-                                                    ratio_reading="vector"), exclude_self=True)
+    b = O.drift_field(
+        gen,
+        pos,
+        neg,
+        O.DriftOptions(
+            case["R_list"],
+            preset="drifting_official",
+            kernel="sq_l2",
+            reduction="mean",
+            scale="vector_rms",
+            floor=0.0,
+            ratio_reading="vector",
+        ),
+        exclude_self=True,
+    )
     assert torch.equal(a, b)
 
 
@@ -75,16 +92,22 @@ def test_config_preset_fills_in_its_options():
     assert resolve_config(_cfg({}))["objective"]["preset"] is None
 
 
-@pytest.mark.parametrize("key, value", [("kernel", "sq_l2"), ("reduction", "mean"), ("floor", 0.0),
-                                        ("ratio_reading", "vector")])
+@pytest.mark.parametrize(
+    "key, value", [("kernel", "sq_l2"), ("reduction", "mean"), ("floor", 0.0), ("ratio_reading", "vector")]
+)
 def test_config_preset_refuses_a_conflicting_option(key, value):
     with pytest.raises(TokenDriftError, match=f"objective.{key}.*objective.preset"):
         resolve_config(_cfg({"preset": "drifting_official", key: value}))
 
 
-@pytest.mark.parametrize("objective", [{"preset": "drifting_official"},
-                                       {"ratio": [2.0, 1.0], "ratio_reading": "displacement", "floor": 1e-3},
-                                       {"loss": "logit_kl", "preset": "drifting_official"}])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"preset": "drifting_official"},
+        {"ratio": [2.0, 1.0], "ratio_reading": "displacement", "floor": 1e-3},
+        {"loss": "logit_kl", "preset": "drifting_official"},
+    ],
+)
 def test_training_runs_with_the_preset_and_the_displacement_reading(tmp_path, objective):
     from tests.conftest import job, make_init
     from tokendrift.jobs import train as trainlib

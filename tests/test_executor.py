@@ -75,9 +75,7 @@ def _snakemake(cwd, *args, timeout=120):
         "--nocolor",
         *args,
     ]
-    return subprocess.run(
-        cmd, check=False, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(cmd, check=False, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _runs(path):
@@ -169,9 +167,16 @@ def test_each_rank_of_a_multi_task_job_writes_its_own_log(tmp_path):
 def _slurm_task(monkeypatch, rank: int, tasks: int = 4) -> None:
     """The variables Slurm gives task ``rank`` of a one-node job (what submitit's
     SlurmJobEnvironment reads)."""
-    for k, v in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "42", "SLURM_NTASKS": str(tasks),
-                 "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "gpu001",
-                 "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}.items():
+    for k, v in {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "42",
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NODELIST": "gpu001",
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank),
+    }.items():
         monkeypatch.setenv(k, v)
 
 
@@ -269,9 +274,7 @@ def test_sigint_leaves_no_job_processes(tmp_path, whole_group):
     )
     try:
         deadline = time.time() + 40
-        while time.time() < deadline and not (
-            (tmp_path / "started.0").exists() and (tmp_path / "started.1").exists()
-        ):
+        while time.time() < deadline and not ((tmp_path / "started.0").exists() and (tmp_path / "started.1").exists()):
             time.sleep(0.2)
         assert (tmp_path / "started.1").exists(), "jobs did not start"
         assert len(_tree_marked(str(sleeper))) >= 2
@@ -313,9 +316,7 @@ def test_resource_mapping_reaches_sbatch(tmp_path, monkeypatch):
         "requeue": 1,
         "tmpdir": "/tmp",
     }
-    p = resources.submitit_parameters(
-        res, 3, rule="train", default_runtime=1440, signal_delay_s=120
-    )
+    p = resources.submitit_parameters(res, 3, rule="train", default_runtime=1440, signal_delay_s=120)
     assert p == {
         "name": "smk-train",
         "cpus_per_task": 3,
@@ -356,9 +357,7 @@ def test_resource_mapping_reaches_sbatch(tmp_path, monkeypatch):
     ]:
         assert f"#SBATCH {line}" in text, (line, text)
     # defaults: threads -> cpus, default runtime, no GPU; mem_mb 1000 -> 1000MB
-    q = resources.submitit_parameters(
-        {"mem_mb": 1000}, 1, rule="r", default_runtime=60, signal_delay_s=90
-    )
+    q = resources.submitit_parameters({"mem_mb": 1000}, 1, rule="r", default_runtime=60, signal_delay_s=90)
     ex = AutoExecutor(tmp_path, cluster="slurm")
     ex.update_parameters(**q)
     text = ex._executor._make_submission_file_text("true", "uid")
@@ -384,16 +383,12 @@ def test_resource_mapping_reaches_sbatch(tmp_path, monkeypatch):
 )
 def test_bad_resources_name_rule_and_resource(res, needle):
     with pytest.raises(WorkflowError) as e:
-        p = resources.submitit_parameters(
-            res, 1, rule="train", default_runtime=1, signal_delay_s=90
-        )
+        p = resources.submitit_parameters(res, 1, rule="train", default_runtime=1, signal_delay_s=90)
         resources.wants_requeue(res, "train")
         resources.local_parameters(p, "train")
     assert "rule train" in str(e.value) and needle in str(e.value)
     with pytest.raises(WorkflowError, match="nodes"):
-        p = resources.submitit_parameters(
-            {"nodes": 2}, 1, rule="t", default_runtime=1, signal_delay_s=90
-        )
+        p = resources.submitit_parameters({"nodes": 2}, 1, rule="t", default_runtime=1, signal_delay_s=90)
         resources.local_parameters(p, "t")
 
 
@@ -409,9 +404,7 @@ def test_every_setting_has_help_and_a_default():
     [({"sbatch", "srun"}, "slurm"), ({"sbatch"}, "local"), ({"srun"}, "local"), (set(), "local")],
 )
 def test_auto_cluster_is_slurm_only_with_sbatch_and_srun_on_path(monkeypatch, on_path, want):
-    monkeypatch.setattr(
-        plugin.shutil, "which", lambda name: f"/usr/bin/{name}" if name in on_path else None
-    )
+    monkeypatch.setattr(plugin.shutil, "which", lambda name: f"/usr/bin/{name}" if name in on_path else None)
     assert plugin.resolve_cluster("auto") == want
     assert plugin.resolve_cluster("local") == "local" and plugin.resolve_cluster("slurm") == "slurm"
     with pytest.raises(WorkflowError, match="auto, slurm or local, got 'pbs'"):
@@ -447,9 +440,7 @@ def test_status_poller_one_query_per_interval(tmp_path):
     states.update({j: "CANCELLED" for j in ids[95:]})
     watcher = FakeWatcher(states)
     now = [0.0]
-    poller = status.StatusPoller(
-        watcher, tmp_path, query_interval=10, grace_s=10, clock=lambda: now[0]
-    )
+    poller = status.StatusPoller(watcher, tmp_path, query_interval=10, grace_s=10, clock=lambda: now[0])
     t0 = time.perf_counter()
     out = poller.cycle(tracked)
     assert time.perf_counter() - t0 < 2.0  # nothing blocks on missing result files
@@ -473,10 +464,7 @@ def test_slurm_watcher_batches_and_parses():
 
     def fake_sacct(argv):
         argvs.append(argv)
-        return (
-            "101|COMPLETED\n102_0|RUNNING\n102_[1-7%8]|PENDING\n"
-            "103|CANCELLED by 0\n103.batch|CANCELLED\n"
-        )
+        return "101|COMPLETED\n102_0|RUNNING\n102_[1-7%8]|PENDING\n103|CANCELLED by 0\n103.batch|CANCELLED\n"
 
     w = status.SlurmWatcher("sacct", run=fake_sacct)
     before = status.SCHEDULER_QUERIES
@@ -503,10 +491,7 @@ def _timeout_job(tmp_path, cls):
     submitit's local controller sends USR2 2 s before the limit."""
     pidfile, runs = tmp_path / "pid", tmp_path / "runs"
     sleeper = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); time.sleep(60)"
-    cmd = (
-        f"echo run >> {runs}; if [ $(wc -l < {runs}) -ge 2 ]; then exit 0; fi; "
-        f'{sys.executable} -c "{sleeper}"'
-    )
+    cmd = f'echo run >> {runs}; if [ $(wc -l < {runs}) -ge 2 ]; then exit 0; fi; {sys.executable} -c "{sleeper}"'
     ex = LocalExecutor(tmp_path / "sub", max_num_timeout=1)
     ex.update_parameters(timeout_min=4 / 60, signal_delay_s=2)
     job = ex.submit(cls(command=cmd, cwd=str(tmp_path), term_grace_s=1))

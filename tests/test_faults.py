@@ -61,9 +61,13 @@ def test_sigkilled_sample_and_score_jobs_leave_no_partial_output(tmp_path, check
     ev = tmp_path / "ev"
     train_evaluator(make_source(TINY_SOURCE), ev, steps=2, batch_size=4, n_layer=8, n_embd=16, n_head=2)
     score = tmp_path / "scores" / "s.json"
-    kill_when(cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 1), lambda: False,
-              timeout=6)  # killed mid-scoring (12,000 samples one at a time: 18 s alone, 3.4 of them start-up)
+    kill_when(
+        cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 1), lambda: False, timeout=6
+    )  # killed mid-scoring (12,000 samples one at a time: 18 s alone, 3.4 of them start-up)
     assert not score.exists()
-    subprocess.run(cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 256), check=True,
-                   capture_output=True)
+    subprocess.run(
+        cli("score", out, "--evaluator", ev / "model", "--out", score, "--batch-size", 256),
+        check=True,
+        capture_output=True,
+    )
     assert json.loads(score.read_text())["n_samples"] == 12_000

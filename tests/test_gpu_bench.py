@@ -22,8 +22,13 @@ from tokendrift.report import cost
 def dry(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu") / "gpu_dry_cpu.json"
     # a generous budget: on a loaded CI machine every part still runs (the parts, not the clock, are tested)
-    r = subprocess.run([sys.executable, "bench/gpu.py", "--dry", "--out", str(out), "--budget", "900"],
-                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "bench/gpu.py", "--dry", "--out", str(out), "--budget", "900"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return json.loads(out.read_text()), r.stdout
 
@@ -55,7 +60,9 @@ def test_dry_run_figures(dry):
         assert "continuation_mfu_micro" not in row  # no peak on the CPU
         for nfe in ("4", "8", "16"):
             r = parts["sampler"]["rows"][bb][nfe]
-            assert r["samples_per_s"] > 0 and 0 < r["own_work_share"] and int(nfe) <= r["forward_passes"] <= int(nfe) + 1
+            assert (
+                r["samples_per_s"] > 0 and 0 < r["own_work_share"] and int(nfe) <= r["forward_passes"] <= int(nfe) + 1
+            )
         assert parts["sampler"]["rows"][bb]["nelbo_seq_s"] > 0
     assert parts["drift"]["drift_field_s_8_anchors"] > 0 and 0 < parts["drift"]["share_of_tokendrift_micro_step"]
     assert parts["scorer"]["tokens_per_s"] > 0 and parts["scorer"]["tokens"] == 16 * 64
@@ -93,6 +100,7 @@ def test_a_part_out_of_memory_or_time_is_recorded_and_the_run_goes_on(tmp_path):
     args = gpu.parse_args(["--dry", "--out", str(tmp_path / "r.json"), "--cap", "steps=1"])
     b = gpu.Bench(args, gpu.SIZES["dry"])
     try:
+
         def oom(rec):
             rec["tried"] = 4
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

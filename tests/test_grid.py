@@ -41,15 +41,25 @@ PAPER_RUNS = {
 
 
 def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_paper_grid(tmp_path):
-    r = snakemake("all_tables", "-n", "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(PAPER),
-                  "--directory", str(tmp_path))
+    r = snakemake(
+        "all_tables",
+        "-n",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--configfile",
+        str(PAPER),
+        "--directory",
+        str(tmp_path),
+    )
     jobs = planned_jobs(r.stdout)
     train = [(j["backbone"], j["model"], j["seed"]) for j in jobs if j["rule"] == "train"]
     assert len(train) == len(set(train)) == 48  # 16 unique runs x 3 seeds, each once
     assert {(b, m) for b, m, _ in train} == set(PAPER_RUNS)
     assert {s for *_, s in train} == {"0", "1", "2"}
     assert sorted(j["backbone"] for j in jobs if j["rule"] == "import_start") == ["duo", "mdlm"]
-    assert not [j for j in jobs if j["rule"] in ("pretrain_start", "pretrain_evaluator")]  # paper: released + gpt2-large
+    assert not [
+        j for j in jobs if j["rule"] in ("pretrain_start", "pretrain_evaluator")
+    ]  # paper: released + gpt2-large
 
     # Checkpoints evaluated (each sampled by one job, scored by one), counted by hand from the
     # paper's grid (docs/grid.md): MDLM start; 8 runs at 13k; the default at 5k and 6 runs of
@@ -64,8 +74,18 @@ def test_paper_dry_run_plans_exactly_the_unique_jobs_of_the_paper_grid(tmp_path)
     assert len(keys) == len(sample)  # shared cells computed once
     assert ("mdlm", "tokendrift", "0", "5000") in keys and ("mdlm", "tokendrift", "0", "13000") in keys
     assert ("mdlm", "queue4", "1", "13000") not in keys
-    assert {j["rule"] for j in jobs} >= {"table1", "table2", "table3", "table4", "table5", "table6", "figure2",
-                                        "quality_diversity", "track", "all_tables"}
+    assert {j["rule"] for j in jobs} >= {
+        "table1",
+        "table2",
+        "table3",
+        "table4",
+        "table5",
+        "table6",
+        "figure2",
+        "quality_diversity",
+        "track",
+        "all_tables",
+    }
 
 
 def test_train_job_configs_follow_the_sheet():
@@ -98,8 +118,10 @@ BAD = [
     ({"sample": {"nfe": [0]}}, "sample.nfe"),
     ({"runs": [{"backbone": "gpt", "id": "x", "steps": "long"}]}, "runs.0.backbone"),
     ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"variant": "magic"}}]}, "variant"),
-    ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"objective": {"queue_size": 0}}}]},
-     "objective.queue_size"),
+    (
+        {"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"objective": {"queue_size": 0}}}]},
+        "objective.queue_size",
+    ),
     ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long"}] * 2}, "duplicate run"),
     ({"start": {"mdlm": {"pretrain": {}}}}, "start.duo"),
     ({"evaluator": {"name": "gpt2", "pretrain": {}}}, "evaluator"),
@@ -151,10 +173,14 @@ GRID_ONLY_BAD = [
     ({"results": "r{backbone}"}, "results: 'r{backbone}' does not match"),  # an output path: braces are wildcards
     ({"source": {"kind": "textdir", "path": "d", "cache_dir": "c{x}"}}, "source.cache_dir: 'c{x}' does not match"),
     ({"fetch": {"hf_home": "cache\x1b[2J"}}, "fetch.hf_home: must hold no control or unprintable character"),
-    ({"tables": {"mine": {"title": "a\tb", "backbone": "mdlm", "at": "long", "rows": [{"model": "tokendrift"}]}}},
-     "tables.mine.title: must hold no"),
-    ({"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"objective\n": {}}}]},
-     "runs.0.set.'objective\\n'"),
+    (
+        {"tables": {"mine": {"title": "a\tb", "backbone": "mdlm", "at": "long", "rows": [{"model": "tokendrift"}]}}},
+        "tables.mine.title: must hold no",
+    ),
+    (
+        {"runs": [{"backbone": "mdlm", "id": "x", "steps": "long", "set": {"objective\n": {}}}]},
+        "runs.0.set.'objective\\n'",
+    ),
 ]
 
 
@@ -199,15 +225,42 @@ def test_every_size_and_count_of_the_schemas_has_an_upper_bound_and_says_why():
     assert not no_reason
 
 
-KEYWORDS = {"$schema", "$defs", "$ref", "title", "description", "type", "default", "enum", "const", "not", "oneOf",
-            "properties", "additionalProperties", "required", "propertyNames", "minProperties", "maxProperties",
-            "items", "minItems", "maxItems", "uniqueItems", "contains", "minimum", "maximum", "exclusiveMinimum",
-            "exclusiveMaximum", "minLength", "pattern"}
+KEYWORDS = {
+    "$schema",
+    "$defs",
+    "$ref",
+    "title",
+    "description",
+    "type",
+    "default",
+    "enum",
+    "const",
+    "not",
+    "oneOf",
+    "properties",
+    "additionalProperties",
+    "required",
+    "propertyNames",
+    "minProperties",
+    "maxProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "contains",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "pattern",
+}
 
 
 def test_every_schema_uses_only_json_schema_keywords():
     """In a YAML flow mapping an unquoted description with a comma becomes a stray key that JSON
     Schema ignores: the description is cut short and the stray key passes silently."""
+
     def stray(node, path):
         if isinstance(node, dict):
             for k, v in node.items():
@@ -238,8 +291,16 @@ def test_a_config_value_is_never_run_as_shell(tmp_path):
     for case, over in cases.items():
         path = tmp_path / f"{case}.yaml"
         path.write_text(yaml.safe_dump(cfg | over))
-        r = snakemake("entropy_rate", "--configfile", str(path), "--cores", "1", "--directory", str(tmp_path / "wd"),
-                      check=case != "newline")
+        r = snakemake(
+            "entropy_rate",
+            "--configfile",
+            str(path),
+            "--cores",
+            "1",
+            "--directory",
+            str(tmp_path / "wd"),
+            check=case != "newline",
+        )
         out = Path(over["results"]) / cfg["name"] / "source" / "entropy_rate.json"
         if case == "newline":
             assert r.returncode != 0 and "results: must hold no control or unprintable character" in r.stderr
@@ -251,13 +312,19 @@ def test_a_config_value_is_never_run_as_shell(tmp_path):
 
 
 def test_grid_cli_counts_jobs_and_exits_2_on_bad_config(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(PAPER), "--schema", str(SCHEMA)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokendrift.cli", "grid", str(PAPER), "--schema", str(SCHEMA)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["train"] == 48
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nseeds: [1, 1]\n")
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "grid", str(bad), "--schema", str(SCHEMA)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokendrift.cli", "grid", str(bad), "--schema", str(SCHEMA)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "workflow config" in r.stderr
 
 

@@ -1,5 +1,5 @@
 """One code style, checked: ruff's linter on the whole repository and its formatter on both
-packages (configuration in pyproject.toml), and Snakemake's linter on the workflow under the
+packages, the tests and the benchmarks (configuration in pyproject.toml), and Snakemake's linter on the workflow under the
 embedded default and the paper config."""
 
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ["tokendrift", "snakemake_executor_plugin_submitit"]
+FORMATTED = ["tokendrift", "snakemake_executor_plugin_submitit", "tests", "bench"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -21,8 +21,8 @@ def test_ruff_finds_nothing():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_both_packages_are_formatted_by_ruff():
-    r = run("ruff", "format", "--no-cache", "--check", *PACKAGES)
+def test_the_code_and_its_tests_are_formatted_by_ruff():
+    r = run("ruff", "format", "--no-cache", "--check", *FORMATTED)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

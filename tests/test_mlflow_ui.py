@@ -34,10 +34,21 @@ CI = REPO / "tests" / "configs" / "ci.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
+)
 
 
 def free_port() -> int:
@@ -51,9 +62,23 @@ def mlflow_server(db: Path, timeout=180):
     """`mlflow server` over a SQLite store on 127.0.0.1; stopped (its whole process group) on exit."""
     port = free_port()
     log = open(db.parent / "mlflow_server.log", "w")
-    p = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}", "--host",
-                          "127.0.0.1", "--port", str(port), "--workers", "1"],
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -80,8 +105,12 @@ def mlflow_server(db: Path, timeout=180):
 def chromium(url: str, *args, budget_ms=20000, timeout=180) -> str:
     """Headless Chromium on one page, its JavaScript run for `budget_ms` of virtual time."""
     with tempfile.TemporaryDirectory() as profile:
-        r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
-                            *args, url], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args, url],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
@@ -110,8 +139,14 @@ def write_scores(g, wd: Path) -> None:
         for t, n in g.cells(u):
             f = wd / g.score_file(u, t, n)
             f.parent.mkdir(parents=True, exist_ok=True)
-            write_record(f, {"gen_ppl": 300.0 / n * t + 1.37 * i + 0.011 * u.seed, "entropy": 3.0 + 0.2 * t,
-                             "oracle_gen_ppl": 600.0 / n + i})
+            write_record(
+                f,
+                {
+                    "gen_ppl": 300.0 / n * t + 1.37 * i + 0.011 * u.seed,
+                    "entropy": 3.0 + 0.2 * t,
+                    "oracle_gen_ppl": 600.0 / n + i,
+                },
+            )
         write_record(wd / g.nelbo_file(u), {"nelbo": 2.4 + 0.001 * i})
 
 
@@ -123,8 +158,13 @@ def study(tmp_path_factory):
     wd = tmp_path_factory.mktemp("mlflow_ui")
     g = Layout(load_file(CI), SCHEMA)
     write_scores(g, wd)
-    r = subprocess.run([str(BIN / "tokendrift"), "track", str(CI), "--schema", str(SCHEMA)], cwd=wd,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [str(BIN / "tokendrift"), "track", str(CI), "--schema", str(SCHEMA)],
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return g, wd, wd / g.root / "mlflow.db"
 
@@ -142,8 +182,10 @@ def test_the_parent_run_page_lists_every_row_and_seed_with_gen_ppl(study):
 
     for m in rows:
         n = g.nfes[0]
-        mean = statistics.mean(json.loads((wd / g.score_file(Unit("mdlm", m, s, g.row_step("table1", m)), 1.0, n))
-                                          .read_text())["gen_ppl"] for s in g.seeds)
+        mean = statistics.mean(
+            json.loads((wd / g.score_file(Unit("mdlm", m, s, g.row_step("table1", m)), 1.0, n)).read_text())["gen_ppl"]
+            for s in g.seeds
+        )
         i = text.index(f"gen_ppl/nfe{n}/{m}")
         value = float(text[i:].splitlines()[1])
         assert value == pytest.approx(mean, rel=1e-9)

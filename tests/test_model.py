@@ -79,8 +79,15 @@ def test_attention_is_not_causal():
     assert not torch.allclose(model(x)[0, 0], model(y)[0, 0])  # the first position sees the last
 
 
-@pytest.mark.parametrize("kw, field", [(dict(hidden_size=30, n_heads=4), "hidden_size"), (dict(n_blocks=1), "n_blocks"),
-                                       (dict(dropout=1.0), "dropout"), (dict(vocab_size=0), "vocab_size")])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(hidden_size=30, n_heads=4), "hidden_size"),
+        (dict(n_blocks=1), "n_blocks"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(vocab_size=0), "vocab_size"),
+    ],
+)
 def test_bad_config_names_field(kw, field):
     with pytest.raises(TokenDriftError, match=f"model.{field}"):
         DiTConfig.preset("tiny", **{"vocab_size": 10, **kw})

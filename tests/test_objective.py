@@ -12,10 +12,14 @@ from tokendrift.core import objective as O
 from tokendrift.core.utils import TokenDriftError
 
 SETTINGS = settings(max_examples=30, deadline=None)
-OPTIONS = st.sampled_from([
-    dict(normalization="joint"), dict(normalization="softmax"),
-    dict(normalization="joint", kernel="l2_meannorm"), dict(normalization="joint", scale="coord_rms", reduction="sum"),
-])
+OPTIONS = st.sampled_from(
+    [
+        dict(normalization="joint"),
+        dict(normalization="softmax"),
+        dict(normalization="joint", kernel="l2_meannorm"),
+        dict(normalization="joint", scale="coord_rms", reduction="sum"),
+    ]
+)
 
 
 def unit(*shape, seed):
@@ -59,7 +63,7 @@ def test_fixed_point_loss_gradient_is_minus_alpha_V_over_B(seed, B, alpha):
     loss = O.fixed_point_loss(h, V, alpha)
     loss.backward()
     assert torch.allclose(h.grad, -alpha * V / B, atol=1e-6)
-    assert float(loss.detach()) == pytest.approx(alpha ** 2 * float(V.square().sum()) / (2 * B), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(alpha**2 * float(V.square().sum()) / (2 * B), rel=1e-5)
 
 
 @SETTINGS
@@ -240,12 +244,20 @@ def check_objective(**options):
     O.DriftOptions.of(json.loads(json.dumps(options)))
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(temperatures=[]), "temperatures"), (dict(temperatures=[0.1, 0.0]), "temperatures"),
-    (dict(ratio=(0, 0)), "ratio"), (dict(ratio=(1, -1)), "ratio"), (dict(alpha=0.0), "alpha"),
-    (dict(kernel="cosine"), "kernel"), (dict(normalization="sinkhorn"), "normalization"),
-    (dict(reduction="max"), "reduction"), (dict(scale="none"), "scale"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(temperatures=[]), "temperatures"),
+        (dict(temperatures=[0.1, 0.0]), "temperatures"),
+        (dict(ratio=(0, 0)), "ratio"),
+        (dict(ratio=(1, -1)), "ratio"),
+        (dict(alpha=0.0), "alpha"),
+        (dict(kernel="cosine"), "kernel"),
+        (dict(normalization="sinkhorn"), "normalization"),
+        (dict(reduction="max"), "reduction"),
+        (dict(scale="none"), "scale"),
+    ],
+)
 def test_bad_options_name_their_field(kwargs, field):
     base = dict(temperatures=[0.05], ratio=(1, 1), alpha=1.0)
     with pytest.raises(TokenDriftError, match=f"objective.{field}"):
@@ -332,7 +344,7 @@ def test_mirror_teacher_is_the_closed_form_of_prop_d1(seed):
     best = objective(p_star)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(20):  # any other distribution on the support scores lower
-        q = (p_star * (0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).exp())
+        q = p_star * (0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).exp()
         q = q / q.sum(-1, keepdim=True)
         assert torch.all(objective(q) <= best + 1e-9)
 
@@ -367,8 +379,12 @@ def _refs(seed, B=4, P=9, N=7, m=8):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), tau=st.sampled_from([0.02, 0.05, 0.2]), ar=RATIOS,
-       kernel=st.sampled_from(["sq_l2", "l2_meannorm"]))
+@given(
+    seed=st.integers(0, 10_000),
+    tau=st.sampled_from([0.02, 0.05, 0.2]),
+    ar=RATIOS,
+    kernel=st.sampled_from(["sq_l2", "l2_meannorm"]),
+)
 def test_displacement_reading_differs_by_a_minus_r_times_S_h(seed, tau, ar, kernel):
     """V_disp = a sum W+ (u - h) - r sum W- (v - h) = V_vec - (a - r) S h with joint weights (S+ = S- = S)."""
     h, pos, neg = _refs(seed)
@@ -381,7 +397,9 @@ def test_displacement_reading_differs_by_a_minus_r_times_S_h(seed, tau, ar, kern
     assert torch.allclose(S, W_neg.sum(1, keepdim=True), rtol=1e-4, atol=1e-7)
     assert torch.allclose(V_disp, V_vec - (a - r) * S * h, atol=1e-5)
     # brute force: sum of weighted displacements
-    want = a * (W_pos[..., None] * (pos[None] - h[:, None])).sum(1) - r * (W_neg[..., None] * (neg[None] - h[:, None])).sum(1)
+    want = a * (W_pos[..., None] * (pos[None] - h[:, None])).sum(1) - r * (
+        W_neg[..., None] * (neg[None] - h[:, None])
+    ).sum(1)
     assert torch.allclose(V_disp, want, atol=1e-5)
 
 
@@ -427,7 +445,10 @@ def test_vector_reading_inflates_the_scale_when_unbalanced():
 
 def test_bad_ratio_reading_floor_and_preset_name_their_field():
     base = dict(temperatures=[0.05], ratio=(1, 1), alpha=1.0)
-    for kwargs, field in [(dict(ratio_reading="both"), "ratio_reading"), (dict(floor=-1.0), "floor"),
-                          (dict(preset="nope"), "preset")]:
+    for kwargs, field in [
+        (dict(ratio_reading="both"), "ratio_reading"),
+        (dict(floor=-1.0), "floor"),
+        (dict(preset="nope"), "preset"),
+    ]:
         with pytest.raises(TokenDriftError, match=f"objective.{field}"):
             check_objective(**{**base, **kwargs})

@@ -31,9 +31,17 @@ def corpus(tmp_path_factory):
 
 def config(root, layout, **kw):
     files = {"tar": "subsets/urlsf_subset*.tar", "data_files": "data/train-*.parquet"}[layout]
-    return {"kind": "openwebtext", "layout": layout, "path": str(root / ("tar" if layout == "tar" else "parquet")),
-            "data_files": files, "tokenizer": str(root / "gpt2"), "n_valid_docs": 7, "length": 32,
-            "cache_dir": str(root / "cache"), **kw}
+    return {
+        "kind": "openwebtext",
+        "layout": layout,
+        "path": str(root / ("tar" if layout == "tar" else "parquet")),
+        "data_files": files,
+        "tokenizer": str(root / "gpt2"),
+        "n_valid_docs": 7,
+        "length": 32,
+        "cache_dir": str(root / "cache"),
+        **kw,
+    }
 
 
 def script_documents(archives):
@@ -113,8 +121,15 @@ CONVERTED = ["default/partial-train/0000.parquet", "default/partial-train/0001.p
 
 
 def hub_config(**kw):
-    return {"kind": "openwebtext", "name": "Skylion007/openwebtext", "revision": SHA, "layout": "tar",
-            "data_files": "subsets/urlsf_subset*.tar", "n_docs": N_DOCS, **kw}
+    return {
+        "kind": "openwebtext",
+        "name": "Skylion007/openwebtext",
+        "revision": SHA,
+        "layout": "tar",
+        "data_files": "subsets/urlsf_subset*.tar",
+        "n_docs": N_DOCS,
+        **kw,
+    }
 
 
 @pytest.fixture
@@ -127,17 +142,29 @@ def no_download(monkeypatch):
     monkeypatch.setattr(prepare, "hub_snapshot", download)
 
 
-@pytest.mark.parametrize("files, cfg, message", [
-    (MAIN, hub_config(revision="main"),
-     rf"source.revision: 'main' is not a commit SHA.*points at {SHA} now, which holds .*openwebtext.py.*"
-     r"subsets/\*.tar \(21 files\)"),
-    (MAIN, hub_config(layout="data_files", data_files="data/train-*.parquet"),
-     r"source.data_files: dataset Skylion007/openwebtext@0123.* holds no data/train-\*.parquet for source.layout: "
-     r"data_files; it holds README.md, openwebtext.py, subsets/\*.tar \(21 files\); use source.layout: tar"),
-    (CONVERTED, hub_config(layout="data_files", data_files="default/*/*.parquet"),
-     r"default/partial-train/0000.parquet is in a partial-\* folder, a partial conversion"),
-    (MAIN, hub_config(revision="f" * 40), r"cannot list dataset Skylion007/openwebtext at 'ffff"),
-])
+@pytest.mark.parametrize(
+    "files, cfg, message",
+    [
+        (
+            MAIN,
+            hub_config(revision="main"),
+            rf"source.revision: 'main' is not a commit SHA.*points at {SHA} now, which holds .*openwebtext.py.*"
+            r"subsets/\*.tar \(21 files\)",
+        ),
+        (
+            MAIN,
+            hub_config(layout="data_files", data_files="data/train-*.parquet"),
+            r"source.data_files: dataset Skylion007/openwebtext@0123.* holds no data/train-\*.parquet for source.layout: "
+            r"data_files; it holds README.md, openwebtext.py, subsets/\*.tar \(21 files\); use source.layout: tar",
+        ),
+        (
+            CONVERTED,
+            hub_config(layout="data_files", data_files="default/*/*.parquet"),
+            r"default/partial-train/0000.parquet is in a partial-\* folder, a partial conversion",
+        ),
+        (MAIN, hub_config(revision="f" * 40), r"cannot list dataset Skylion007/openwebtext at 'ffff"),
+    ],
+)
 def test_the_fetch_lists_the_revision_first_and_names_what_it_holds(no_download, files, cfg, message):
     api = FakeHub(files)
     with pytest.raises(TokenDriftError, match=message):

@@ -12,12 +12,30 @@ from tokendrift.grid.sheet import paper_tables
 
 PAPER, MINI = REPO / "workflow/config/paper.yaml", REPO / "tests/configs/paper_mini.yaml"
 
-MODEL_SIZES = {f"start.{bb}.model.{k}" for bb in ("mdlm", "duo")
-               for k in ("vocab_size", "hidden_size", "n_blocks", "n_heads", "cond_dim")}
+MODEL_SIZES = {
+    f"start.{bb}.model.{k}"
+    for bb in ("mdlm", "duo")
+    for k in ("vocab_size", "hidden_size", "n_blocks", "n_heads", "cond_dim")
+}
 SIZES = MODEL_SIZES | {
-    "seeds", "source.n_docs", "source.n_valid_docs", "source.num_proc", "train.global_batch", "train.save_every",
-    "train.optim.warmup_steps", "steps.long", "steps.short", "steps.curve", "sample.n_samples", "sample.batch_size",
-    "score.batch_size", "nelbo.n_batches", "nelbo.batch_size", "nelbo.n_t", "probe.n_prompts"}
+    "seeds",
+    "source.n_docs",
+    "source.n_valid_docs",
+    "source.num_proc",
+    "train.global_batch",
+    "train.save_every",
+    "train.optim.warmup_steps",
+    "steps.long",
+    "steps.short",
+    "steps.curve",
+    "sample.n_samples",
+    "sample.batch_size",
+    "score.batch_size",
+    "nelbo.n_batches",
+    "nelbo.batch_size",
+    "nelbo.n_t",
+    "probe.n_prompts",
+}
 WHERE_FILES_COME_FROM = {"source.path", "source.tokenizer", "start.mdlm.import", "start.duo.import", "evaluator.name"}
 HARDWARE = {"train.device", "train.precision", "sample.device", "score.device", "nelbo.device", "probe.device"}
 ALLOWED = SIZES | WHERE_FILES_COME_FROM | HARDWARE | {"name"}
@@ -36,9 +54,22 @@ def test_the_miniature_differs_from_the_paper_config_only_in_sizes_files_and_har
     differing = {k for k in paper.keys() | mini.keys() if paper.get(k, "<absent>") != mini.get(k, "<absent>")}
     assert differing <= ALLOWED, sorted(differing - ALLOWED)
     # and what decides the code path is the paper's: source kind and loading, imports, evaluator, grid
-    for key in ("source.kind", "source.name", "source.revision", "source.data_files", "source.cache_dir",
-                "train.micro_batch", "train.optim.lr", "train.optim.ema", "sample.nfe", "sample.sweep",
-                "score.max_length", "probe.prompt_len", "probe.span", "fetch.hf_home"):
+    for key in (
+        "source.kind",
+        "source.name",
+        "source.revision",
+        "source.data_files",
+        "source.cache_dir",
+        "train.micro_batch",
+        "train.optim.lr",
+        "train.optim.ema",
+        "sample.nfe",
+        "sample.sweep",
+        "score.max_length",
+        "probe.prompt_len",
+        "probe.span",
+        "fetch.hf_home",
+    ):
         assert paper[key] == mini[key], key
     assert mini["source.path"] and mini["start.mdlm.import"].endswith("mdlm-owt")  # an HF folder
     assert mini["start.duo.import"].endswith(".ckpt")  # a Lightning checkpoint
@@ -53,5 +84,12 @@ def test_the_miniature_expands_to_the_paper_grid():
     for (bb, rid), run in paper.runs.items():  # the same job options, up to the sizes
         p, m = paper.train_config(bb, rid, 0), mini.train_config(bb, rid, 0)
         assert {k for k in leaves(p).keys() | leaves(m).keys() if leaves(p).get(k) != leaves(m).get(k)} <= {
-            "global_batch", "save_every", "optim.warmup_steps", "steps", "checkpoint_steps", "device", "precision",
-            "init"}
+            "global_batch",
+            "save_every",
+            "optim.warmup_steps",
+            "steps",
+            "checkpoint_steps",
+            "device",
+            "precision",
+            "init",
+        }

@@ -27,8 +27,20 @@ ENV = {**os.environ, "HF_TOKEN": SECRET, "MLFLOW_TRACKING_TOKEN": SECRET, "AWS_S
 
 
 def snakemake(wd: Path, *args, timeout=1800):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args,
-           "--profile", str(REPO / "profiles" / "local"), "--configfile", str(CI), "--directory", str(wd)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        *args,
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--configfile",
+        str(CI),
+        "--directory",
+        str(wd),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
@@ -58,8 +70,10 @@ def test_tables_are_built_from_the_score_files(finished):
     assert rows, "table1.csv is empty"
     # the TokenDrift row at NFE 4: mean over the seeds' score files
     nfe = g.nfes[0]
-    ppl = [json.loads((wd / g.score_file(Unit("mdlm", "tokendrift", s, g.long), 1.0, nfe)).read_text())["gen_ppl"]
-           for s in g.seeds]
+    ppl = [
+        json.loads((wd / g.score_file(Unit("mdlm", "tokendrift", s, g.long), 1.0, nfe)).read_text())["gen_ppl"]
+        for s in g.seeds
+    ]
     text = (wd / g.root / "tables" / "table1.csv").read_text()
     assert f"{statistics.mean(ppl):.2f}"[:-1] in text or f"{statistics.mean(ppl):.1f}" in text
     md = (wd / g.root / "tables" / "table1.md").read_text()
@@ -98,8 +112,25 @@ def test_real_data_scores_better_than_nfe4_samples_of_the_start_checkpoint(finis
     wd, g, _ = finished
     ckpt = wd / g.checkpoint("mdlm", "start", 0, 0)
     start = tmp_path / "start"
-    assert cli(["sample", str(ckpt), "--nfe", "4", "--n-samples", "256", "--batch-size", "128", "--seed", "0",
-                "--out", str(start)]) == 0
+    assert (
+        cli(
+            [
+                "sample",
+                str(ckpt),
+                "--nfe",
+                "4",
+                "--n-samples",
+                "256",
+                "--batch-size",
+                "128",
+                "--seed",
+                "0",
+                "--out",
+                str(start),
+            ]
+        )
+        == 0
+    )
     meta = json.loads((start / "meta.json").read_text())
     source = make_source(meta["source"])
     real = tmp_path / "real"
@@ -142,7 +173,7 @@ def test_report_shows_every_table_and_figure_in_a_browser(finished, tmp_path):
     # every item is inside the file, grouped by table, each with its caption
     for item in [f"{t}.html" for t in g.tables] + ["figure2.png", "quality_diversity.png", "probe.png"]:
         assert item in text, item
-    assert '"Table 1"' in text and "matched-entropy ratio" in text and "src=\"results/" not in text
+    assert '"Table 1"' in text and "matched-entropy ratio" in text and 'src="results/' not in text
     if chromium() is None:
         pytest.skip("chromium absent (Debian: apt-get install chromium)")
     dom = Elements()
@@ -165,8 +196,11 @@ def test_the_local_profiles_jobs_start_warm(finished):
     import tempfile
 
     wd, _, _ = finished
-    lines = [line for log in Path(tempfile.gettempdir()).glob("tokendrift-warm-*.sock.log")
-             for line in log.read_text().splitlines() if f" in {wd}: tokendrift " in line]
+    lines = [
+        line
+        for log in Path(tempfile.gettempdir()).glob("tokendrift-warm-*.sock.log")
+        for line in log.read_text().splitlines()
+        if f" in {wd}: tokendrift " in line
+    ]
     for command in ("train", "sample", "score"):
         assert any(f": tokendrift {command} " in line for line in lines), command
-

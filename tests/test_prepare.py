@@ -38,8 +38,16 @@ def corpus(tmp_path_factory):
 
 
 def owt_config(root, **kw):
-    return {"kind": "openwebtext", "path": str(root / "owt"), "data_files": "data/train-*.parquet",
-            "tokenizer": str(root / "gpt2"), "n_valid_docs": 10, "length": 64, "cache_dir": str(root / "cache"), **kw}
+    return {
+        "kind": "openwebtext",
+        "path": str(root / "owt"),
+        "data_files": "data/train-*.parquet",
+        "tokenizer": str(root / "gpt2"),
+        "n_valid_docs": 10,
+        "length": 64,
+        "cache_dir": str(root / "cache"),
+        **kw,
+    }
 
 
 def test_prepared_blocks_equal_the_mdlm_blocking_of_the_documents(corpus, monkeypatch):
@@ -115,8 +123,14 @@ def test_a_wrong_copy_of_the_corpus_is_refused(corpus, tmp_path):
 def test_textdir_is_prepared_by_the_same_stage(tmp_path):
     for i in range(12):
         (tmp_path / f"doc{i}.txt").write_text(f"Document {i} talks about rivers and stones. " * 20)
-    cfg = {"kind": "textdir", "path": str(tmp_path), "n_valid_docs": 2, "length": 16, "tokenizer_vocab_size": 300,
-           "cache_dir": str(tmp_path / "cache")}
+    cfg = {
+        "kind": "textdir",
+        "path": str(tmp_path),
+        "n_valid_docs": 2,
+        "length": 16,
+        "tokenizer_vocab_size": 300,
+        "cache_dir": str(tmp_path / "cache"),
+    }
     prepare.prepare(cfg, progress=False)
     src = make_source(cfg)
     x = src.batch("train", 0, 2)
@@ -135,8 +149,10 @@ def test_manifests_name_every_file_with_its_sha256(corpus, tmp_path):
     cfg = {"preset": "tiny", "vocab_size": 50, "hidden_size": 16, "n_blocks": 2, "n_heads": 2, "cond_dim": 8}
     write_hf_release(tmp_path / "hf", "mdlm", cfg)
     write_lightning_release(tmp_path / "duo.ckpt", "duo", cfg)
-    assert [f["name"] for f in fetch_checkpoint(str(tmp_path / "hf"), "start_mdlm")["files"]] == ["config.json",
-                                                                                                 "model.safetensors"]
+    assert [f["name"] for f in fetch_checkpoint(str(tmp_path / "hf"), "start_mdlm")["files"]] == [
+        "config.json",
+        "model.safetensors",
+    ]
     assert fetch_checkpoint(str(tmp_path / "duo.ckpt"), "start_duo")["files"][0]["name"] == "duo.ckpt"
     for name, item in (("d.json", m), ("t.json", t)):
         (tmp_path / name).write_text(json.dumps(item))
@@ -145,23 +161,39 @@ def test_manifests_name_every_file_with_its_sha256(corpus, tmp_path):
 
 
 def _offline(tmp_path) -> dict:
-    return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["score", "S", "--evaluator", "gpt2-large", "--out", "o.json"], "'gpt2-large'"),
-    (["checkpoint", "import", "hf:kuleshov-group/mdlm-owt/model.safetensors", "out", "--diffusion", "mdlm"],
-     "hf:kuleshov-group/mdlm-owt"),
-    (["prepare", "--kind", "openwebtext", "--cache-dir", "c"], "Skylion007/openwebtext"),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["score", "S", "--evaluator", "gpt2-large", "--out", "o.json"], "'gpt2-large'"),
+        (
+            ["checkpoint", "import", "hf:kuleshov-group/mdlm-owt/model.safetensors", "out", "--diffusion", "mdlm"],
+            "hf:kuleshov-group/mdlm-owt",
+        ),
+        (["prepare", "--kind", "openwebtext", "--cache-dir", "c"], "Skylion007/openwebtext"),
+    ],
+)
 def test_a_file_missing_on_an_offline_node_fails_at_once_naming_the_fetch_target(tmp_path, argv, names):
     src = {"kind": "synthetic", "length": 8}
     random_model_dir(tmp_path / "m", "mdlm", src, 257, 8, "tiny", hidden_size=16, n_blocks=2, n_heads=2, cond_dim=8)
     sample_checkpoint(str(tmp_path / "m"), str(tmp_path / "S"), nfe=2, n_samples=2, batch_size=2)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", *argv], cwd=tmp_path, env=_offline(tmp_path),
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokendrift.cli", *argv],
+        cwd=tmp_path,
+        env=_offline(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert names in r.stderr and "not in the local Hugging Face cache" in r.stderr, r.stderr
     assert "snakemake --profile <profile> fetch" in r.stderr

@@ -17,8 +17,9 @@ from tokendrift.jobs.probe import frequent_ids, position_stats, probe_checkpoint
 def constant_model(path, diffusion: str, bias: torch.Tensor):
     """A DiT whose every weight is zero but the output bias: logits = bias at every position."""
     src = make_source(TINY_SOURCE)
-    cfg = DiTConfig.preset("tiny", vocab_size=src.vocab_size + 1, length=src.length,
-                           time_conditioning=diffusion == "duo", **TINY_MODEL)
+    cfg = DiTConfig.preset(
+        "tiny", vocab_size=src.vocab_size + 1, length=src.length, time_conditioning=diffusion == "duo", **TINY_MODEL
+    )
     model = DiT(cfg)
     state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     state["output_layer.linear.bias"] = bias.clone()
@@ -59,26 +60,51 @@ def test_cli_writes_the_files_and_refuses_bad_input(tmp_path, capsys):
     a = constant_model(tmp_path / "a", "mdlm", torch.zeros(25))
     b = constant_model(tmp_path / "b", "mdlm", torch.linspace(0, 1, 25))
     out = tmp_path / "probe"
-    assert cli(["probe", "--checkpoint", f"start={a}", "--checkpoint", f"drift={b}", "--out", str(out),
-                "--n-prompts", "4", "--prompt-len", "4", "--span", "8"]) == 0
+    assert (
+        cli(
+            [
+                "probe",
+                "--checkpoint",
+                f"start={a}",
+                "--checkpoint",
+                f"drift={b}",
+                "--out",
+                str(out),
+                "--n-prompts",
+                "4",
+                "--prompt-len",
+                "4",
+                "--span",
+                "8",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "probe.json").read_text())
     assert set(data) == {"start", "drift"} and len(data["drift"]["top1"]["mean"]) == 8
     assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG" and (out / "probe.pdf").read_bytes()[:5] == b"%PDF-"
     assert "| 8 |" in (out / "top3.md").read_text()
     duo = constant_model(tmp_path / "d", "duo", torch.zeros(25))
-    for args, msg in [(["--span", "64"], "exceeds"), (["--n-prompts", "0"], "n_prompts"),
-                      (["--checkpoint", f"x={tmp_path / 'nope'}"], "nope"), (["--checkpoint", f"d={duo}"], "backbone"),
-                      (["--checkpoint", "noequals"], "LABEL=PATH")]:
+    for args, msg in [
+        (["--span", "64"], "exceeds"),
+        (["--n-prompts", "0"], "n_prompts"),
+        (["--checkpoint", f"x={tmp_path / 'nope'}"], "nope"),
+        (["--checkpoint", f"d={duo}"], "backbone"),
+        (["--checkpoint", "noequals"], "LABEL=PATH"),
+    ]:
         bad = tmp_path / "bad"
-        assert cli(["probe", "--checkpoint", f"start={a}", "--prompt-len", "4", "--span", "8", *args,
-                    "--out", str(bad)]) == 2
+        assert (
+            cli(["probe", "--checkpoint", f"start={a}", "--prompt-len", "4", "--span", "8", *args, "--out", str(bad)])
+            == 2
+        )
         assert msg in capsys.readouterr().err and not bad.exists()
 
 
 @pytest.mark.parametrize("diffusion", ["mdlm", "duo"])
 @pytest.mark.parametrize("input_length, duo_time", [("block", "matched"), ("span", "matched"), ("block", 1.0)])
-def test_probe_input_is_a_training_length_block_and_duo_is_told_the_matched_time(tmp_path, monkeypatch, diffusion,
-                                                                                input_length, duo_time):
+def test_probe_input_is_a_training_length_block_and_duo_is_told_the_matched_time(
+    tmp_path, monkeypatch, diffusion, input_length, duo_time
+):
     src = make_source(TINY_SOURCE)  # length 16
     ckpt = constant_model(tmp_path / diffusion, diffusion, torch.zeros(src.vocab_size + 1))
     calls = []
@@ -87,6 +113,7 @@ def test_probe_input_is_a_training_length_block_and_duo_is_told_the_matched_time
     def spy(self, x, sigma=None, **kw):
         calls.append((x.clone(), sigma.clone()))
         return real(self, x, sigma, **kw)
+
     monkeypatch.setattr(DiT, "forward", spy)
     r = probe_checkpoint(str(ckpt), n_prompts=4, prompt_len=4, span=8, input_length=input_length, duo_time=duo_time)
     x, sigma = calls[0]

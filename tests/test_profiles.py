@@ -46,15 +46,22 @@ def link_slurm_profile(h: Path):
 
 
 def settings(env, *argv) -> dict:
-    r = subprocess.run([sys.executable, "-c", PARSE, *argv], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", PARSE, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def dry_run(env, wd, *argv):
-    r = subprocess.run([str(BIN / "snakemake"), *argv, "-n", "--directory", str(wd)], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [str(BIN / "snakemake"), *argv, "-n", "--directory", str(wd)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout + r.stderr
 
@@ -78,8 +85,14 @@ def test_no_profile_takes_config_keys_on_top_of_the_default(home, tmp_path):
 
 def test_profile_slurm_by_name_runs_the_paper_on_slurm_through_submitit(home, tmp_path):
     h, env = home
-    r = subprocess.run([str(BIN / "snakemake"), "--profile", "slurm", "all_tables", "-n"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(BIN / "snakemake"), "--profile", "slurm", "all_tables", "-n"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "slurm" in r.stderr  # before the set-up step Snakemake does not know the name
     link_slurm_profile(h)
     s = settings(env, "--profile", "slurm", "all_tables")

@@ -114,23 +114,45 @@ STUDY = {
     "name": "rec",
     "results": "results",
     "paper_grid": False,
-    "source": {"kind": "synthetic", "seed": 0, "stickiness": 0.7, "tokens_per_state": 6, "length": 32,
-               "mc_samples": 64},
+    "source": {
+        "kind": "synthetic",
+        "seed": 0,
+        "stickiness": 0.7,
+        "tokens_per_state": 6,
+        "length": 32,
+        "mc_samples": 64,
+    },
     "seeds": [0],
-    "start": {"mdlm": {"pretrain": {
-        "model": {"preset": "tiny", "hidden_size": 32, "n_blocks": 2, "n_heads": 2, "cond_dim": 16},
-        "steps": 4, "global_batch": 8, "micro_batch": 8, "save_every": 2, "device": "cpu",
-        "optim": {"lr": 1.0e-3, "warmup_steps": 1, "ema": 0.9}}}},
+    "start": {
+        "mdlm": {
+            "pretrain": {
+                "model": {"preset": "tiny", "hidden_size": 32, "n_blocks": 2, "n_heads": 2, "cond_dim": 16},
+                "steps": 4,
+                "global_batch": 8,
+                "micro_batch": 8,
+                "save_every": 2,
+                "device": "cpu",
+                "optim": {"lr": 1.0e-3, "warmup_steps": 1, "ema": 0.9},
+            }
+        }
+    },
     "evaluator": {"pretrain": {"steps": 4, "batch_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 32}},
-    "train": {"global_batch": 4, "micro_batch": 4, "save_every": 1, "device": "cpu",
-              "optim": {"lr": 1.0e-4, "warmup_steps": 1, "ema": 0.9}, "objective": {"queue_size": 8}},
+    "train": {
+        "global_batch": 4,
+        "micro_batch": 4,
+        "save_every": 1,
+        "device": "cpu",
+        "optim": {"lr": 1.0e-4, "warmup_steps": 1, "ema": 0.9},
+        "objective": {"queue_size": 8},
+    },
     "steps": {"long": 2, "short": 1, "curve": []},
     "sample": {"n_samples": 8, "batch_size": 8, "nfe": [2], "sweep": [], "device": "cpu"},
     "score": {"batch_size": 8, "device": "cpu"},
     "nelbo": {"n_batches": 1, "batch_size": 8, "n_t": 1, "device": "cpu"},
     "runs": [{"backbone": "mdlm", "id": "td", "steps": "long", "set": {"variant": "tokendrift"}}],
-    "tables": {"t": {"title": "records", "backbone": "mdlm", "at": "long",
-                     "rows": [{"model": "start"}, {"model": "td"}]}},
+    "tables": {
+        "t": {"title": "records", "backbone": "mdlm", "at": "long", "rows": [{"model": "start"}, {"model": "td"}]}
+    },
 }
 ROOT = Path("results/rec")
 TRAIN = ROOT / "train/mdlm/td/seed0"
@@ -140,8 +162,18 @@ TD = {"backbone": "mdlm", "model": "td", "seed": "0"}
 
 
 def snakemake(wd: Path, config: Path, *args, timeout=900):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config),
-           "--directory", str(wd), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--directory",
+        str(wd),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -180,11 +212,24 @@ SAMPLE, SCORE_JOB, TABLE = ("sample_run", {**TD, "step": "2"}), ("score_run", {*
 @pytest.mark.parametrize(
     "damage, file, writer, rerun",
     [
-        (cut, TRAIN / "done.json", "train (backbone=mdlm, model=td, seed=0)", [("train", TD), SAMPLE, SCORE_JOB, TABLE]),
-        (flip, TRAIN / "checkpoints/step_000002/ema.safetensors", "train (backbone=mdlm, model=td, seed=0)",
-         [("train", TD), SAMPLE, SCORE_JOB, TABLE]),
-        (cut, SAMPLES / "ids.safetensors", "sample_run (backbone=mdlm, model=td, seed=0, step=2)",
-         [SAMPLE, SCORE_JOB, TABLE]),
+        (
+            cut,
+            TRAIN / "done.json",
+            "train (backbone=mdlm, model=td, seed=0)",
+            [("train", TD), SAMPLE, SCORE_JOB, TABLE],
+        ),
+        (
+            flip,
+            TRAIN / "checkpoints/step_000002/ema.safetensors",
+            "train (backbone=mdlm, model=td, seed=0)",
+            [("train", TD), SAMPLE, SCORE_JOB, TABLE],
+        ),
+        (
+            cut,
+            SAMPLES / "ids.safetensors",
+            "sample_run (backbone=mdlm, model=td, seed=0, step=2)",
+            [SAMPLE, SCORE_JOB, TABLE],
+        ),
         (flip, SCORE, "score_run (backbone=mdlm, model=td, seed=0, step=2)", [SCORE_JOB, TABLE]),
     ],
     ids=["cut-done.json", "flip-safetensors", "cut-sample", "flip-score"],
@@ -230,8 +275,20 @@ def test_kill_9_of_snakemake_stops_its_jobs_and_status_says_the_driver_is_gone(t
     config.write_text(yaml.safe_dump(slow))
     wd = tmp_path / "wd"
     wd.mkdir()
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--profile",
-           str(REPO / "profiles" / "local"), "--configfile", str(config), "--directory", str(wd), "t"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--configfile",
+        str(config),
+        "--directory",
+        str(wd),
+        "t",
+    ]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while time.time() - t0 < 300 and not any("tokendrift pretrain" in " ".join(p.cmdline()) for p in job_processes(wd)):
@@ -246,9 +303,24 @@ def test_kill_9_of_snakemake_stops_its_jobs_and_status_says_the_driver_is_gone(t
     left = job_processes(wd)
     assert left == [], [p.cmdline() for p in left]
     assert time.time() - killed < 10  # the watchdog polls the driver every 0.5 s, then 2 s of grace
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "status", str(config), "--directory", str(wd),
-                        "--schema", str(REPO / "workflow/schemas/config.schema.yaml"), "--profile", "profiles/local"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokendrift.cli",
+            "status",
+            str(config),
+            "--directory",
+            str(wd),
+            "--schema",
+            str(REPO / "workflow/schemas/config.schema.yaml"),
+            "--profile",
+            "profiles/local",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "driver gone since" in r.stdout and f"Snakemake pid {driver.pid}" in r.stdout
     assert "its jobs were stopped with it" in r.stdout and "running" not in r.stdout.split("checkpoints:")[0]

@@ -16,8 +16,7 @@ from tokendrift.cli import main as cli
 from tokendrift.core import checkpoint as ck
 from tokendrift.jobs.fetch import fetch_checkpoint
 
-TINY = {"preset": "tiny", "vocab_size": 50, "hidden_size": 16, "n_blocks": 2, "n_heads": 2, "cond_dim": 8,
-        "length": 16}
+TINY = {"preset": "tiny", "vocab_size": 50, "hidden_size": 16, "n_blocks": 2, "n_heads": 2, "cond_dim": 8, "length": 16}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +36,16 @@ def test_the_released_config_json_decides_the_dit(releases, tmp_path, bb):
     root, states = releases
     meta = ck.import_checkpoint(str(root / bb), str(tmp_path / "out"), bb)  # no preset, no sizes
     model, saved = ck.load_model_dir(tmp_path / "out")
-    want = {"vocab_size": 50, "hidden_size": 16, "n_blocks": 2, "n_heads": 2, "cond_dim": 8, "length": 16,
-            "dropout": 0.1, "time_conditioning": bb == "duo"}  # DUO's config has no such key: its training sets it
+    want = {
+        "vocab_size": 50,
+        "hidden_size": 16,
+        "n_blocks": 2,
+        "n_heads": 2,
+        "cond_dim": 8,
+        "length": 16,
+        "dropout": 0.1,
+        "time_conditioning": bb == "duo",
+    }  # DUO's config has no such key: its training sets it
     assert saved["model"] == meta["model"] == want and meta["origin_config"] == str(root / bb / "config.json")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in states[bb].items())
     # the same through the file itself (an hf: import resolves to the .safetensors beside config.json)
@@ -47,16 +54,33 @@ def test_the_released_config_json_decides_the_dit(releases, tmp_path, bb):
     assert torch.equal(logits(model, bb == "duo"), logits(again, bb == "duo"))
 
 
-@pytest.mark.parametrize("bb, model, said", [
-    ("mdlm", {"preset": "small"}, "preset 'small' says cond_dim 128, {cfg} says cond_dim 8; preset 'small' says "
-                                  "hidden_size 768, {cfg} says hidden_dim 16"),
-    ("duo", dict(TINY, cond_dim=128), "model.cond_dim says cond_dim 128, {cfg} says cond_dim 8"),
-    ("duo", dict(TINY, time_conditioning=False), "model.time_conditioning says time_conditioning False"),
-])
+@pytest.mark.parametrize(
+    "bb, model, said",
+    [
+        (
+            "mdlm",
+            {"preset": "small"},
+            "preset 'small' says cond_dim 128, {cfg} says cond_dim 8; preset 'small' says "
+            "hidden_size 768, {cfg} says hidden_dim 16",
+        ),
+        ("duo", dict(TINY, cond_dim=128), "model.cond_dim says cond_dim 128, {cfg} says cond_dim 8"),
+        ("duo", dict(TINY, time_conditioning=False), "model.time_conditioning says time_conditioning False"),
+    ],
+)
 def test_a_preset_or_size_that_disagrees_stops_the_import_naming_both(releases, tmp_path, capsys, bb, model, said):
     root, _ = releases
-    rc = cli(["checkpoint", "import", str(root / bb), str(tmp_path / "out"), "--diffusion", bb,
-              "--model-json", json.dumps(model)])
+    rc = cli(
+        [
+            "checkpoint",
+            "import",
+            str(root / bb),
+            str(tmp_path / "out"),
+            "--diffusion",
+            bb,
+            "--model-json",
+            json.dumps(model),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "model: the config and the released config disagree: " in err, err
     assert said.format(cfg=root / bb / "config.json") in err, err
@@ -71,16 +95,21 @@ def test_duos_default_cond_dim_is_not_taken_for_what_was_trained(releases, tmp_p
     shutil.copytree(root / "duo", folder)
     sizes = {k: v for k, v in TINY.items() if k != "preset"}
     write_release_config(folder, "duo", ck.DiTConfig.preset("tiny", **sizes), cond_dim=129)
-    with pytest.raises(ck.CheckpointError, match=r"mis-shaped keys: .*sigma_map.mlp.0.bias: checkpoint \(8,\) vs model \(129,\)"):
+    with pytest.raises(
+        ck.CheckpointError, match=r"mis-shaped keys: .*sigma_map.mlp.0.bias: checkpoint \(8,\) vs model \(129,\)"
+    ):
         ck.import_checkpoint(str(folder), str(tmp_path / "out"), "duo")
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_type": "mdlm"}, "model_type 'mdlm' is not the backbone's diffusion 'duo'"),
-    ({"causal": True}, "causal: true"),
-    ({"drop": "n_heads"}, r"lacks \['n_heads'\]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "mdlm"}, "model_type 'mdlm' is not the backbone's diffusion 'duo'"),
+        ({"causal": True}, "causal: true"),
+        ({"drop": "n_heads"}, r"lacks \['n_heads'\]"),
+    ],
+)
 def test_a_released_config_that_does_not_describe_this_dit_is_refused(releases, tmp_path, change, message):
     root, _ = releases
     folder = tmp_path / "duo"

@@ -51,6 +51,7 @@ def md_tables(md: str) -> list[list[list[str]]]:
 
 # --------------------------------------------------------------------------- the paper's shape
 
+
 def test_main_table_has_the_papers_columns_and_its_values_under_each_row(filled):
     g = filled
     write_table(g, "table1")
@@ -91,7 +92,9 @@ def test_the_papers_copied_table4_entries_are_noted_and_never_compared(filled):
     main = md_tables(md)[0]
     labels = [r[0] for r in main]
     i = labels.index("Logit / KL / w/ base")
-    assert main[i + 1][0] == "↳ *paper*" and main[i + 1][1] == "1943.95 ± 86.65 †" and main[i + 1][3] == "787.24 ± 4.18 †"
+    assert (
+        main[i + 1][0] == "↳ *paper*" and main[i + 1][1] == "1943.95 ± 86.65 †" and main[i + 1][3] == "787.24 ± 4.18 †"
+    )
     assert main[i + 1][5] == "283.49 ± 10.61"  # NFE 16 is not suspect
     assert main[i + 2][0].startswith("↳ *† the paper's NFE 4 and 8 entries") and "copy error" in main[i + 2][0]
     assert r"\dag{} the paper's NFE 4 and 8 entries" in tex and "copy error" in tex
@@ -133,16 +136,25 @@ def test_every_table_compiles_with_latex(tmp_path, oracle):
     for t in g.tables:
         write_table(g, t)
         body.append(r"\input{" + g.table_outputs(t)[1] + "}\n\\clearpage")
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + "\n".join(body)
-                   + "\n\\end{document}\n")
-    r = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        + "\n".join(body)
+        + "\n\\end{document}\n"
+    )
+    r = subprocess.run(
+        [engine, "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     assert (tmp_path / "doc.pdf").read_bytes()[:5] == b"%PDF-"
     assert "Undefined control sequence" not in r.stdout and "Missing $" not in r.stdout
 
 
 # --------------------------------------------------------------------------- the baseline gate
+
 
 def test_gate_passes_inside_the_tolerance_and_fails_just_outside(filled):
     g = filled
@@ -198,12 +210,15 @@ def test_gate_result_tags_the_mlflow_parent_run(filled):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{g.root.resolve()}/mlflow.db")
-    parent = mlflow.search_runs(experiment_names=["tokendrift-t"], filter_string="tags.kind = 'table' and tags.table = 'table1'")
+    parent = mlflow.search_runs(
+        experiment_names=["tokendrift-t"], filter_string="tags.kind = 'table' and tags.table = 'table1'"
+    )
     assert list(parent["tags.baseline_gate"]) == ["fail"]
     assert parent["tags.baseline_gate.summary"].iloc[0].startswith("BASELINE NOT REPRODUCED")
 
 
 # --------------------------------------------------------------------------- figures
+
 
 def test_every_model_has_its_own_colour_and_marker():
     keys = [("mdlm", f"m{i}", 0) for i in range(45)]

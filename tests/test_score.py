@@ -29,8 +29,9 @@ def tiny_lm(tmp_path_factory):
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")  # no pad: pad = eos
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2,
-                                       eos_token_id=6, bos_token_id=6))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2, eos_token_id=6, bos_token_id=6)
+    )
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return str(folder)
@@ -106,8 +107,9 @@ def _gpt2_style_tokenizer():
     corpus = ["It's a dog 's life . Isn't it , they 're here ! Why ? We 've seen I 'm fine ."] * 20
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus, vocab_size=400, special_tokens=["<|endoftext|>"])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 def test_round_trip_uses_the_reference_decode_options():
@@ -169,7 +171,9 @@ def test_sample_then_score(tmp_path, checkpoint, evaluator):
     assert cli(["score", str(s), "--evaluator", evaluator, "--out", str(tmp_path / "score.json")]) == 0
     r = json.loads((tmp_path / "score.json").read_text())
     assert r["gen_ppl"] > 1 and r["oracle_gen_ppl"] > 1 and 0 < r["entropy"] <= math.log(16) and r["nfe"] == 4
-    assert cli(["nelbo", str(checkpoint), "--out", str(tmp_path / "n.json"), "--n-batches", "2", "--batch-size", "4"]) == 0
+    assert (
+        cli(["nelbo", str(checkpoint), "--out", str(tmp_path / "n.json"), "--n-batches", "2", "--batch-size", "4"]) == 0
+    )
     n = json.loads((tmp_path / "n.json").read_text())
     assert n["nelbo"] > 0 and "entropy_rate" not in n  # computed once by the aggregation, not per job
 
@@ -186,8 +190,15 @@ def _corrupt(folder, how):
         (folder / "meta.json").write_text("{not json")
 
 
-@pytest.mark.parametrize("how, names", [("out_of_vocab", "ids.safetensors"), ("truncated", "ids.safetensors"),
-                                        ("lines", "text.jsonl"), ("meta", "meta.json")])
+@pytest.mark.parametrize(
+    "how, names",
+    [
+        ("out_of_vocab", "ids.safetensors"),
+        ("truncated", "ids.safetensors"),
+        ("lines", "text.jsonl"),
+        ("meta", "meta.json"),
+    ],
+)
 def test_corrupted_sample_folder_is_refused(tmp_path, checkpoint, evaluator, capsys, how, names):
     import shutil
 
@@ -207,7 +218,10 @@ def test_bad_sample_arguments(tmp_path, checkpoint, evaluator, capsys):
     assert cli(["sample", str(tmp_path / "nope"), "--nfe", "2", "--out", str(tmp_path / "s")]) == 2
     assert "nope" in capsys.readouterr().err and not (tmp_path / "s").exists()
     cli(["sample", str(checkpoint), "--nfe", "2", "--n-samples", "2", "--out", str(tmp_path / "s")])
-    assert cli(["score", str(tmp_path / "s"), "--evaluator", str(tmp_path / "no-lm"), "--out", str(tmp_path / "o.json")]) == 2
+    assert (
+        cli(["score", str(tmp_path / "s"), "--evaluator", str(tmp_path / "no-lm"), "--out", str(tmp_path / "o.json")])
+        == 2
+    )
     assert "no-lm" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
 
 

@@ -91,11 +91,17 @@ def test_classification_without_a_running_snakemake(tree):
     assert states(st, Unit("mdlm", "start", 0, 0), Unit("mdlm", "start", 1, 0)) == ["done", "done"]
     assert st["units"][Unit("mdlm", "tokendrift", 0, L)] == {"state": "done"}
     assert st["units"][Unit("mdlm", "tokendrift", 1, L)] == {
-        "state": "failed", "job": "train", "log": "results/ci/logs/train/mdlm/tokendrift/seed1.log"}
+        "state": "failed",
+        "job": "train",
+        "log": "results/ci/logs/train/mdlm/tokendrift/seed1.log",
+    }
     assert st["units"][Unit("mdlm", "continuation", 0, L)] == {"state": "running", "job": "sample"}  # fresh log
     # marked incomplete, no lock, stale log: interrupted, so failed, naming the scoring log
     assert st["units"][Unit("mdlm", "continuation", 1, L)] == {
-        "state": "failed", "job": "score", "log": f"results/ci/logs/score/mdlm/continuation/seed1_step{L}.log"}
+        "state": "failed",
+        "job": "score",
+        "log": f"results/ci/logs/score/mdlm/continuation/seed1_step{L}.log",
+    }
     # nothing of DUO started: missing, waiting for its starting checkpoint
     assert st["units"][Unit("duo", "tokendrift", 0, L)] == {"state": "missing", "job": "start duo"}
     # a row never trained whose start is done: missing at its training job
@@ -112,8 +118,10 @@ def test_a_lock_makes_every_marked_job_running(tree):
     g, wd, now = tree
     lock(wd)
     st = study_status(g, wd, recent=600, now=now)
-    assert states(st, Unit("mdlm", "continuation", 0, g.long), Unit("mdlm", "continuation", 1, g.long)) == \
-        ["running", "running"]
+    assert states(st, Unit("mdlm", "continuation", 0, g.long), Unit("mdlm", "continuation", 1, g.long)) == [
+        "running",
+        "running",
+    ]
     assert st["units"][Unit("mdlm", "tokendrift", 1, g.long)]["state"] == "failed"  # not marked: still failed
 
 
@@ -123,7 +131,10 @@ def test_an_output_marked_incomplete_is_not_done(grid, tmp_path):
     finish(g, wd, u)
     mark_incomplete(wd, g.nelbo_file(u))  # written, but by a job that never finished
     assert study_status(g, wd, now=time.time() + 3600)["units"][u] == {
-        "state": "failed", "job": "score", "log": "results/ci/logs/score/mdlm/start/seed0.log"}
+        "state": "failed",
+        "job": "score",
+        "log": "results/ci/logs/score/mdlm/start/seed0.log",
+    }
 
 
 def test_the_command_prints_rows_and_the_rerun_command(tree, capsys):
@@ -145,8 +156,10 @@ def test_a_finished_study_has_nothing_to_rerun(grid, tmp_path, capsys):
         finish(g, wd, u)
     for f in g.all_outputs() + [str(g.root / "tracking" / "imported.json")]:
         touch(wd, f)
-    assert cli.main(["status", str(CI), "--schema", str(SCHEMA), "--directory", str(wd), "--profile",
-                     "profiles/local"]) == 0
+    assert (
+        cli.main(["status", str(CI), "--schema", str(SCHEMA), "--directory", str(wd), "--profile", "profiles/local"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{len(g.units)} checkpoints: {len(g.units)} done, 0 failed, 0 running, 0 missing" in out
     assert out.strip().endswith("nothing to rerun")
@@ -184,8 +197,17 @@ def driver(wd, pid, create_time, stops=True, beat=None):
     d = drivers_dir(wd)
     d.mkdir(parents=True, exist_ok=True)
     f = d / f"{socket.gethostname()}-{pid}.json"
-    f.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "create_time": create_time,
-                             "started": time.time() - 60, "stops_jobs": stops}))
+    f.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": socket.gethostname(),
+                "create_time": create_time,
+                "started": time.time() - 60,
+                "stops_jobs": stops,
+            }
+        )
+    )
     if beat is not None:
         os.utime(f, (beat, beat))
 
@@ -205,7 +227,10 @@ def test_a_killed_driver_is_gone_and_its_local_jobs_are_not_running(tree, capsys
     assert f"driver gone since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now - 30))}" in out
     assert f"Snakemake pid {p.pid}" in out and "its jobs were stopped with it" in out
     assert f"  snakemake --unlock --configfile {CI} --rerun-triggers mtime --directory {wd}" in out
-    assert out.strip().splitlines()[-1] == f"  snakemake all_tables --configfile {CI} --rerun-triggers mtime --directory {wd}"
+    assert (
+        out.strip().splitlines()[-1]
+        == f"  snakemake all_tables --configfile {CI} --rerun-triggers mtime --directory {wd}"
+    )
 
 
 def test_a_live_driver_keeps_its_lock_and_its_jobs_running(tree):
@@ -216,5 +241,7 @@ def test_a_live_driver_keeps_its_lock_and_its_jobs_running(tree):
     driver(wd, os.getpid(), psutil.Process().create_time())
     st = study_status(g, wd, recent=600, now=now)
     assert st["locked"] and st["drivers_gone"] == []
-    assert states(st, Unit("mdlm", "continuation", 0, g.long), Unit("mdlm", "continuation", 1, g.long)) == \
-        ["running", "running"]
+    assert states(st, Unit("mdlm", "continuation", 0, g.long), Unit("mdlm", "continuation", 1, g.long)) == [
+        "running",
+        "running",
+    ]

@@ -26,8 +26,10 @@ from tokendrift.jobs import train_state
 
 
 def weights(folder: Path) -> dict:
-    return {**{f"raw.{k}": v for k, v in load_file(folder / "model.safetensors").items()},
-            **{f"ema.{k}": v for k, v in load_file(folder / "ema.safetensors").items()}}
+    return {
+        **{f"raw.{k}": v for k, v in load_file(folder / "model.safetensors").items()},
+        **{f"ema.{k}": v for k, v in load_file(folder / "ema.safetensors").items()},
+    }
 
 
 def assert_bitwise_equal(a: dict, b: dict):
@@ -40,21 +42,33 @@ def assert_bitwise_equal(a: dict, b: dict):
 
 
 @pytest.mark.parametrize("diffusion", ["mdlm", "duo"])
-@pytest.mark.parametrize("objective", [
-    {"loss": "feature_l2"},
-    {"loss": "feature_l2", "lift": "hard"},
-    {"loss": "logit_kl"},
-    {"loss": "logit_l2", "base_loss": True},
-    {"loss": "feature_l2", "base_loss": True, "ratio": [2.0, 1.0], "queue_size": 1},
-])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"loss": "feature_l2"},
+        {"loss": "feature_l2", "lift": "hard"},
+        {"loss": "logit_kl"},
+        {"loss": "logit_l2", "base_loss": True},
+        {"loss": "feature_l2", "base_loss": True, "ratio": [2.0, 1.0], "queue_size": 1},
+    ],
+)
 def test_tokendrift_variants_train_and_log(tmp_path, init_mdlm, init_duo, diffusion, objective):
     init = init_mdlm if diffusion == "mdlm" else init_duo
     out = tmp_path / "run"
     last = trainlib.train(job(init, steps=3, objective=objective), out, progress=False)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
-    for key in ["loss", "drift_loss", "grad_norm", "lr", "step_time_s", "tokens_per_s",
-                "drift_norm/tau=0.02", "drift_norm/tau=0.05", "drift_norm/tau=0.2"]:
+    for key in [
+        "loss",
+        "drift_loss",
+        "grad_norm",
+        "lr",
+        "step_time_s",
+        "tokens_per_s",
+        "drift_norm/tau=0.02",
+        "drift_norm/tau=0.05",
+        "drift_norm/tau=0.2",
+    ]:
         assert key in last and torch.isfinite(torch.tensor(last[key])), key
     assert ("base_loss" in last) == bool(objective.get("base_loss"))
     # the generator moved, the checkpoint is a model folder that sampling can load
@@ -212,6 +226,7 @@ def _spy_batches(monkeypatch) -> list:
         if split == "train":
             seen.append((index, seed, x.clone()))
         return x
+
     monkeypatch.setattr(SyntheticHMM, "batch", spy)
     return seen
 
@@ -254,16 +269,19 @@ def _released(path: Path, count: int | None) -> Path:
 
 @pytest.mark.parametrize("start", ["restart", "continue"])
 def test_ema_start_restart_warms_up_from_the_start_and_continue_keeps_the_released_ema(tmp_path, start):
-    init = _released(tmp_path / "released", 10 ** 6)
+    init = _released(tmp_path / "released", 10**6)
     out = tmp_path / start
-    trainlib.train(job(init, variant="continuation", steps=1, init_weights="raw",
-                       optim={"ema": 0.9, "ema_start": start}), out, progress=False)
+    trainlib.train(
+        job(init, variant="continuation", steps=1, init_weights="raw", optim={"ema": 0.9, "ema_start": start}),
+        out,
+        progress=False,
+    )
     w1 = load_file(out / "checkpoints/step_000001/model.safetensors")
     ema1 = load_file(out / "checkpoints/step_000001/ema.safetensors")
     if start == "restart":  # shadow = the starting (raw) weights, decay min(0.9, 2/11) at update 1
         d, shadow, count = 2 / 11, load_file(init / "model.safetensors"), 1
     else:  # shadow = the released EMA, decay 0.9 (count 10^6 + 1)
-        d, shadow, count = 0.9, load_file(init / "ema.safetensors"), 10 ** 6 + 1
+        d, shadow, count = 0.9, load_file(init / "ema.safetensors"), 10**6 + 1
     for k in w1:
         assert torch.allclose(ema1[k], d * shadow[k] + (1 - d) * w1[k], atol=1e-6), k
     meta = json.loads((out / "checkpoints/step_000001/meta.json").read_text())
@@ -276,13 +294,24 @@ def test_ema_continue_resumes_exactly_and_refuses_an_init_without_a_count(tmp_pa
     trainlib.train(cfg, tmp_path / "full", progress=False)
     trainlib.train(cfg, tmp_path / "part", stop_after=3, progress=False)
     trainlib.train(cfg, tmp_path / "part", progress=False)
-    assert_bitwise_equal(weights(tmp_path / "full/checkpoints/step_000004"),
-                         weights(tmp_path / "part/checkpoints/step_000004"))
+    assert_bitwise_equal(
+        weights(tmp_path / "full/checkpoints/step_000004"), weights(tmp_path / "part/checkpoints/step_000004")
+    )
     assert json.loads((tmp_path / "full/checkpoints/step_000004/meta.json").read_text())["ema_num_updates"] == 504
     bare = _released(tmp_path / "bare", None)
-    for over, message in [({"init": str(bare)}, "ema_num_updates"),
-                          ({"init": None, "diffusion": "mdlm", "source": TINY_SOURCE, "model": {"preset": "tiny"},
-                            "variant": "continuation"}, "optim.ema_start")]:
+    for over, message in [
+        ({"init": str(bare)}, "ema_num_updates"),
+        (
+            {
+                "init": None,
+                "diffusion": "mdlm",
+                "source": TINY_SOURCE,
+                "model": {"preset": "tiny"},
+                "variant": "continuation",
+            },
+            "optim.ema_start",
+        ),
+    ]:
         out = tmp_path / "refused"
         rc = cli(["train", "--config", _write_cfg(tmp_path, {**cfg, **over}), "--out", str(out)])
         err = capsys.readouterr().err
@@ -320,20 +349,23 @@ def _write_cfg(tmp_path, cfg) -> str:
     return str(f)
 
 
-@pytest.mark.parametrize("over, message", [
-    ({"variant": "sharpen"}, "variant"),
-    ({"objective": {"queue_size": 0}}, "objective.queue_size"),
-    ({"objective": {"ratio": [0, 0]}}, "ratio"),
-    ({"objective": {"temperatures": []}}, "temperatures"),
-    ({"objective": {"temperatures": [0.05, -0.1]}}, "temperatures"),
-    ({"objective": {"alpha": 0}}, "alpha"),
-    ({"objective": {"loss": "logit_mse"}}, "objective.loss"),
-    ({"optim": {"lr": -1}}, "optim.lr"),
-    ({"steps": 0}, "steps"),
-    ({"global_batch": 3}, "global_batch"),
-    ({"init": "/nonexistent/ckpt"}, "/nonexistent/ckpt"),
-    ({"bogus_key": 1}, "bogus_key"),
-])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"variant": "sharpen"}, "variant"),
+        ({"objective": {"queue_size": 0}}, "objective.queue_size"),
+        ({"objective": {"ratio": [0, 0]}}, "ratio"),
+        ({"objective": {"temperatures": []}}, "temperatures"),
+        ({"objective": {"temperatures": [0.05, -0.1]}}, "temperatures"),
+        ({"objective": {"alpha": 0}}, "alpha"),
+        ({"objective": {"loss": "logit_mse"}}, "objective.loss"),
+        ({"optim": {"lr": -1}}, "optim.lr"),
+        ({"steps": 0}, "steps"),
+        ({"global_batch": 3}, "global_batch"),
+        ({"init": "/nonexistent/ckpt"}, "/nonexistent/ckpt"),
+        ({"bogus_key": 1}, "bogus_key"),
+    ],
+)
 def test_bad_config_is_refused_and_nothing_written(tmp_path, init_mdlm, capsys, over, message):
     out = tmp_path / "out"
     rc = cli(["train", "--config", _write_cfg(tmp_path, job(init_mdlm, **over)), "--out", str(out)])
@@ -342,12 +374,15 @@ def test_bad_config_is_refused_and_nothing_written(tmp_path, init_mdlm, capsys, 
     assert not out.exists()
 
 
-@pytest.mark.parametrize("over, key", [
-    ({"objective": {"alpha": float("nan")}}, "objective.alpha"),
-    ({"objective": {"temperatures": [0.05, float("inf")]}}, "objective.temperatures.1"),
-    ({"objective": {"floor": float("inf")}}, "objective.floor"),
-    ({"optim": {"lr": float("nan")}}, "optim.lr"),
-])
+@pytest.mark.parametrize(
+    "over, key",
+    [
+        ({"objective": {"alpha": float("nan")}}, "objective.alpha"),
+        ({"objective": {"temperatures": [0.05, float("inf")]}}, "objective.temperatures.1"),
+        ({"objective": {"floor": float("inf")}}, "objective.floor"),
+        ({"optim": {"lr": float("nan")}}, "optim.lr"),
+    ],
+)
 def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, init_mdlm, capsys, over, key):
     """YAML writes .nan and .inf, and a schema's bounds let NaN through: the config check refuses them."""
     f, out = tmp_path / "cfg.yaml", tmp_path / "out"
@@ -386,10 +421,18 @@ def test_truncated_and_misshaped_checkpoints_are_refused(tmp_path, init_mdlm, ca
 def test_encoder_vocabulary_mismatch_is_refused(tmp_path, init_mdlm, capsys):
     src = make_source({**TINY_SOURCE, "vocab_size": 30})
     enc = DiT(DiTConfig.preset("tiny", vocab_size=src.vocab_size + 1, length=src.length, **TINY_MODEL))
-    save_model_dir(tmp_path / "enc", enc.state_dict(), None, {"diffusion": "mdlm", "source": src.config},
-                   config=enc.config)
-    rc = cli(["train", "--config", _write_cfg(tmp_path, job(init_mdlm, encoder=str(tmp_path / "enc"))),
-              "--out", str(tmp_path / "o")])
+    save_model_dir(
+        tmp_path / "enc", enc.state_dict(), None, {"diffusion": "mdlm", "source": src.config}, config=enc.config
+    )
+    rc = cli(
+        [
+            "train",
+            "--config",
+            _write_cfg(tmp_path, job(init_mdlm, encoder=str(tmp_path / "enc"))),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "encoder" in err and "vocabulary" in err and not (tmp_path / "o").exists()
 
@@ -405,8 +448,8 @@ def _dp_worker(rank, world, init, port, h_all, u_all, result_dir):
         B = h_all.shape[1] // world
         # two micro-steps so the queues take part in the second one
         for it in range(2):
-            h = h_all[it, rank * B:(rank + 1) * B].clone().requires_grad_(True)
-            u = u_all[it, rank * B:(rank + 1) * B]
+            h = h_all[it, rank * B : (rank + 1) * B].clone().requires_grad_(True)
+            u = u_all[it, rank * B : (rank + 1) * B]
             loss = trainlib.drift_loss(s, h, u, None, None, {})
             loss.backward()
             torch.save({"loss": loss.detach(), "grad": h.grad}, Path(result_dir) / f"r{rank}_it{it}.pt")
@@ -426,8 +469,9 @@ def test_two_process_gloo_drift_equals_single_process(tmp_path, init_mdlm):
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    mp.start_processes(_dp_worker, args=(world, str(init_mdlm), port, h_all, u_all, str(tmp_path)),
-                       nprocs=world, start_method="spawn")
+    mp.start_processes(
+        _dp_worker, args=(world, str(init_mdlm), port, h_all, u_all, str(tmp_path)), nprocs=world, start_method="spawn"
+    )
     # single process on the concatenated batch
     s = trainlib.build(trainlib.resolve_config(job(init_mdlm, micro_batch=4, global_batch=4)))
     for it in range(2):
@@ -455,8 +499,25 @@ def test_torchrun_two_ranks_trains_end_to_end(tmp_path, init_mdlm):
     f.write_text(json.dumps(cfg))
     out = tmp_path / "dp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "tokendrift.cli", "train",
-                        "--config", str(f), "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "tokendrift.cli",
+            "train",
+            "--config",
+            str(f),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # written once, by rank 0
@@ -549,8 +610,9 @@ def test_a_non_finite_loss_on_one_of_two_gloo_ranks_stops_both_without_a_hang(tm
 
     cfg = job(init_mdlm, steps=4, global_batch=4, micro_batch=1, save_every=1)  # 2 ranks x 1 x 2 accumulation
     out = tmp_path / "run"
-    ctx = mp.start_processes(_nan_rank, args=(2, cfg, str(out), _free_port(), str(tmp_path)), nprocs=2,
-                             start_method="spawn", join=False)
+    ctx = mp.start_processes(
+        _nan_rank, args=(2, cfg, str(out), _free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=False
+    )
     assert _join_or_kill(ctx, 240), "a rank hung after the non-finite loss"
     msgs = [(tmp_path / f"r{r}.txt").read_text() for r in range(2)]
     for m in msgs:
@@ -586,12 +648,26 @@ def test_pretrain_joins_the_process_group_and_rank_0_writes_alone(tmp_path):
     import torch.multiprocessing as mp
 
     model = {k: v for k, v in TINY_MODEL.items()}
-    cfg = {"steps": 2, "global_batch": 4, "micro_batch": 1, "device": "cpu", "seed": 2, "save_every": 0,
-           "source": TINY_SOURCE, "model": model, "optim": {"lr": 1e-3, "warmup_steps": 0}}
+    cfg = {
+        "steps": 2,
+        "global_batch": 4,
+        "micro_batch": 1,
+        "device": "cpu",
+        "seed": 2,
+        "save_every": 0,
+        "source": TINY_SOURCE,
+        "model": model,
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+    }
     f = tmp_path / "cfg.json"
     f.write_text(json.dumps(cfg))
-    ctx = mp.start_processes(_pretrain_rank, args=(2, str(f), str(tmp_path / "two"), _free_port(), str(tmp_path)),
-                             nprocs=2, start_method="spawn", join=False)
+    ctx = mp.start_processes(
+        _pretrain_rank,
+        args=(2, str(f), str(tmp_path / "two"), _free_port(), str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+        join=False,
+    )
     assert _join_or_kill(ctx, 240), "pretraining ranks hung"
     for r in range(2):
         assert json.loads((tmp_path / f"r{r}.json").read_text()) == {"rc": 0, "world": [2]}
@@ -625,6 +701,7 @@ def count_host_syncs(monkeypatch) -> dict:
             if caller.startswith(pkg):
                 counts[name] = counts.get(name, 0) + 1
             return real(self, *a, **k)
+
         return counted
 
     for name in SYNCS:

@@ -104,8 +104,9 @@ def _apply_rotary_emb_torch(x, cos, sin, interleaved=False):  # flash_attn/layer
     )
 
 
-def _apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=False, seqlen_offsets=0,
-                           num_heads_q=None):
+def _apply_rotary_emb_qkv_(
+    qkv, cos, sin, cos_k=None, sin_k=None, interleaved=False, seqlen_offsets=0, num_heads_q=None
+):
     """flash_attn.layers.rotary.apply_rotary_emb_qkv_ for qkv [B, S, 3, H, D]: q and k rotated in place."""
     assert qkv.dim() == 5 and seqlen_offsets == 0 and num_heads_q is None
     cos_k = cos if cos_k is None else cos_k
@@ -115,8 +116,9 @@ def _apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=Fa
     return qkv
 
 
-def _flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None,
-                                      causal=False, **kwargs):
+def _flash_attn_varlen_qkvpacked_func(
+    qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False, **kwargs
+):
     """qkv [total, 3, H, D] -> [total, H, D]: exact attention within each cu_seqlens segment."""
     assert dropout_p == 0.0
     scale = softmax_scale if softmax_scale is not None else qkv.shape[-1] ** -0.5
@@ -146,8 +148,14 @@ def install_stand_ins():
     fa.flash_attn_varlen_qkvpacked_func = _flash_attn_varlen_qkvpacked_func
     for mod in (fa, layers, rotary, iface):  # found by importlib, but no installed package to transformers
         mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, None)
-    sys.modules.update({"flash_attn": fa, "flash_attn.layers": layers, "flash_attn.layers.rotary": rotary,
-                        "flash_attn.flash_attn_interface": iface})
+    sys.modules.update(
+        {
+            "flash_attn": fa,
+            "flash_attn.layers": layers,
+            "flash_attn.layers.rotary": rotary,
+            "flash_attn.flash_attn_interface": iface,
+        }
+    )
 
     def inert(name):
         m = types.ModuleType(name)
@@ -162,17 +170,35 @@ def install_stand_ins():
         m.__getattr__ = attr
         return m
 
-    for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface", "mamba_ssm.ops.triton",
-                 "mamba_ssm.ops.triton.selective_state_update", "mamba_ssm.ops.triton.layernorm",
-                 "causal_conv1d", "torchvision", "torchvision.transforms", "timm", "timm.scheduler"):
+    for name in (
+        "mamba_ssm",
+        "mamba_ssm.ops",
+        "mamba_ssm.ops.selective_scan_interface",
+        "mamba_ssm.ops.triton",
+        "mamba_ssm.ops.triton.selective_state_update",
+        "mamba_ssm.ops.triton.layernorm",
+        "causal_conv1d",
+        "torchvision",
+        "torchvision.transforms",
+        "timm",
+        "timm.scheduler",
+    ):
         sys.modules[name] = inert(name)
 
 
 def use_repo(path: Path):
     """Import a reference repository's top-level modules (both name theirs models, utils, ...)."""
     for name in list(sys.modules):
-        if name.split(".")[0] in {"models", "utils", "dataloader", "diffusion", "noise_schedule", "algo",
-                                  "trainer_base", "metrics"}:
+        if name.split(".")[0] in {
+            "models",
+            "utils",
+            "dataloader",
+            "diffusion",
+            "noise_schedule",
+            "algo",
+            "trainer_base",
+            "metrics",
+        }:
             del sys.modules[name]
     sys.path = [p for p in sys.path if p not in {str(a) for a in REPOS}]
     sys.path.insert(0, str(path))
@@ -200,8 +226,12 @@ def compose(config_dir: Path, overrides: list[str]):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
-    for name, fn in {"cwd": lambda: "/tmp", "device_count": lambda: 1, "eval": eval,
-                     "div_up": lambda x, y: (x + y - 1) // y}.items():
+    for name, fn in {
+        "cwd": lambda: "/tmp",
+        "device_count": lambda: 1,
+        "eval": eval,
+        "div_up": lambda x, y: (x + y - 1) // y,
+    }.items():
         if not omegaconf.OmegaConf.has_resolver(name):
             omegaconf.OmegaConf.register_new_resolver(name, fn)
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -268,15 +298,28 @@ def make_evaluator(folder: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS + TEXTS, trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     fast.save_pretrained(folder)
     eos = fast.convert_tokens_to_ids("<|endoftext|>")
-    cfg = transformers.GPT2Config(vocab_size=len(fast), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                  initializer_range=0.2, bos_token_id=eos, eos_token_id=eos)
+    cfg = transformers.GPT2Config(
+        vocab_size=len(fast),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        initializer_range=0.2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(folder, safe_serialization=True)
 
@@ -288,16 +331,26 @@ def run_mdlm(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor) -> dict
     use_repo(repo)
     import diffusion  # kuleshov-group/mdlm diffusion.py
 
-    cfg = compose(repo / "configs", ["model=tiny", *size_overrides(), "sampling.predictor=ddpm_cache",
-                                     f"eval.gen_ppl_eval_model_name_or_path={evaluator}",
-                                     f"eval.perplexity_batch_size={EVAL_BATCH}"])
+    cfg = compose(
+        repo / "configs",
+        [
+            "model=tiny",
+            *size_overrides(),
+            "sampling.predictor=ddpm_cache",
+            f"eval.gen_ppl_eval_model_name_or_path={evaluator}",
+            f"eval.perplexity_batch_size={EVAL_BATCH}",
+        ],
+    )
     m = diffusion.Diffusion(cfg, tokenizer=DataTokenizer(N_DATA))
     assert m.vocab_size == N_DATA + 1 and m.mask_index == N_DATA and not m.time_conditioning
     m.backbone.load_state_dict(state)
     m.eval()
-    out = {"time_conditioning": bool(m.time_conditioning), "mask_index": m.mask_index,
-           "parameter_order": [n for n, _ in m.backbone.named_parameters()],
-           "ema_parameter_count": len(m.ema.shadow_params)}
+    out = {
+        "time_conditioning": bool(m.time_conditioning),
+        "mask_index": m.mask_index,
+        "parameter_order": [n for n, _ in m.backbone.named_parameters()],
+        "ema_parameter_count": len(m.ema.shadow_params),
+    }
 
     # training loss on one batch: float32 end to end, recording the time and noise draws
     rec_t, rec_x = Recorder(m, "_sample_t"), Recorder(m, "q_xt")
@@ -309,8 +362,14 @@ def run_mdlm(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor) -> dict
     sigma_in = m._process_sigma(m.noise(t)[0][:, None])  # what forward feeds the DiT: zeros
     with torch.no_grad():
         logits = m.backbone(xt, sigma_in)
-    out["loss"] = {"seed": 11, "t": tolist(t), "xt": tolist(xt), "sigma_in": tolist(sigma_in),
-                   "loss_float32": float(loss.loss), "nlls_float32": tolist(loss.nlls)}
+    out["loss"] = {
+        "seed": 11,
+        "t": tolist(t),
+        "xt": tolist(xt),
+        "sigma_in": tolist(sigma_in),
+        "loss_float32": float(loss.loss),
+        "nlls_float32": tolist(loss.nlls),
+    }
     out["logits"] = {"xt": tolist(xt), "sigma_in": tolist(sigma_in), "logits": tolist(logits)}
 
     # the same loss in float64 from the same logits and draws
@@ -340,8 +399,18 @@ def run_mdlm(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor) -> dict
             p_x0, x_next = m._ddpm_caching_update(x, tt, dt)
         q_xs = p_x0 * (tt[:, :, None] - (tt - dt)[:, :, None])
         q_xs[:, :, m.mask_index] = tt - dt
-        steps.append({"t": float(timesteps[i]), "dt": dt, "x": tolist(x), "model_logits": tolist(model_logits),
-                      "uniforms": tolist(u), "q_xs": tolist(q_xs), "x_next": tolist(x_next), "seed": seed})
+        steps.append(
+            {
+                "t": float(timesteps[i]),
+                "dt": dt,
+                "x": tolist(x),
+                "model_logits": tolist(model_logits),
+                "uniforms": tolist(u),
+                "q_xs": tolist(q_xs),
+                "x_next": tolist(x_next),
+                "seed": seed,
+            }
+        )
         x = x_next
     out["steps"] = steps
     x_partial = x.clone()
@@ -350,13 +419,20 @@ def run_mdlm(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor) -> dict
     with torch.no_grad():
         final = m.forward(x_partial, m.noise(t0)[0]).argmax(dim=-1)
         final_logits = m.backbone(x_partial, m._process_sigma(m.noise(t0)[0]))
-    out["noise_removal"] = {"t": float(timesteps[-1]), "x": tolist(x_partial), "model_logits": tolist(final_logits),
-                            "x_next": tolist(final)}
+    out["noise_removal"] = {
+        "t": float(timesteps[-1]),
+        "x": tolist(x_partial),
+        "model_logits": tolist(final_logits),
+        "x_next": tolist(final),
+    }
 
     # Gen.-PPL (compute_generative_perplexity, retokenize=True)
     m.compute_generative_perplexity(TEXTS, retokenize=True, max_length=EVAL_MAX_LENGTH)
-    out["gen_ppl"] = {"gen_ppl": float(m.gen_ppl_metric.compute()),
-                      "nll_sum": float(m.gen_ppl_metric.mean_value), "n_tokens": float(m.gen_ppl_metric.weight)}
+    out["gen_ppl"] = {
+        "gen_ppl": float(m.gen_ppl_metric.compute()),
+        "nll_sum": float(m.gen_ppl_metric.mean_value),
+        "n_tokens": float(m.gen_ppl_metric.weight),
+    }
     return out
 
 
@@ -368,15 +444,25 @@ def run_duo(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor, sample_i
     import algo  # s-sahoo/duo algo.py
     import trainer_base
 
-    cfg = compose(repo / "configs", ["algo=duo_base", "model=tiny", *size_overrides(),
-                                     f"eval.gen_ppl_eval_model_name_or_path={evaluator}",
-                                     f"eval.perplexity_batch_size={EVAL_BATCH}"])
+    cfg = compose(
+        repo / "configs",
+        [
+            "algo=duo_base",
+            "model=tiny",
+            *size_overrides(),
+            f"eval.gen_ppl_eval_model_name_or_path={evaluator}",
+            f"eval.perplexity_batch_size={EVAL_BATCH}",
+        ],
+    )
     m = algo.DUO_BASE(cfg, tokenizer=DataTokenizer(N_DATA + 1))
     assert m.vocab_size == N_DATA + 1 and m.time_conditioning and cfg.sampling.use_float64
     m.backbone.load_state_dict(state)
     m.eval()
-    out = {"time_conditioning": bool(m.time_conditioning), "use_float64": bool(cfg.sampling.use_float64),
-           "noise_removal": cfg.sampling.noise_removal}
+    out = {
+        "time_conditioning": bool(m.time_conditioning),
+        "use_float64": bool(cfg.sampling.use_float64),
+        "noise_removal": cfg.sampling.noise_removal,
+    }
 
     rec_t, rec_x = Recorder(m, "_sample_t"), Recorder(m, "q_xt")
     torch.manual_seed(12)
@@ -387,8 +473,14 @@ def run_duo(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor, sample_i
     sigma_in = m._process_sigma(m._sigma_from_alphat(m.noise(t)[1].unsqueeze(-1)))
     with torch.no_grad():
         logits = m.backbone(xt, sigma_in)
-    out["loss"] = {"seed": 12, "t": tolist(t), "xt": tolist(xt), "sigma_in": tolist(sigma_in),
-                   "loss_float32": float(loss.loss), "nll_sum_float32": float(loss.nlls)}
+    out["loss"] = {
+        "seed": 12,
+        "t": tolist(t),
+        "xt": tolist(xt),
+        "sigma_in": tolist(sigma_in),
+        "loss_float32": float(loss.loss),
+        "nll_sum_float32": float(loss.nlls),
+    }
     out["logits"] = {"xt": tolist(xt), "sigma_in": tolist(sigma_in), "logits": tolist(logits)}
 
     real = fixed_backbone(m, logits.double())
@@ -425,10 +517,19 @@ def run_duo(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor, sample_i
         torch.manual_seed(seed)
         with torch.no_grad():
             _, x_next = m._ancestral_update(x, tt, None, dt, noise_removal_step=final)
-        steps.append({"t": float(timesteps[i]), "s": 0.0 if final else float(timesteps[i + 1]),
-                      "noise_removal_step": final, "x": tolist(x), "model_logits": tolist(model_logits),
-                      "uniforms": tolist(u), "q_xs": tolist(captured["probs"]), "x_next": tolist(x_next),
-                      "seed": seed})
+        steps.append(
+            {
+                "t": float(timesteps[i]),
+                "s": 0.0 if final else float(timesteps[i + 1]),
+                "noise_removal_step": final,
+                "x": tolist(x),
+                "model_logits": tolist(model_logits),
+                "uniforms": tolist(u),
+                "q_xs": tolist(captured["probs"]),
+                "x_next": tolist(x_next),
+                "seed": seed,
+            }
+        )
         x = x_next
     trainer_base.sample_categorical = real_sample
     out["steps"] = steps
@@ -437,8 +538,12 @@ def run_duo(repo: Path, state: dict, evaluator: Path, x0: torch.Tensor, sample_i
     m.metrics.record_generative_perplexity(TEXTS, max_length=EVAL_MAX_LENGTH, retokenize=True, device="cpu")
     m.metrics.record_entropy(sample_ids)
     g = m.metrics.gen_ppl
-    out["gen_ppl"] = {"gen_ppl": float(g.compute()), "nll_sum": float(g.mean_value), "n_tokens": float(g.weight),
-                      "entropy": float(m.metrics.sample_entropy.compute())}
+    out["gen_ppl"] = {
+        "gen_ppl": float(g.compute()),
+        "nll_sum": float(g.mean_value),
+        "n_tokens": float(g.weight),
+        "entropy": float(m.metrics.sample_entropy.compute()),
+    }
     return out
 
 
@@ -496,8 +601,12 @@ def main():
         "x0": tolist(x0),
         "sample_ids": tolist(sample_ids),
         "texts": TEXTS,
-        "eval": {"folder": "reference_parity/evaluator", "max_length": EVAL_MAX_LENGTH, "batch_size": EVAL_BATCH,
-                 "call_size": len(TEXTS)},
+        "eval": {
+            "folder": "reference_parity/evaluator",
+            "max_length": EVAL_MAX_LENGTH,
+            "batch_size": EVAL_BATCH,
+            "call_size": len(TEXTS),
+        },
         "mdlm": mdlm,
         "duo": duo,
     }

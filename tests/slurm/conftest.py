@@ -55,9 +55,10 @@ def slurm():
 
 # ------------------------------------------------- what the Slurm tests read of Snakemake and Slurm
 
+
 def job_counts(out: str) -> dict:
     """Snakemake's 'Job stats' table of a run: rule -> count."""
-    lines = out[out.index("Job stats:"):].splitlines()[3:]
+    lines = out[out.index("Job stats:") :].splitlines()[3:]
     counts = {}
     for line in lines:
         parts = line.split()

@@ -29,8 +29,21 @@ def env():
 
 
 def command(*extra):
-    return [sys.executable, "-m", "snakemake", "--executor", "submitit", "--submitit-cluster", "slurm",
-            "--jobs", "4", "--nocolor", "--submitit-result-grace-s", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--executor",
+        "submitit",
+        "--submitit-cluster",
+        "slurm",
+        "--jobs",
+        "4",
+        "--nocolor",
+        "--submitit-result-grace-s",
+        "2",
+        *extra,
+    ]
 
 
 def snakemake(wd, *extra, timeout=600):
@@ -38,8 +51,15 @@ def snakemake(wd, *extra, timeout=600):
 
 
 def start(wd, *extra):
-    return subprocess.Popen(command(*extra), cwd=wd, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        command(*extra),
+        cwd=wd,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def runs(wd) -> list[str]:
@@ -112,8 +132,12 @@ def test_four_jobs_complete_and_sacct_has_them(slurm, tmp_path):
     raw = [(tmp_path / f"id.{i}").read_text().split()[0] for i in range(4)]
     states = ""
     for _ in range(30):  # accounting records reach slurmdbd a moment after the job ends
-        states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,JobName,State", "-j", ",".join(raw)],
-                                capture_output=True, text=True, check=True).stdout
+        states = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,JobName,State", "-j", ",".join(raw)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         if states.count("COMPLETED") == 4:
             break
         time.sleep(1)
@@ -172,8 +196,11 @@ def test_ctrl_c_leaves_no_job_in_the_queue(slurm, tmp_path, mode):
 
 def test_a_requeued_job_reruns_and_the_workflow_completes(slurm, tmp_path):
     # job 0 sleeps on its first run until requeued; its second run finishes at once
-    wd = workflow(tmp_path, body="if [ {wildcards.i} = 0 ] && [ ! -e first ]; then touch first; sleep 300; fi;",
-                  resources=", requeue=1")
+    wd = workflow(
+        tmp_path,
+        body="if [ {wildcards.i} = 0 ] && [ ! -e first ]; then touch first; sleep 300; fi;",
+        resources=", requeue=1",
+    )
     proc = start(wd)
     try:
         job = slurm_id(wd / "id.0")
@@ -188,6 +215,7 @@ def test_a_requeued_job_reruns_and_the_workflow_completes(slurm, tmp_path):
     assert proc.returncode == 0, out[-5000:]
     assert sorted(runs(wd)) == ["0", "0", "1", "2", "3"]
     assert all((wd / f"out/{i}.txt").exists() for i in range(4))
-    history = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "JobIDRaw,State", "-j", job],
-                             capture_output=True, text=True).stdout
+    history = subprocess.run(
+        ["sacct", "-n", "-D", "-X", "-P", "-o", "JobIDRaw,State", "-j", job], capture_output=True, text=True
+    ).stdout
     assert "REQUEUED" in history, history

@@ -41,9 +41,22 @@ ON_THIS_NODE = ["--set-threads", "train=1", *TWO_RANKS, "--default-resources", "
 
 
 def command(wd, profile, target="all_tables", *extra):
-    return [sys.executable, "-m", "snakemake", target, "--snakefile", str(REPO / "Snakefile"),
-            "--profile", str(REPO / "profiles" / profile), "--configfile", str(MINI), "--directory", str(wd),
-            *(ON_THIS_NODE if profile == "slurm" else TWO_RANKS), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        target,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles" / profile),
+        "--configfile",
+        str(MINI),
+        "--directory",
+        str(wd),
+        *(ON_THIS_NODE if profile == "slurm" else TWO_RANKS),
+        *extra,
+    ]
 
 
 def run(wd, profile, target="all_tables", *extra):
@@ -71,25 +84,35 @@ def test_the_paper_run_in_miniature_on_slurm(clean, tmp_path):
     wd = tmp_path
     write_paper_files(wd / "paper_files")
     # 1. the login-node step alone: downloads (here: manifests of local files), nothing submitted
-    before = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-3hours"], capture_output=True,
-                            text=True).stdout.split()
+    before = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-3hours"], capture_output=True, text=True
+    ).stdout.split()
     r = run(wd, "slurm", "fetch")
     assert "prepare_data" not in job_counts(r.stdout + r.stderr)
-    after = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-3hours"], capture_output=True,
-                           text=True).stdout.split()
+    after = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-3hours"], capture_output=True, text=True
+    ).stdout.split()
     assert after == before, "the fetch target submitted a job"
     manifest = json.loads((wd / ROOT / "fetch/manifest.json").read_text())
     assert set(manifest["items"]) == {"dataset", "tokenizer", "evaluator", "start_mdlm", "start_duo"}
 
     # 2. all_tables on Slurm; one 2-rank training job cancelled after its first checkpoint
     t0 = time.time()
-    proc = subprocess.Popen(command(wd, "slurm", "all_tables", "--retries", "0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command(wd, "slurm", "all_tables", "--retries", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     _, job = train_process(CANCELLED, timeout=1800)
     ranks, t1 = [], time.time()
     while len(ranks) < 2 and time.time() - t1 < 60:
-        ranks = [p.pid for p in psutil.process_iter(["cmdline"]) if all(
-            s in " ".join(p.info["cmdline"] or []) for s in ("python", "tokendrift train", CANCELLED))]
+        ranks = [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if all(s in " ".join(p.info["cmdline"] or []) for s in ("python", "tokendrift train", CANCELLED))
+        ]
         time.sleep(0.1)
     last = wd / ROOT / CANCELLED / "checkpoints/last/meta.json"
     t1 = time.time()
@@ -126,8 +149,14 @@ def test_the_paper_run_in_miniature_on_slurm(clean, tmp_path):
             pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-3)
         else:
             assert got[name] == want[name], name
-    for f in ("figures/figure2.png", "figures/quality_diversity.png", "tracking/imported.json", "mlflow.db",
-              "probe/mdlm/probe.json", "probe/duo/probe.json"):
+    for f in (
+        "figures/figure2.png",
+        "figures/quality_diversity.png",
+        "tracking/imported.json",
+        "mlflow.db",
+        "probe/mdlm/probe.json",
+        "probe/duo/probe.json",
+    ):
         assert (wd / ROOT / f).exists(), f
     step6 = "checkpoints/step_000006/ema.safetensors"
     a, b = load_file(wd / ROOT / CANCELLED / step6), load_file(clean / ROOT / CANCELLED / step6)
@@ -157,9 +186,23 @@ def test_one_process_trains_the_two_rank_weights(clean, tmp_path):
     cfg = {**cfg, "micro_batch": cfg["micro_batch"] * 2, "init": str(clean / cfg["init"])}
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     (tmp_path / "job.json").write_text(json.dumps(cfg))
-    r = subprocess.run([sys.executable, "-m", "tokendrift.cli", "train", "--config", str(tmp_path / "job.json"), "--out",
-                        str(tmp_path / "one")], cwd=clean, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, **env})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokendrift.cli",
+            "train",
+            "--config",
+            str(tmp_path / "job.json"),
+            "--out",
+            str(tmp_path / "one"),
+        ],
+        cwd=clean,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     step = f"checkpoints/step_{cfg['steps']:06d}/model.safetensors"
     two, one = load_file(run_dir / step), load_file(tmp_path / "one" / step)

@@ -22,14 +22,34 @@ TINY = Path(__file__).with_name("tiny.yaml")
 ROOT = "results/slurmtiny"
 # The slurm profile as users run it, minus what a 2-CPU node without GPUs cannot give (the
 # profile's 4 H100 and 8 CPUs per job): command-line values replace the profile's.
-ON_THIS_NODE = ["--set-threads", "train=1", "--set-resources", "train:mem_mb=1500",
-                "--default-resources", "mem_mb=1500", "runtime=30"]
+ON_THIS_NODE = [
+    "--set-threads",
+    "train=1",
+    "--set-resources",
+    "train:mem_mb=1500",
+    "--default-resources",
+    "mem_mb=1500",
+    "runtime=30",
+]
 
 
 def command(wd, profile, *extra):
-    return [sys.executable, "-m", "snakemake", "all_tables", "--snakefile", str(REPO / "Snakefile"),
-            "--profile", str(REPO / "profiles" / profile), "--configfile", str(TINY), "--directory", str(wd),
-            *(ON_THIS_NODE if profile == "slurm" else []), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "all_tables",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles" / profile),
+        "--configfile",
+        str(TINY),
+        "--directory",
+        str(wd),
+        *(ON_THIS_NODE if profile == "slurm" else []),
+        *extra,
+    ]
 
 
 def run(wd, profile, *extra, check=True):
@@ -40,8 +60,13 @@ def run(wd, profile, *extra, check=True):
 
 
 def start(wd, profile, *extra):
-    return subprocess.Popen(command(wd, profile, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        command(wd, profile, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def tables(wd) -> dict:
@@ -69,8 +94,9 @@ def clean(slurm, tmp_path_factory):
 
 def test_all_tables_on_slurm_equals_the_local_run(clean):
     local, cluster, r = clean
-    ids = subprocess.run(["sacct", "-n", "-X", "-o", "JobName%30,State", "-S", "now-2hours"], capture_output=True,
-                         text=True).stdout
+    ids = subprocess.run(
+        ["sacct", "-n", "-X", "-o", "JobName%30,State", "-S", "now-2hours"], capture_output=True, text=True
+    ).stdout
     assert "smk-train" in ids and "COMPLETED" in ids  # the jobs really went through Slurm (and its accounting)
     t_local, t_slurm = tables(local), tables(cluster)
     assert set(t_local) == {"table1.md", "table1.tex", "table1.csv"}
@@ -111,9 +137,14 @@ def interrupted(slurm, tmp_path_factory):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(timeout=120)
-    seen["after_A"] = {f: (wd / ROOT / f).exists() for f in (
-        "train/mdlm/tokendrift/seed0/done.json", "train/mdlm/tokendrift/seed1/done.json",
-        "scores/mdlm/continuation/seed1/step120/T1.0_nfe4.json")}
+    seen["after_A"] = {
+        f: (wd / ROOT / f).exists()
+        for f in (
+            "train/mdlm/tokendrift/seed0/done.json",
+            "train/mdlm/tokendrift/seed1/done.json",
+            "scores/mdlm/continuation/seed1/step120/T1.0_nfe4.json",
+        )
+    }
 
     proc = start(wd, "slurm")
     t0 = time.time()
@@ -137,8 +168,9 @@ def test_a_requeued_training_job_resumes_and_ends_identical(clean, interrupted):
     job = seen.get("requeued")
     assert job, f"the job finished before its first checkpoint: make the tiny run longer\n{seen['A_out'][-3000:]}"
     assert seen["after_A"]["train/mdlm/tokendrift/seed0/done.json"], seen["A_out"][-4000:]  # A finished it
-    states = subprocess.run(["sacct", "-n", "-j", job, "-D", "-X", "-o", "State"], capture_output=True,
-                            text=True).stdout
+    states = subprocess.run(
+        ["sacct", "-n", "-j", job, "-D", "-X", "-o", "State"], capture_output=True, text=True
+    ).stdout
     assert "REQUEUED" in states or "PREEMPTED" in states or states.count("\n") > 1, states
     log = (wd / ROOT / "logs/train/mdlm/tokendrift/seed0.log").read_text()
     assert "/120" in log and " 0/120" not in log.split("\r")[0], "the requeued job started over instead of resuming"
