@@ -5,6 +5,7 @@ No test module imports another."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -24,6 +25,15 @@ from tokendrift.grid.sheet import Unit
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def ctrl_c_reaches_it() -> None:
+    """``preexec_fn`` of a process a test stops with SIGINT, as Ctrl-C in a terminal does: a shell's
+    background job (``cmd &``, as some CI runners start the suite) starts with SIGINT ignored, and
+    a Python started that way never turns SIGINT into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CI = REPO / "tests" / "configs" / "ci.yaml"
 PAPER = REPO / "workflow" / "config" / "paper.yaml"

@@ -25,6 +25,7 @@ from submitit.slurm.slurm import SlurmExecutor
 
 import snakemake_executor_plugin_submitit as plugin
 from snakemake_executor_plugin_submitit import jobs, resources, status
+from tests.conftest import ctrl_c_reaches_it
 
 REPO = Path(plugin.__file__).resolve().parents[1]
 
@@ -268,6 +269,7 @@ def test_sigint_leaves_no_job_processes(tmp_path, whole_group):
         cwd=tmp_path,
         env=_env(),
         start_new_session=True,
+        preexec_fn=ctrl_c_reaches_it,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.conftest import ctrl_c_reaches_it
 from tests.slurm.conftest import find_train, job_counts, our_jobs
 
 pytestmark = pytest.mark.slurm
@@ -66,6 +67,7 @@ def start(wd, profile, *extra):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
 
 
