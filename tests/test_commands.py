@@ -167,3 +167,14 @@ def test_a_number_option_given_as_an_integer_is_a_float_and_a_count_stays_an_int
     got = configlib.read_options(p.parse_args(["--mauve-scaling", "5", "--batch-size", "8"]), "score")
     assert type(got["mauve_scaling"]) is float and got["mauve_scaling"] == 5.0
     assert type(got["batch_size"]) is int and got["batch_size"] == 8
+
+
+def test_a_json_job_config_keeps_its_numbers(tmp_path):
+    """A recorded config.json read back with `--config` (json.dumps writes 1e-08, which YAML 1.1
+    reads as text): its numbers stay numbers; a broken JSON file is named."""
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"optim": {"eps": 1e-08, "lr": 0.0001}}))
+    assert configlib.load_file(path) == {"optim": {"eps": 1e-08, "lr": 0.0001}}
+    path.write_text('{"optim": ')
+    with pytest.raises(configlib.TokenDriftError, match="job.json is not valid JSON"):
+        configlib.load_file(path)

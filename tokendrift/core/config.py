@@ -255,10 +255,14 @@ def _non_finite(node: Any, path: list[str]) -> tuple[str, float] | None:
 
 
 def load_file(path: str | Path) -> dict:
-    """Read a YAML or JSON config file (JSON is YAML), naming the file on any error."""
+    """Read a YAML or JSON config file (``.json``: read as JSON, whose ``1e-08`` PyYAML would
+    read as text), naming the file on any error."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise TokenDriftError(f"config file {path} is not valid JSON: {e}") from None
     except FileNotFoundError:
         raise TokenDriftError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, not text
