@@ -29,22 +29,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "tests" / "configs" / "ci.yaml"
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+from tests.conftest import CHROMIUM_FLAGS, CI, REPO, SCHEMA
+
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
+FLAGS = [*CHROMIUM_FLAGS, "--hide-scrollbars"]
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
