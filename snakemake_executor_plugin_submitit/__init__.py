@@ -1,7 +1,8 @@
 """Snakemake executor plugin built on submitit (`snakemake --executor submitit`).
 
 Each Snakemake job is submitted through submitit, to Slurm (sbatch, one array per batch
-of same-resource jobs) or to local processes (``--submitit-cluster local``), and runs the
+of same-resource jobs) or to local processes (``--submitit-cluster local``; a job of one task
+runs there as a plain child process with the same liveness, limits and logs, ``local.py``), and runs the
 inner ``python -m snakemake`` command from ``format_job_exec`` with ``--cores`` set to the
 allocation's CPUs; with ``--submitit-direct-shell`` a plain ``shell:`` rule runs its own
 formatted command instead (no inner Snakemake start-up per job). Rule resources map to
@@ -39,8 +40,9 @@ from submitit import AutoExecutor
 from submitit.local.local import LocalExecutor
 
 from .jobs import RequeueableShellCommand, ShellCommand, rank_log
+from .local import LocalRunner
 from .resources import local_parameters, num_tasks, submitit_parameters, wants_requeue
-from .status import LocalWatcher, SlurmWatcher, StatusPoller, Tracked
+from .status import LocalWatcher, SlurmWatcher, StatusPoller, Tracked, failure_message
 
 
 @dataclass
@@ -237,6 +239,12 @@ class Executor(RemoteExecutor):
             self.watcher = LocalWatcher()
             query_interval = 0.0
         self.poller = StatusPoller(self.watcher, self.run_folder, query_interval, self.settings.result_grace_s)
+        # single-task local jobs: child processes of this one, with one watchdog for the run
+        self.local = (
+            LocalRunner(self.run_folder, self.settings.requeue_grace_s, self.settings.max_requeues)
+            if self.cluster == "local"
+            else None
+        )
         self.next_seconds_between_status_checks = self.settings.poll_interval
         self._job_cores: int | None = None
         self._used_ids: set = set()
@@ -356,17 +364,40 @@ class Executor(RemoteExecutor):
             except Exception as e:  # bad resources, protected output: fail this job only
                 self.report_job_error(SubmittedJobInfo(job), msg=str(e))
                 continue
+            if self.local is not None and num_tasks(params) == 1:
+                self._start_local(job, params, fn)
+                continue
             batches.setdefault(key, (params, []))[1].append((job, fn))
         for params, members in batches.values():
             self._submit(params, members)
 
     def run_job(self, job: JobExecutorInterface):
+        self.run_jobs([job])
+
+    def _start_local(self, job: JobExecutorInterface, params: dict, fn: ShellCommand) -> None:
+        """A single-task local job as a child process (local.py)."""
         try:
-            _, params, fn = self.plan(job)
-        except Exception as e:
-            self.report_job_error(SubmittedJobInfo(job), msg=str(e))
+            job_id = self.local.start(
+                fn.command,
+                fn.cwd,
+                timeout_min=params["timeout_min"],
+                signal_delay_s=params["slurm_signal_delay_s"],
+                gpus_per_node=params.get("gpus_per_node", 0),
+                requeue=isinstance(fn, RequeueableShellCommand),
+            )
+        except OSError as e:
+            self.report_job_error(SubmittedJobInfo(job), msg=f"local job start failed: {e}")
             return
-        self._submit(params, [(job, fn)])
+        self._report_submitted(job, job_id)
+
+    def _report_submitted(self, job: JobExecutorInterface, job_id: str) -> None:
+        tracked = Tracked(job_id=job_id, folder=self.run_folder)
+        self._used_ids.add(job_id)
+        self._unfinished[job_id] = None
+        self.logger.info(
+            f"Job {job.jobid} submitted as submitit {self.cluster} job {job_id} (log: {tracked.paths.stderr})."
+        )
+        self.report_job_submission(SubmittedJobInfo(job, external_jobid=job_id, aux={"tracked": tracked}))
 
     def make_executor(self, params: dict):
         """A fresh submitit executor for one parameter set (submitit keeps parameters
@@ -391,16 +422,10 @@ class Executor(RemoteExecutor):
             return
         for (job, _), handle in zip(members, handles):
             job_id = str(handle.job_id)
-            tracked = Tracked(job_id=job_id, folder=self.run_folder)
             if self.cluster == "local":
                 self._retire_stale_files(job_id)
                 self.watcher.watch(job_id, handle)
-            self._used_ids.add(job_id)
-            self._unfinished[job_id] = None
-            self.logger.info(
-                f"Job {job.jobid} submitted as submitit {self.cluster} job {job_id} (log: {tracked.paths.stderr})."
-            )
-            self.report_job_submission(SubmittedJobInfo(job, external_jobid=job_id, aux={"tracked": tracked}))
+            self._report_submitted(job, job_id)
 
     def _retire_stale_files(self, job_id: str) -> None:
         """A local job id is a PID; if it was used before in this run, rename that job's
@@ -417,8 +442,17 @@ class Executor(RemoteExecutor):
         if not active_jobs:
             return
         tracked = [j.aux["tracked"] for j in active_jobs]
+        local = self.local.jobs if self.local is not None else {}
         async with self.status_rate_limiter:
-            outcomes = self.poller.cycle(tracked)
+            queued = [t for t in tracked if t.job_id not in local]
+            polled = self.poller.cycle(queued) if queued else []
+        outcomes = []
+        for t in tracked:
+            if t.job_id in local:
+                outcome, reason = self.local.poll(t.job_id)
+                outcomes.append((outcome, failure_message(t, reason) if outcome == "error" else reason))
+            else:
+                outcomes.append(polled.pop(0))
         for info, t, (outcome, message) in zip(active_jobs, tracked, outcomes):
             if outcome == "running":
                 yield info
@@ -467,11 +501,15 @@ class Executor(RemoteExecutor):
             except (OSError, subprocess.SubprocessError) as e:
                 self.logger.error(f"submitit: scancel {' '.join(ids)} failed: {e}")
         else:
-            kill_local_tree([int(i) for i in ids])
+            direct = [i for i in ids if i in self.local.jobs]
+            kill_local_tree([int(i) for i in ids if i not in direct])
+            self.local.cancel(direct)
         self.logger.info(f"submitit: cancelled {len(ids)} job(s)")
 
     def shutdown(self):
         super().shutdown()
+        if self.local is not None:
+            self.local.close()
         elapsed = time.monotonic() - self._started
         queries = self.watcher.calls if self.cluster == "slurm" else 0
         self.logger.info(

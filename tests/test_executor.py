@@ -19,12 +19,13 @@ import pytest
 import torch
 from snakemake_interface_common.exceptions import WorkflowError
 from submitit import AutoExecutor
-from submitit.core.utils import cloudpickle_dump
+from submitit.core.utils import JobPaths, cloudpickle_dump
 from submitit.local.local import LocalExecutor
 from submitit.slurm.slurm import SlurmExecutor
 
 import snakemake_executor_plugin_submitit as plugin
 from snakemake_executor_plugin_submitit import jobs, resources, status
+from snakemake_executor_plugin_submitit.local import LocalRunner
 from tests.conftest import ctrl_c_reaches_it
 
 REPO = Path(plugin.__file__).resolve().parents[1]
@@ -513,3 +514,109 @@ def test_no_requeue_without_resource(tmp_path):
     job, runs, alive = _timeout_job(tmp_path, jobs.ShellCommand)
     assert "timed-out and not checkpointable" in str(job.exception())
     assert runs == ["run"] and not alive
+
+
+# --- single-task local jobs without submitit's processes (local.py) ----------------------
+
+
+def _settle(runner, job_id, timeout_s=30.0):
+    """Poll a local job as the status loop does until it is no longer running."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        outcome, reason = runner.poll(job_id)
+        if outcome != "running":
+            return outcome, reason
+        time.sleep(0.05)
+    raise AssertionError(f"local job {job_id} still running after {timeout_s} s")
+
+
+def _sleeper_past_limit(tmp_path):
+    """A command that sleeps past its limit on the first run and succeeds on the second."""
+    pidfile, runs = tmp_path / "pid", tmp_path / "runs"
+    sleeper = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); time.sleep(60)"
+    cmd = f'echo run >> {runs}; if [ $(wc -l < {runs}) -ge 2 ]; then exit 0; fi; {sys.executable} -c "{sleeper}"'
+    return cmd, pidfile, runs
+
+
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("requeue", [True, False], ids=["requeue", "no-requeue"])
+def test_a_local_job_at_its_time_limit_is_stopped_and_requeued_only_when_asked(tmp_path, requeue):
+    """The limit's signal comes at timeout - signal_delay (3 s - 1 s): the command's group gets
+    SIGTERM (SIGKILL after the grace); a requeue=1 job reruns the same command line into the same
+    logs, another fails naming the limit."""
+    cmd, pidfile, runs = _sleeper_past_limit(tmp_path)
+    runner = LocalRunner(tmp_path / "sub", term_grace_s=1, max_requeues=1)
+    try:
+        job_id = runner.start(f"echo out; echo err >&2; {cmd}", str(tmp_path), 3 / 60, 1, requeue=requeue)
+        outcome, reason = _settle(runner, job_id)
+    finally:
+        runner.close()
+    assert _gone(int(pidfile.read_text()))
+    paths = JobPaths(tmp_path / "sub", job_id=job_id, task_id=0)
+    if requeue:
+        assert (outcome, runs.read_text().split()) == ("success", ["run", "run"])
+        assert paths.stdout.read_text().split() == ["out", "out"] and paths.stderr.read_text().split() == ["err", "err"]
+    else:
+        assert outcome == "error" and "timed out after 0.05 min" in reason and runs.read_text().split() == ["run"]
+
+
+def test_a_local_job_runs_with_submitit_s_environment_and_its_leftovers_are_stopped(tmp_path):
+    """The command sees SUBMITIT_EXECUTOR=local (warm start keys on it) and only the GPUs it asked
+    for; a process it left in its group is stopped after the job succeeds; a failure is named."""
+    runner = LocalRunner(tmp_path / "sub", term_grace_s=1, max_requeues=0)
+    try:
+        ok = runner.start(
+            f"echo $SUBMITIT_EXECUTOR/$CUDA_VISIBLE_DEVICES > env.txt; {sys.executable} -c 'import time; time.sleep(60)' &"
+            " echo $! > left.pid",
+            str(tmp_path),
+            5,
+            0,
+            gpus_per_node=2,
+        )
+        assert _settle(runner, ok) == ("success", "")
+        bad = runner.start("exit 3", str(tmp_path), 5, 0)
+        assert _settle(runner, bad) == ("error", "command exited with status 3")
+        left = int((tmp_path / "left.pid").read_text())
+        end = time.monotonic() + 10
+        while not _gone(left) and time.monotonic() < end:
+            time.sleep(0.1)
+    finally:
+        runner.close()
+    assert (tmp_path / "env.txt").read_text().strip() == "local/0,1"
+    assert _gone(left)
+
+
+def test_the_watchdog_stops_local_jobs_when_their_driver_is_killed(tmp_path):
+    """kill -9 of the process that started a local job: the run's watchdog sees its pipe end and
+    stops the job's process group (SIGTERM; SIGKILL after the grace)."""
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from snakemake_executor_plugin_submitit.local import LocalRunner; "
+            f"r = LocalRunner({str(tmp_path / 'sub')!r}, 1, 0); "
+            "print(r.start('sleep 300 & echo $! > child.pid; wait', sys.argv[1], 5, 0), flush=True); time.sleep(300)",
+            str(tmp_path),
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job = int(driver.stdout.readline())
+        end = time.monotonic() + 10
+        while not (tmp_path / "child.pid").exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        child = int((tmp_path / "child.pid").read_text())
+        assert not _gone(job) and not _gone(child)
+        driver.kill()
+        driver.wait()
+        end = time.monotonic() + 10
+        while not (_gone(job) and _gone(child)) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert _gone(job) and _gone(child)
+    finally:
+        driver.kill()
