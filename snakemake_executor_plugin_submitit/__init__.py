@@ -356,9 +356,17 @@ class Executor(RemoteExecutor):
     def run_jobs(self, jobs: list[JobExecutorInterface]):
         """Submit all ready jobs; jobs with identical parameters go out as one batch
         (one sbatch array on Slurm)."""
-        batches = {}
         for job in jobs:
             self.run_job_pre(job)
+        self._dispatch(jobs)
+
+    def run_job(self, job: JobExecutorInterface):
+        self._dispatch([job])
+
+    def _dispatch(self, jobs: list[JobExecutorInterface]) -> None:
+        """Plan each job; start the single-task local ones directly, batch the others."""
+        batches = {}
+        for job in jobs:
             try:
                 key, params, fn = self.plan(job)
             except Exception as e:  # bad resources, protected output: fail this job only
@@ -370,9 +378,6 @@ class Executor(RemoteExecutor):
             batches.setdefault(key, (params, []))[1].append((job, fn))
         for params, members in batches.values():
             self._submit(params, members)
-
-    def run_job(self, job: JobExecutorInterface):
-        self.run_jobs([job])
 
     def _start_local(self, job: JobExecutorInterface, params: dict, fn: ShellCommand) -> None:
         """A single-task local job as a child process (local.py)."""

@@ -138,6 +138,8 @@ class LocalRunner:
             requeues_left=self.max_requeues if requeue else 0,
             limit_s=limit_s,
         )
+        for f in (job.paths.stdout, job.paths.stderr):  # left by a start that failed
+            f.unlink(missing_ok=True)
         self._launch(job)
         job_id = str(job.proc.pid)
         paths = JobPaths(self.folder, job_id=job_id, task_id=0)
