@@ -489,12 +489,18 @@ def test_slurm_watcher_batches_and_parses():
 # --- requeue on timeout -----------------------------------------------------------------
 
 
-def _timeout_job(tmp_path, cls):
-    """A command that sleeps past a 4 s limit on its first run and succeeds on its second;
-    submitit's local controller sends USR2 2 s before the limit."""
+def _sleeper_past_limit(tmp_path):
+    """A command that sleeps past its limit on the first run and succeeds on the second."""
     pidfile, runs = tmp_path / "pid", tmp_path / "runs"
     sleeper = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); time.sleep(60)"
     cmd = f'echo run >> {runs}; if [ $(wc -l < {runs}) -ge 2 ]; then exit 0; fi; {sys.executable} -c "{sleeper}"'
+    return cmd, pidfile, runs
+
+
+def _timeout_job(tmp_path, cls):
+    """A command that sleeps past a 4 s limit on its first run and succeeds on its second;
+    submitit's local controller sends USR2 2 s before the limit."""
+    cmd, pidfile, runs = _sleeper_past_limit(tmp_path)
     ex = LocalExecutor(tmp_path / "sub", max_num_timeout=1)
     ex.update_parameters(timeout_min=4 / 60, signal_delay_s=2)
     job = ex.submit(cls(command=cmd, cwd=str(tmp_path), term_grace_s=1))
@@ -528,14 +534,6 @@ def _settle(runner, job_id, timeout_s=30.0):
             return outcome, reason
         time.sleep(0.05)
     raise AssertionError(f"local job {job_id} still running after {timeout_s} s")
-
-
-def _sleeper_past_limit(tmp_path):
-    """A command that sleeps past its limit on the first run and succeeds on the second."""
-    pidfile, runs = tmp_path / "pid", tmp_path / "runs"
-    sleeper = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); time.sleep(60)"
-    cmd = f'echo run >> {runs}; if [ $(wc -l < {runs}) -ge 2 ]; then exit 0; fi; {sys.executable} -c "{sleeper}"'
-    return cmd, pidfile, runs
 
 
 def _gone(pid: int) -> bool:
