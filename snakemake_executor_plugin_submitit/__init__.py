@@ -40,7 +40,7 @@ from submitit import AutoExecutor
 from submitit.local.local import LocalExecutor
 
 from .jobs import RequeueableShellCommand, ShellCommand, rank_log
-from .local import LocalRunner
+from .local import LocalRunner, retire_stale_files
 from .resources import local_parameters, num_tasks, submitit_parameters, wants_requeue
 from .status import LocalWatcher, SlurmWatcher, StatusPoller, Tracked, failure_message
 
@@ -428,19 +428,10 @@ class Executor(RemoteExecutor):
         for (job, _), handle in zip(members, handles):
             job_id = str(handle.job_id)
             if self.cluster == "local":
-                self._retire_stale_files(job_id)
+                if job_id in self._used_ids:
+                    retire_stale_files(self.run_folder, job_id)
                 self.watcher.watch(job_id, handle)
             self._report_submitted(job, job_id)
-
-    def _retire_stale_files(self, job_id: str) -> None:
-        """A local job id is a PID; if it was used before in this run, rename that job's
-        result and logs so the new job is not mistaken for it."""
-        if job_id not in self._used_ids:
-            return
-        stamp = uuid.uuid4().hex[:6]
-        for p in self.run_folder.glob(f"{job_id}_*_*"):
-            if p.name.endswith(("_result.pkl", "_log.out", "_log.err")):
-                p.rename(p.with_name(f"old-{stamp}-{p.name}"))
 
     # --- status ----------------------------------------------------------------------
     async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]) -> AsyncGenerator[SubmittedJobInfo, None]:

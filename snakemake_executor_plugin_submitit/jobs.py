@@ -58,6 +58,22 @@ def driver_alive(pid: int, create_time: float) -> bool:
         return False
 
 
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group that is gone is no error."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def kill_group(proc: subprocess.Popen | None, grace_s: float) -> None:
     """SIGTERM the process group of `proc` (a session leader), wait up to `grace_s`
     for the group to empty, then SIGKILL what is left. Safe to call repeatedly."""
@@ -65,22 +81,14 @@ def kill_group(proc: subprocess.Popen | None, grace_s: float) -> None:
         return
     pgid = proc.pid
     if grace_s > 0:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             proc.poll()  # reap our direct child so it does not linger as a zombie
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
+            if not group_alive(pgid):
                 return
             time.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    signal_group(pgid, signal.SIGKILL)
     proc.poll()
 
 

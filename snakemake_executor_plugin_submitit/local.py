@@ -30,12 +30,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from submitit.core.utils import JobPaths
 
-from .jobs import LEFTOVER_GRACE_S
+from .jobs import LEFTOVER_GRACE_S, group_alive, signal_group
 
 # The watchdog: "+PGID" / "-PGID" lines register and release a job's process group; at the end of
 # its input (Snakemake exited or was killed), the groups still registered get SIGTERM, then
@@ -61,19 +62,13 @@ signal_all(signal.SIGKILL)
 """
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def retire_stale_files(folder: Path, job_id: str) -> None:
+    """A local job id is a PID: rename the result and logs of an earlier job of this run with the
+    same id, so that the new job is not mistaken for it (nor its log appended to that one's)."""
+    stamp = uuid.uuid4().hex[:6]
+    for p in Path(folder).glob(f"{job_id}_*_*"):
+        if p.name.endswith(("_result.pkl", "_log.out", "_log.err")):
+            p.rename(p.with_name(f"old-{stamp}-{p.name}"))
 
 
 @dataclass
@@ -95,11 +90,10 @@ class LocalJob:
 class LocalRunner:
     """Starts, watches and stops the single-task local jobs of one Snakemake run."""
 
-    def __init__(self, folder: Path, term_grace_s: float, max_requeues: int, clock=time.monotonic) -> None:
+    def __init__(self, folder: Path, term_grace_s: float, max_requeues: int) -> None:
         self.folder = Path(folder)
         self.term_grace_s = float(term_grace_s)
         self.max_requeues = int(max_requeues)
-        self.clock = clock
         self.jobs: dict[str, LocalJob] = {}
         self._leftovers: dict[int, float] = {}  # process group -> when to SIGKILL it
         self._watchdog = subprocess.Popen(
@@ -134,7 +128,7 @@ class LocalRunner:
             cwd=cwd,
             env=env,
             paths=JobPaths(self.folder, job_id="starting", task_id=0),
-            signal_at=0.0,
+            signal_at=time.monotonic() + max(0.0, limit_s - float(signal_delay_s)),
             requeues_left=self.max_requeues if requeue else 0,
             limit_s=limit_s,
         )
@@ -143,12 +137,10 @@ class LocalRunner:
         self._launch(job)
         job_id = str(job.proc.pid)
         paths = JobPaths(self.folder, job_id=job_id, task_id=0)
+        retire_stale_files(self.folder, job_id)
         for old, new in ((job.paths.stdout, paths.stdout), (job.paths.stderr, paths.stderr)):
-            if new.exists():  # a PID used before in this run: keep that job's log
-                new.rename(new.with_name(f"old-{time.time_ns()}-{new.name}"))
             old.rename(new)  # the open files follow
         job.paths = paths
-        job.signal_at = self.clock() + max(0.0, limit_s - float(signal_delay_s))
         self.jobs[job_id] = job
         return job_id
 
@@ -172,7 +164,7 @@ class LocalRunner:
         """("running" | "success" | "error", reason) of a started job."""
         self._stop_leftovers()
         job = self.jobs[job_id]
-        now = self.clock()
+        now = time.monotonic()
         rc = job.proc.poll()
         if rc is None:
             if job.kill_at is None and now >= job.signal_at:
@@ -199,12 +191,12 @@ class LocalRunner:
         """The command ``pgid`` ended: stop what it left in its group, in the background."""
         if group_alive(pgid):
             signal_group(pgid, signal.SIGTERM)
-            self._leftovers[pgid] = self.clock() + LEFTOVER_GRACE_S
+            self._leftovers[pgid] = time.monotonic() + LEFTOVER_GRACE_S
         else:
             self._tell(f"-{pgid}")
 
     def _stop_leftovers(self) -> None:
-        now = self.clock()
+        now = time.monotonic()
         for pgid, kill_at in list(self._leftovers.items()):
             if not group_alive(pgid):
                 del self._leftovers[pgid]

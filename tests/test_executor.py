@@ -25,7 +25,7 @@ from submitit.slurm.slurm import SlurmExecutor
 
 import snakemake_executor_plugin_submitit as plugin
 from snakemake_executor_plugin_submitit import jobs, resources, status
-from snakemake_executor_plugin_submitit.local import LocalRunner
+from snakemake_executor_plugin_submitit.local import LocalRunner, retire_stale_files
 from tests.conftest import ctrl_c_reaches_it
 
 REPO = Path(plugin.__file__).resolve().parents[1]
@@ -618,3 +618,15 @@ def test_the_watchdog_stops_local_jobs_when_their_driver_is_killed(tmp_path):
         assert _gone(job) and _gone(child)
     finally:
         driver.kill()
+
+
+def test_the_files_of_an_earlier_job_with_the_same_pid_are_set_aside(tmp_path):
+    """A local job id is a PID, which the system may give again: the earlier job's result and logs
+    are renamed, nothing else of the folder (another id sharing the prefix, submitit's pickles)."""
+    names = ["42_0_log.err", "42_0_log.out", "42_0_result.pkl", "42_submitted.pkl", "421_0_log.err"]
+    for n in names:
+        (tmp_path / n).write_text(n)
+    retire_stale_files(tmp_path, "42")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert [n for n in left if not n.startswith("old-")] == ["421_0_log.err", "42_submitted.pkl"]
+    assert sorted(n.split("-", 2)[2] for n in left if n.startswith("old-")) == names[:3]
