@@ -9,15 +9,20 @@ the submitit wrapper must act on it).
 
 Data-parallel jobs (``nodes * tasks_per_node > 1``): submitit starts one task per rank and
 each task calls this object. Each task gets MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE,
-LOCAL_RANK, LOCAL_WORLD_SIZE (computed by ``submitit.helpers.TorchDistributedEnvironment``,
-the same values its ``export()`` sets) and, when GPUs were requested, CUDA_VISIBLE_DEVICES
-narrowed to its own GPU (``distributed_env``). Global rank 0 runs the inner Snakemake (which
-prepares and checks the outputs); the other ranks run the rule's formatted ``shell:`` command
-directly, so only one Snakemake manages the job's files, each with ``{log}`` pointing at its
-own files (``rank_log``): the job's log is rank 0's. Rank 0 alone decides success.
+LOCAL_RANK, LOCAL_WORLD_SIZE (from submitit's ``JobEnvironment``, as
+``submitit.helpers.TorchDistributedEnvironment`` computes them, except the port:
+``master_port``) and, when GPUs were requested, CUDA_VISIBLE_DEVICES narrowed to its own GPU
+(``distributed_env``). Global rank 0 runs the inner Snakemake (which prepares and checks the
+outputs); the other ranks run the rule's formatted ``shell:`` command directly, so only one
+Snakemake manages the job's files, each with ``{log}`` pointing at its own files
+(``rank_log``): the job's log is rank 0's. Rank 0 alone decides success. When one rank fails,
+the others stop their commands and fail too (they watch each other's result files): without
+that, a rank waits for the failed one at the rendezvous until torch's 30-minute timeout or the
+job's time limit, holding the node.
 
 When the command ends, what is left of its process group is stopped. When the scheduler
-stopped it (SIGTERM: scancel, ``scontrol requeue``, preemption), the task exits without a
+stopped it (SIGTERM: scancel, ``scontrol requeue``, preemption; or USR2, the time limit's and
+preemption's warning, after which the other ranks' commands lose rank 0), the task exits without a
 result file (SystemExit is not pickled by submitit), so the status loop goes by the
 scheduler's state: a requeued job is still active, a cancelled one failed.
 
@@ -27,19 +32,31 @@ scheduler's state: a requeued job is still active, a cancelled one failed.
 job and the same command line runs again; the command resumes from its own checkpoint.
 """
 
+import hashlib
 import os
+import pickle
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
-from submitit.core.utils import DelayedSubmission
-from submitit.helpers import Checkpointable, TorchDistributedEnvironment
+from submitit import JobEnvironment
+from submitit.core.utils import DelayedSubmission, JobPaths, pickle_load
+from submitit.helpers import Checkpointable
 
 # seconds the processes a finished command left behind get between SIGTERM and SIGKILL
 LEFTOVER_GRACE_S = 2.0
-# seconds between two checks that the driver (the Snakemake that submitted a local job) still runs
+# seconds between two checks that the driver (the Snakemake that submitted a local job) still
+# runs, and that the other ranks of a multi-task job have not failed
 DRIVER_POLL_S = 0.5
+# Rank 0's rendezvous port is drawn from here: below Linux's default ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999). In that range any client socket, even one closed
+# seconds ago and still in TIME_WAIT, holds its port, and rank 0's TCPStore then fails with
+# EADDRINUSE while the other ranks wait for it. submitit's own draw (20000-60000) lands there 70%
+# of the time; with the ~250 sockets in TIME_WAIT counted on the test node during a Slurm
+# test run, about one 2-rank job in 160 (it happened in CI).
+RENDEZVOUS_PORTS = range(20000, 32768)
 
 
 class CommandFailed(RuntimeError):
@@ -92,8 +109,17 @@ def kill_group(proc: subprocess.Popen | None, grace_s: float) -> None:
     proc.poll()
 
 
+def master_port(job_id: str) -> int:
+    """The rendezvous port of job ``job_id``: the same on every rank and node, in ``RENDEZVOUS_PORTS``."""
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return RENDEZVOUS_PORTS[int.from_bytes(digest[:8], "big") % len(RENDEZVOUS_PORTS)]
+
+
 def distributed_env(gpus_per_node: int, environ: dict[str, str] | None = None) -> dict[str, str]:
     """torch.distributed variables for this submitit task; {} for a single-task job.
+
+    The port is ``master_port`` of the job's id, unless the environment sets MASTER_PORT (as
+    submitit does, that value wins).
 
     With GPUs, each task sees exactly one: CUDA_VISIBLE_DEVICES narrowed to the LOCAL_RANK-th of
     the GPUs visible to the job (all of them under Slurm's --gpus-per-node), which the task then
@@ -101,28 +127,55 @@ def distributed_env(gpus_per_node: int, environ: dict[str, str] | None = None) -
     to one GPU (--gpus-per-task, --gpu-bind) keeps it. LOCAL_RANK stays the rank on the node.
     """
     environ = os.environ if environ is None else environ
-    dist = TorchDistributedEnvironment()
-    if dist.world_size <= 1:
+    job = JobEnvironment()
+    if job.num_tasks <= 1:
         return {}
     env = {
-        "MASTER_ADDR": str(dist.master_addr),
-        "MASTER_PORT": str(dist.master_port),
-        "RANK": str(dist.rank),
-        "WORLD_SIZE": str(dist.world_size),
-        "LOCAL_RANK": str(dist.local_rank),
-        "LOCAL_WORLD_SIZE": str(dist.local_world_size),
+        "MASTER_ADDR": str(job.hostnames[0]),
+        "MASTER_PORT": environ.get("MASTER_PORT") or str(master_port(job.job_id)),
+        "RANK": str(job.global_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_RANK": str(job.local_rank),
+        "LOCAL_WORLD_SIZE": str(job.num_tasks // job.num_nodes),
     }
     if gpus_per_node:
         visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         if len(visible) != 1:  # the job's GPUs (or none listed: 0..gpus_per_node-1)
             devices = visible or [str(i) for i in range(gpus_per_node)]
-            if dist.local_rank >= len(devices):
+            if job.local_rank >= len(devices):
                 raise CommandFailed(
-                    f"task of local rank {dist.local_rank} on a node with GPUs {','.join(devices)}: "
+                    f"task of local rank {job.local_rank} on a node with GPUs {','.join(devices)}: "
                     f"one GPU per task needs gpus_per_node >= tasks_per_node"
                 )
-            env["CUDA_VISIBLE_DEVICES"] = devices[dist.local_rank]
+            env["CUDA_VISIBLE_DEVICES"] = devices[job.local_rank]
     return env
+
+
+def peer_results(environ: dict[str, str] | None = None) -> dict[str, Path]:
+    """The result files submitit writes for the OTHER tasks of this multi-task job, by rank ({} for
+    a single-task job). A task that failed has written ("error", traceback) there."""
+    environ = os.environ if environ is None else environ
+    job = JobEnvironment()
+    if job.num_tasks <= 1:
+        return {}
+    folder = environ["SUBMITIT_FOLDER"]
+    return {
+        str(t): JobPaths(folder, job_id=job.job_id, task_id=t).result_pickle
+        for t in range(job.num_tasks)
+        if t != job.global_rank
+    }
+
+
+def failed_peer(peers: dict[str, Path]) -> str | None:
+    """The rank of a task among ``peers`` that has failed, or None (submitit writes a result file
+    whole, by renaming)."""
+    for rank, path in peers.items():
+        try:
+            if pickle_load(path)[0] == "error":
+                return rank
+        except (OSError, EOFError, pickle.UnpicklingError, IndexError, TypeError):
+            continue
+    return None
 
 
 def rank_log(path: str, rank: int) -> str:
@@ -147,6 +200,8 @@ class ShellCommand:
     term_grace_s: seconds between SIGTERM and SIGKILL when the command is stopped.
     usr2_wait_s: after a SIGTERM killed the command, how long to wait for the USR2 that
         follows on preemption before calling the job failed.
+    A task of a multi-task job also stops its command, and fails, as soon as another task of
+    the job has failed (``failed_peer``, checked every ``DRIVER_POLL_S``).
     driver: (PID, start time) of the Snakemake that submitted a local job: when it dies (a
         ``kill -9``), the command's process group is stopped within ``DRIVER_POLL_S`` plus
         ``LEFTOVER_GRACE_S`` seconds instead of running on as an orphan. None on a cluster,
@@ -171,12 +226,14 @@ class ShellCommand:
         self.usr2_wait_s = float(usr2_wait_s)
         self.driver = tuple(driver) if driver else None
         self._proc: subprocess.Popen | None = None
-        self._sigterm_at: float | None = None
+        self._stopped_by: str | None = None  # the scheduler's signal (SIGTERM or SIGUSR2), once seen
+        self._peers: dict[str, Path] = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_proc"] = None  # a Popen cannot be pickled (checkpoint re-dumps self)
-        state["_sigterm_at"] = None
+        state["_stopped_by"] = None
+        state["_peers"] = {}
         return state
 
     def argv(self, rank: str) -> list:
@@ -197,9 +254,11 @@ class ShellCommand:
         env.update(dist)
         rank = dist.get("RANK", "0")
         argv = self.argv(rank)
-        self._sigterm_at = None
+        self._stopped_by = None
+        self._peers = peer_results() if dist else {}
         old_int = signal.getsignal(signal.SIGINT)
         old_term = signal.getsignal(signal.SIGTERM)
+        old_usr2 = signal.getsignal(signal.SIGUSR2)
 
         def on_int(signum, frame):
             kill_group(self._proc, 0)
@@ -207,55 +266,65 @@ class ShellCommand:
 
         def on_term(signum, frame):
             # scancel and preemption: pass SIGTERM on to the command's own session
-            self._sigterm_at = time.monotonic()
+            self._stopped_by = "SIGTERM"
             if self._proc is not None:
-                try:
-                    os.killpg(self._proc.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                signal_group(self._proc.pid, signal.SIGTERM)
             if callable(old_term):
                 old_term(signum, frame)
 
+        def on_usr2(signum, frame):
+            # the time limit's or preemption's warning: submitit's handler (rank 0 checkpoints
+            # and requeues); a later failure of another rank's command is that stop, not an error
+            self._stopped_by = self._stopped_by or "SIGUSR2"
+            if callable(old_usr2):
+                old_usr2(signum, frame)
+
         signal.signal(signal.SIGINT, on_int)
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGUSR2, on_usr2)
         try:
             self._proc = subprocess.Popen(argv, cwd=self.cwd, env=env, start_new_session=True, preexec_fn=_child_setup)
-            rc = self._wait()
+            rc = self._wait(rank)
         except BaseException:
             kill_group(self._proc, 0)
             raise
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGUSR2, old_usr2)
         # what the command left in its process group (an inner Snakemake whose /bin/sh
         # died first is re-parented to init, where proctrack/linuxproc loses it)
         kill_group(self._proc, min(self.term_grace_s, LEFTOVER_GRACE_S))
-        if rc != 0 and self._sigterm_at is not None:
-            # stopped by the scheduler (scancel, scontrol requeue, preemption): preemption
-            # sends USR2 next, so give submitit's handler the chance to requeue; then
+        if rc != 0 and self._stopped_by is not None:
+            # stopped by the scheduler (scancel, scontrol requeue, preemption, time limit):
+            # preemption sends USR2 next, so give submitit's handler the chance to requeue; then
             # leave no result file, so that the scheduler's state decides (a requeued
             # job runs again, a cancelled one is reported failed)
             end = time.monotonic() + self.usr2_wait_s
             while time.monotonic() < end:
                 time.sleep(0.1)
-            raise SystemExit(f"command stopped by SIGTERM (status {rc}, rank {rank}); no result written")
+            raise SystemExit(f"command stopped after {self._stopped_by} (status {rc}, rank {rank}); no result written")
         if rc != 0:
             raise CommandFailed(f"command exited with status {rc} (rank {rank})")
         return 0
 
-    def _wait(self) -> int:
+    def _wait(self, rank: str) -> int:
         """Poll (not a blocking wait) so that signal handlers can run and stop the child; stop it
-        when the driver is gone."""
+        when the driver is gone or another rank of the job has failed."""
         next_check = time.monotonic() + DRIVER_POLL_S
         while True:
             rc = self._proc.poll()
             if rc is not None:
                 return rc
-            if self.driver and time.monotonic() >= next_check:
+            if time.monotonic() >= next_check:
                 next_check = time.monotonic() + DRIVER_POLL_S
-                if not driver_alive(*self.driver):
+                if self.driver and not driver_alive(*self.driver):
                     kill_group(self._proc, LEFTOVER_GRACE_S)
                     raise CommandFailed(f"the driver (Snakemake pid {self.driver[0]}) is gone: command stopped")
+                failed = failed_peer(self._peers)
+                if failed is not None and self._stopped_by is None:
+                    kill_group(self._proc, LEFTOVER_GRACE_S)
+                    raise CommandFailed(f"rank {failed} of this job failed: the command of rank {rank} stopped")
             time.sleep(0.1)
 
 

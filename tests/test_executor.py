@@ -201,6 +201,45 @@ def test_every_rank_of_a_4_task_job_sees_one_gpu_and_uses_it(monkeypatch, mask):
     assert seen == job_gpus  # four ranks, four distinct GPUs of the job
 
 
+def test_the_rendezvous_port_is_the_jobs_own_and_below_the_ephemeral_range(monkeypatch):
+    """Every rank gets the same port, drawn from the job id below Linux's ephemeral ports (where a
+    closed client socket in TIME_WAIT made rank 0's TCPStore fail with EADDRINUSE); a MASTER_PORT
+    in the environment wins."""
+    ports = set()
+    for rank in range(4):
+        _slurm_task(monkeypatch, rank)
+        ports.add(jobs.distributed_env(0, {})["MASTER_PORT"])
+    assert ports == {str(jobs.master_port("42"))}
+    drawn = {jobs.master_port(f"{job}_{task}") for job in range(1000, 1020) for task in range(50)}
+    assert min(drawn) >= 20000 and max(drawn) < 32768 and len(drawn) > 900  # 1000 ids, few repeats
+    assert jobs.distributed_env(0, {"MASTER_PORT": "29500"})["MASTER_PORT"] == "29500"
+
+
+def test_a_rank_that_fails_stops_the_other_ranks_of_its_job(tmp_path):
+    """A rank that fails before the rendezvous (seen: EADDRINUSE on rank 0's port) used to leave
+    the others waiting for it until torch's 30-minute timeout or the time limit. Now each rank's
+    task sees the other's error result and stops its command: the job fails within seconds, with
+    both ranks' reasons, whichever rank failed."""
+    sleeper = tmp_path / "rank_sleeper.py"
+    sleeper.write_text("import time\ntime.sleep(300)\n")
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n    input: expand('out/{r}.txt', r=range(2))\n"
+        "rule ddp:\n    output: 'out/{r}.txt'\n    resources: tasks_per_node=2\n"
+        f"    shell: 'if [ $RANK = {{wildcards.r}} ]; then exit 3; fi; {sys.executable} {sleeper}; touch {{output}}'\n"
+    )
+    t0 = time.monotonic()
+    r = _snakemake(tmp_path, "-j", "2", "--keep-going", "--submitit-direct-shell", "--submitit-keep-logs")
+    elapsed = time.monotonic() - t0
+    assert r.returncode != 0 and elapsed < 60, (elapsed, r.stdout[-3000:] + r.stderr[-3000:])
+    assert r.stderr.count("Error in rule ddp") == 2, r.stderr[-3000:]
+    errs = "".join(p.read_text() for p in (tmp_path / ".snakemake/submitit").glob("*/*_log.err"))
+    for failed, stopped in (("0", "1"), ("1", "0")):
+        assert f"command exited with status 3 (rank {failed})" in errs, errs[-3000:]
+        assert f"rank {failed} of this job failed: the command of rank {stopped} stopped" in errs, errs[-3000:]
+    assert not _tree_marked(str(sleeper))
+    assert not any((tmp_path / "out").glob("*.txt"))
+
+
 def test_a_task_the_scheduler_bound_to_one_gpu_keeps_it_and_too_few_gpus_are_refused(monkeypatch):
     from tokendrift.core.distributed import resolve_device
 

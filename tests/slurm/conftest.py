@@ -8,7 +8,9 @@ The helpers the tests here share are below, imported as
 ``from tests.slurm.conftest import job_counts``.
 """
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -86,15 +88,35 @@ def find_train(needle: str):
     return None
 
 
-def train_process(needle: str, timeout: float = 600):
-    """The running `tokendrift train` process whose command line contains ``needle``, and its Slurm job id."""
+def train_process(needle: str, timeout: float = 600, run: subprocess.Popen | None = None):
+    """The running `tokendrift train` process whose command line contains ``needle``, and its Slurm
+    job id. Fails at once, with its output, when ``run`` (the Snakemake that should start the job)
+    has ended; after ``timeout`` s, with the queue."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         found = find_train(needle)
         if found:
             return found
+        if run is not None and run.poll() is not None:
+            out = run.communicate()[0] or ""
+            raise AssertionError(f"Snakemake ended ({run.returncode}) before {needle} trained:\n{out[-4000:]}")
         time.sleep(0.2)
-    raise AssertionError(f"no running training job matching {needle}")
+    queue = subprocess.run(["squeue", "-o", "%i %j %T %M %R"], capture_output=True, text=True).stdout
+    raise AssertionError(f"no running training job matching {needle} in {timeout:.0f} s; the queue:\n{queue}")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Ctrl-C a Snakemake started in its own session (it cancels its Slurm jobs) unless it has
+    ended; SIGKILL if it has not ended ``timeout`` s later. What a test calls when it fails
+    half-way, so that no run outlives it and holds the cluster in the next test."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def our_jobs() -> list[str]:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import ctrl_c_reaches_it
+from tests.slurm.conftest import stop
 
 pytestmark = pytest.mark.slurm
 
@@ -160,9 +161,7 @@ def test_a_cancelled_job_fails_alone_and_a_rerun_runs_only_it(slurm, tmp_path):
         subprocess.run(["scancel", victim], check=True)
         out, _ = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=60)
+        stop(proc)
     assert proc.returncode != 0, out[-3000:]
     assert "Error in rule work" in out and "ended in state CANCELLED without a result" in out
     assert left_behind(wd) == []  # the cancelled job's inner Snakemake did not outlive it
@@ -197,6 +196,24 @@ def test_ctrl_c_leaves_no_job_in_the_queue(slurm, tmp_path, mode):
     assert not any((wd / f"out/{i}.txt").exists() for i in range(4))
 
 
+def test_a_failed_rank_ends_its_2_rank_job_at_once(slurm, tmp_path):
+    """Rank 0 (the inner Snakemake) fails at once, as it did in CI when its rendezvous port was
+    taken; rank 1 stops within seconds instead of waiting for it until the time limit."""
+    wd = workflow(
+        tmp_path,
+        body="if [ $RANK = 0 ]; then exit 3; fi; sleep 300;",
+        resources=", tasks_per_node=2",
+    )
+    t0 = time.time()
+    r = snakemake(wd, "out/0.txt", timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and time.time() - t0 < 120, out[-3000:]
+    (job,) = submitted_ids(out)
+    errs = "".join(p.read_text() for p in (wd / ".snakemake/submitit").glob(f"*/{job}_*_log.err"))
+    assert "(rank 0)" in errs and "rank 0 of this job failed: the command of rank 1 stopped" in errs, errs[-3000:]
+    assert left_behind(wd) == [] and in_queue([job]) == []
+
+
 def test_a_requeued_job_reruns_and_the_workflow_completes(slurm, tmp_path):
     # job 0 sleeps on its first run until requeued; its second run finishes at once
     wd = workflow(
@@ -212,9 +229,7 @@ def test_a_requeued_job_reruns_and_the_workflow_completes(slurm, tmp_path):
         subprocess.run(["scontrol", "requeue", job], check=True)
         out, _ = proc.communicate(timeout=400)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=60)
+        stop(proc)
     assert proc.returncode == 0, out[-5000:]
     assert sorted(runs(wd)) == ["0", "0", "1", "2", "3"]
     assert all((wd / f"out/{i}.txt").exists() for i in range(4))

@@ -23,8 +23,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import ctrl_c_reaches_it
 from tests.paper_files import write_paper_files
-from tests.slurm.conftest import job_counts, our_jobs, train_process
+from tests.slurm.conftest import job_counts, our_jobs, stop, train_process
 from tokendrift.core.utils import file_digest
 
 pytestmark = pytest.mark.slurm
@@ -102,23 +103,27 @@ def test_the_paper_run_in_miniature_on_slurm(clean, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
-    _, job = train_process(CANCELLED, timeout=1800)
-    ranks, t1 = [], time.time()
-    while len(ranks) < 2 and time.time() - t1 < 60:
-        ranks = [
-            p.pid
-            for p in psutil.process_iter(["cmdline"])
-            if all(s in " ".join(p.info["cmdline"] or []) for s in ("python", "tokendrift train", CANCELLED))
-        ]
-        time.sleep(0.1)
-    last = wd / ROOT / CANCELLED / "checkpoints/last/meta.json"
-    t1 = time.time()
-    while not last.exists() and time.time() - t1 < 600:
-        time.sleep(0.05)
-    assert last.exists(), "no checkpoint before the cancel"
-    subprocess.run(["scancel", job], check=True)
-    out, _ = proc.communicate(timeout=3600)
+    try:
+        _, job = train_process(CANCELLED, timeout=1800, run=proc)
+        ranks, t1 = [], time.time()
+        while len(ranks) < 2 and time.time() - t1 < 60:
+            ranks = [
+                p.pid
+                for p in psutil.process_iter(["cmdline"])
+                if all(s in " ".join(p.info["cmdline"] or []) for s in ("python", "tokendrift train", CANCELLED))
+            ]
+            time.sleep(0.1)
+        last = wd / ROOT / CANCELLED / "checkpoints/last/meta.json"
+        t1 = time.time()
+        while not last.exists() and time.time() - t1 < 600:
+            time.sleep(0.05)
+        assert last.exists(), "no checkpoint before the cancel"
+        subprocess.run(["scancel", job], check=True)
+        out, _ = proc.communicate(timeout=3600)
+    finally:
+        stop(proc)
     first = time.time() - t0
     assert proc.returncode != 0, out[-3000:]
     assert len(ranks) == 2, ranks  # the job's two ranks

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import ctrl_c_reaches_it
-from tests.slurm.conftest import find_train, job_counts, our_jobs
+from tests.slurm.conftest import find_train, job_counts, our_jobs, stop
 
 pytestmark = pytest.mark.slurm
 
@@ -136,9 +136,7 @@ def interrupted(slurm, tmp_path_factory):
         seen["A_out"], _ = proc.communicate(timeout=1800)
         seen["A_rc"] = proc.returncode
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=120)
+        stop(proc)
     seen["after_A"] = {
         f: (wd / ROOT / f).exists()
         for f in (
