@@ -458,17 +458,13 @@ def _dp_worker(rank, world, init, port, h_all, u_all, result_dir):
 
 
 def test_two_process_gloo_drift_equals_single_process(tmp_path, init_mdlm):
-    import socket
-
     import torch.multiprocessing as mp
 
     torch.manual_seed(0)
     world, B = 2, 2
     h_all = torch.nn.functional.normalize(torch.randn(2, world * B, 64), dim=-1)
     u_all = torch.nn.functional.normalize(torch.randn(2, world * B, 64), dim=-1)
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    port = _free_port()
     mp.start_processes(
         _dp_worker, args=(world, str(init_mdlm), port, h_all, u_all, str(tmp_path)), nprocs=world, start_method="spawn"
     )
@@ -540,14 +536,10 @@ def test_two_gloo_ranks_train_the_weights_of_one_process_on_the_gathered_batch(t
     """2 ranks x micro-batch 2 x 2 accumulation steps = 1 process x micro-batch 4 x 2: the same
     corruption noise and dropout masks (drawn for all ranks' rows on every rank), the same
     gathered drift references, DDP's mean of the gradients. Equal up to float rounding."""
-    import socket
-
     import torch.multiprocessing as mp
 
     cfg = job(init_mdlm, variant=variant, steps=2, global_batch=8, micro_batch=2, save_every=0)
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    port = _free_port()
     mp.start_processes(_train_rank, args=(2, cfg, str(tmp_path / "two"), port), nprocs=2, start_method="spawn")
     trainlib.train({**cfg, "micro_batch": 4}, tmp_path / "one", progress=False)
     two, one = (weights(tmp_path / d / "checkpoints/step_000002") for d in ("two", "one"))
