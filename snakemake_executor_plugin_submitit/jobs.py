@@ -255,7 +255,7 @@ class ShellCommand:
         rank = dist.get("RANK", "0")
         argv = self.argv(rank)
         self._stopped_by = None
-        self._peers = peer_results() if dist else {}
+        self._peers = peer_results()
         old_int = signal.getsignal(signal.SIGINT)
         old_term = signal.getsignal(signal.SIGTERM)
         old_usr2 = signal.getsignal(signal.SIGUSR2)
@@ -321,8 +321,8 @@ class ShellCommand:
                 if self.driver and not driver_alive(*self.driver):
                     kill_group(self._proc, LEFTOVER_GRACE_S)
                     raise CommandFailed(f"the driver (Snakemake pid {self.driver[0]}) is gone: command stopped")
-                failed = failed_peer(self._peers)
-                if failed is not None and self._stopped_by is None:
+                failed = None if self._stopped_by else failed_peer(self._peers)
+                if failed is not None:
                     kill_group(self._proc, LEFTOVER_GRACE_S)
                     raise CommandFailed(f"rank {failed} of this job failed: the command of rank {rank} stopped")
             time.sleep(0.1)
