@@ -11,6 +11,7 @@
 
     python -m bench.mauve_cost --results results/default [--unit mdlm/tokendrift/seed0/step40] [--reps 5]
          [--base 99acfdc]
+    python -m bench.mauve_cost --results results/default --separation-only   # after a change of evaluator
 Needs a finished run of the default (its evaluator, start checkpoint and sample folders).
 Writes bench/results/mauve_cost.json.
 """
@@ -34,6 +35,8 @@ import psutil
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
+
+from tokendrift.core.utils import atomic_write_json  # noqa: E402 (after the thread settings)
 
 
 def median_time(fn, reps: int) -> float:
@@ -192,10 +195,18 @@ def main() -> None:
     ap.add_argument("--unit", default="mdlm/tokendrift/seed0/step40")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--base", default="99acfdc", help="commit before MAUVE (the job's baseline)")
+    ap.add_argument(
+        "--separation-only",
+        action="store_true",
+        help="measure part 1's separation alone (a new evaluator) into bench/results/mauve_separation.json",
+    )
     args = ap.parse_args()
     results = Path(args.results).resolve()
     sep = separation(results)
     print(json.dumps(sep, indent=1))
+    if args.separation_only:
+        atomic_write_json(REPO / "bench" / "results" / "mauve_separation.json", {"args": vars(args), "separation": sep})
+        return
     cell = per_cell(results, args.unit, args.reps)
     print(json.dumps(cell, indent=1))
     with tempfile.TemporaryDirectory() as tmp:

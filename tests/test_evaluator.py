@@ -32,3 +32,15 @@ def test_evaluator_learns_and_resumes_exactly(tmp_path):
     before = (tmp_path / "full/model/model.safetensors").stat().st_mtime_ns
     assert train_evaluator(src, tmp_path / "full", **KW)["step"] == 60  # a finished job reruns as a no-op
     assert (tmp_path / "full/model/model.safetensors").stat().st_mtime_ns == before
+
+
+def test_dropout_is_the_models_and_a_resume_of_another_config_is_not_continued(tmp_path, capsys):
+    src = make_source(SOURCE)
+    kw = {**KW, "steps": 30}
+    train_evaluator(src, tmp_path / "a", stop_after=25, **kw)  # dropout 0.1: resume state at step 20
+    done = train_evaluator(src, tmp_path / "a", **{**kw, "dropout": 0.0})  # the config changed meanwhile
+    assert "another config; starting from step 0" in capsys.readouterr().err
+    fresh = train_evaluator(src, tmp_path / "b", **{**kw, "dropout": 0.0})
+    assert done["valid_nll"] == fresh["valid_nll"]  # trained from scratch, not continued at step 20
+    model, _ = load_evaluator(str(tmp_path / "b/model"))
+    assert (model.config.resid_pdrop, model.config.embd_pdrop, model.config.attn_pdrop) == (0.0, 0.0, 0.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ def train_evaluator(
     n_layer: int = 4,
     n_head: int = 4,
     n_embd: int = 128,
+    dropout: float = 0.1,
     ckpt_every: int = 250,
     device: str = "cpu",
     progress: bool = False,
@@ -66,6 +68,7 @@ def train_evaluator(
             "n_layer": n_layer,
             "n_head": n_head,
             "n_embd": n_embd,
+            "dropout": dropout,
         }
     )
     done = out / "metrics.json"
@@ -81,6 +84,9 @@ def train_evaluator(
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
+        resid_pdrop=dropout,  # GPT-2's three dropouts (0.1 each in transformers' GPT2Config)
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         bos_token_id=tok.eos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -88,10 +94,13 @@ def train_evaluator(
     model = GPT2LMHeadModel(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     step = 0
-    if (resume / "state.pt").exists():
+    state = torch.load(resume / "state.pt", weights_only=True) if (resume / "state.pt").exists() else None
+    if state is not None and state.get("config_digest") != digest:
+        print(f"{resume}: written by a run with another config; starting from step 0", file=sys.stderr)
+        state = None
+    if state is not None:
         model = GPT2LMHeadModel.from_pretrained(resume / "model").to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-        state = torch.load(resume / "state.pt", weights_only=True)
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step = int(state["step"])
@@ -118,7 +127,13 @@ def train_evaluator(
             with atomic_dir(resume) as tmp:
                 model.save_pretrained(tmp / "model", safe_serialization=True)
                 torch.save(
-                    {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": step}, tmp / "state.pt"
+                    {
+                        "optimizer": opt.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "step": step,
+                        "config_digest": digest,
+                    },
+                    tmp / "state.pt",
                 )
         if stop_after is not None and step >= stop_after:
             return {"step": step}

@@ -35,6 +35,7 @@ if G.entropy_rate_file:
         log:
             G.log("entropy_rate"),
         threads: 1
+        priority: 10  # seconds of work that every table and figure waits on: not left for the end
         conda:
             CONDA_ENV
         shell:

@@ -28,3 +28,4 @@ use rule sample_run as sample_start with:
         G.sample_outputs(start=True),
     log:
         G.log("sample_start"),
+    priority: 5  # the temperature sweep is the longest sampling job, and every table's control row waits on it

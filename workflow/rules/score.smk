@@ -29,3 +29,4 @@ use rule score_run as score_start with:
         nelbo=G.nelbo_output(start=True),
     log:
         G.log("score_start"),
+    priority: 5  # as sample_start: every table's control row waits on it
