@@ -3,7 +3,7 @@
 Trains the default's evaluator (`tokendrift.jobs.evaluator.train_evaluator`, the default's source
 and architecture from workflow/config/default.yaml) once per recipe (dropout, peak lr, steps),
 each from scratch in a temporary folder, one thread, and prints and writes its held-out NLL per
-token, the entropy-rate floor's distance and the training time. Two recipes at a time when
+token and its training time. Two recipes at a time when
 ``--parallel 2`` (as the DAG runs its jobs on 2 cores), so their times compare within a pair.
 
     python bench/evaluator_budget.py [--recipes 0.1:1e-3:400 0:3e-3:250 ...] [--parallel 2]

@@ -121,11 +121,14 @@ def test_a_warm_table_and_figure_are_the_same_bytes_as_cold_ones(server, tmp_pat
     assert f"in {tmp_path / 'rc'}:" not in server_log(sock)
 
 
-def test_what_runs_warm():
+def test_what_runs_warm(tmp_path, monkeypatch):
     on = {"SUBMITIT_EXECUTOR": "local"}
+    monkeypatch.chdir(tmp_path)
     assert warm.wanted(["sample", "x"], on) and warm.wanted(["aggregate"], on)
     assert not warm.wanted(["grid", "x"], on) and not warm.wanted([], on)
     assert not warm.wanted(["sample", "x"], {})
+    (tmp_path / "matplotlibrc").write_text("lines.linewidth: 3\n")  # only the command that draws runs cold
+    assert not warm.wanted(["aggregate"], on) and warm.wanted(["sample", "x"], on)
 
 
 def test_errors_and_exit_status_pass_through(server, tmp_path):

@@ -85,9 +85,11 @@ def enabled(environ=os.environ) -> bool:
 
 def wanted(argv: list[str], environ=os.environ) -> bool:
     """Whether ``tokendrift argv`` runs on the server: warm start is on, the command is one of
-    WARM_COMMANDS, and the current folder holds no ``matplotlibrc`` (matplotlib reads one there at
-    import, and the server imported it in "/")."""
-    return bool(argv) and argv[0] in WARM_COMMANDS and enabled(environ) and not Path("matplotlibrc").is_file()
+    WARM_COMMANDS, and, for a command that draws (``aggregate``), the current folder holds no
+    ``matplotlibrc`` (matplotlib reads one there at import, and the server imported it in "/")."""
+    if not (argv and argv[0] in WARM_COMMANDS and enabled(environ)):
+        return False
+    return argv[0] != "aggregate" or not Path("matplotlibrc").is_file()
 
 
 def server_key(environ=os.environ) -> str:
