@@ -84,53 +84,6 @@ def test_a_warm_job_writes_the_same_bytes_as_a_cold_one(server, checkpoint, tmp_
         assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
 
 
-def test_a_warm_table_and_figure_are_the_same_bytes_as_cold_ones(server, tmp_path):
-    """pandas and matplotlib (Agg) come preloaded; a figure drawn in the fork is the cold one's,
-    and a folder with its own matplotlibrc runs cold (the server imported matplotlib without it)."""
-    env, sock = server
-    repo = Path(__file__).resolve().parents[1]
-    args = [
-        "aggregate",
-        str(repo / "tests/configs/ci.yaml"),
-        "--schema",
-        str(repo / "workflow/schemas/config.schema.yaml"),
-    ]
-    args += ["--table", "table1", "--figure", "quality_diversity"]  # no results yet: empty cells and panels
-    # in a folder of its own, with the Python path of the fixture's jobs (`python -m` would put that
-    # folder first on it, and a job runs only on a server of its own Python path)
-    cli = f"import sys; sys.path[0] = {os.getcwd()!r}; from tokendrift.cli import main; sys.exit(main(sys.argv[1:]))"
-
-    def run(e, where):
-        return subprocess.run(
-            [sys.executable, "-c", cli, *args], env=e, cwd=where, capture_output=True, text=True, timeout=300
-        )
-
-    for name, flag in (("cold", "0"), ("warm", None)):
-        (tmp_path / name).mkdir()
-        r = run({**env, "TOKENDRIFT_WARM": flag} if flag else env, tmp_path / name)
-        assert r.returncode == 0, r.stderr
-    assert f"in {tmp_path / 'warm'}: tokendrift aggregate" in server_log(sock)
-    files = sorted(p.relative_to(tmp_path / "cold") for p in (tmp_path / "cold").rglob("*") if p.is_file())
-    assert any(f.suffix == ".png" for f in files) and any(f.suffix == ".pdf" for f in files)
-    assert files == sorted(p.relative_to(tmp_path / "warm") for p in (tmp_path / "warm").rglob("*") if p.is_file())
-    for f in files:
-        assert (tmp_path / "cold" / f).read_bytes() == (tmp_path / "warm" / f).read_bytes(), f
-    (tmp_path / "rc").mkdir()
-    (tmp_path / "rc" / "matplotlibrc").write_text("lines.linewidth: 3\n")
-    assert run(env, tmp_path / "rc").returncode == 0
-    assert f"in {tmp_path / 'rc'}:" not in server_log(sock)
-
-
-def test_what_runs_warm(tmp_path, monkeypatch):
-    on = {"SUBMITIT_EXECUTOR": "local"}
-    monkeypatch.chdir(tmp_path)
-    assert warm.wanted(["sample", "x"], on) and warm.wanted(["aggregate"], on)
-    assert not warm.wanted(["grid", "x"], on) and not warm.wanted([], on)
-    assert not warm.wanted(["sample", "x"], {})
-    (tmp_path / "matplotlibrc").write_text("lines.linewidth: 3\n")  # only the command that draws runs cold
-    assert not warm.wanted(["aggregate"], on) and warm.wanted(["sample", "x"], on)
-
-
 def test_errors_and_exit_status_pass_through(server, tmp_path):
     env, sock = server
     r = tokendrift(env, "sample", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), *SAMPLE)

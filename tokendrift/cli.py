@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from .core.utils import TokenDriftError, tune_allocator
-from .warm import run_warm
-from .warm import wanted as warm_wanted
+from .warm import WARM_COMMANDS, run_warm
+from .warm import enabled as warm_enabled
 
 # The sub-commands in --help order; `command_module` names the module that defines each.
 COMMANDS = [
@@ -79,10 +79,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
-    """Run one command; with ``warm`` (not inside the warm-start server's fork) a command whose
-    imports take seconds runs on the warm-start server when it is on (tokendrift.warm.wanted)."""
+    """Run one command; with ``warm`` (not inside the warm-start server's fork) a command that
+    imports torch runs on the warm-start server when it is on (tokendrift.warm)."""
     argv = sys.argv[1:] if argv is None else argv
-    if warm and warm_wanted(argv):
+    if warm and argv and argv[0] in WARM_COMMANDS and warm_enabled():
         rc = run_warm(argv)
         if rc is not None:
             return rc

@@ -1,4 +1,4 @@
-"""Warm start of local jobs: a fork server that imports torch, transformers, matplotlib and the package once.
+"""Warm start of local jobs: a fork server that imports torch, transformers and the package once.
 
 Most of a short sampling or scoring job of the embedded default is start-up (importing torch,
 about 1 s, and transformers' GPT-2 module, 2.4 s; BENCHMARKS.md, section 5). With warm start on,
@@ -43,8 +43,8 @@ from .core.utils import tune_allocator
 IDLE_S = 300.0  # the server exits after this long without a job (the default's pretraining takes 2 minutes)
 RETRY_S = 120.0  # a job starts a server only if none was started in this many seconds
 MAX_SOCKET_PATH = 107  # bytes in a Unix socket's name (Linux: sun_path of 108 with its NUL)
-# commands whose imports take a second or more: torch, or pandas and matplotlib (the others start fast)
-WARM_COMMANDS = {"train", "pretrain", "sample", "score", "nelbo", "probe", "entropy-rate", "checkpoint", "aggregate"}
+# commands that import torch (the others start fast and gain nothing)
+WARM_COMMANDS = {"train", "pretrain", "sample", "score", "nelbo", "probe", "entropy-rate", "checkpoint"}
 # variables read when torch, transformers or the interpreter start: a job runs warm only on a
 # server that started with the same values
 IMPORT_VARS = (
@@ -65,8 +65,6 @@ IMPORT_VARS = (
     "LC_",
     "LANG",
     "TZ",
-    "MPL",  # matplotlib: MPLBACKEND, MPLCONFIGDIR, MPLRC
-    "XDG_",  # matplotlib's configuration and font cache folders
 )
 # the server's command: the client's own Python path, so that it imports the same code
 SERVER = (
@@ -81,15 +79,6 @@ def enabled(environ=os.environ) -> bool:
     if flag is not None:
         return flag == "1"
     return environ.get("SUBMITIT_EXECUTOR") == "local"
-
-
-def wanted(argv: list[str], environ=os.environ) -> bool:
-    """Whether ``tokendrift argv`` runs on the server: warm start is on, the command is one of
-    WARM_COMMANDS, and, for a command that draws (``aggregate``), the current folder holds no
-    ``matplotlibrc`` (matplotlib reads one there at import, and the server imported it in "/")."""
-    if not (argv and argv[0] in WARM_COMMANDS and enabled(environ)):
-        return False
-    return argv[0] != "aggregate" or not Path("matplotlibrc").is_file()
 
 
 def server_key(environ=os.environ) -> str:
@@ -234,16 +223,6 @@ def preload() -> None:
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
         get_checkpoint_conversion_mapping("gpt2")
-
-    # `tokendrift aggregate`: pandas, and matplotlib's pyplot with the Agg backend that every figure
-    # selects (about a second of each table and figure job, at the end of the DAG where one slot
-    # waits on the other). No figure is made here, so a fork inherits no pyplot state.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
-
-    from .report import aggregate  # noqa: F401 (tables, figures, pandas)
 
 
 def serve(path: Path, idle_s: float, command) -> None:
