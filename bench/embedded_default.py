@@ -114,13 +114,15 @@ def job_records(wd: Path) -> list[dict]:
 
 def startup_seconds(variant: dict, command: str, reps: int = 3) -> float:
     """Median wall time of a job's start-up: a cold process importing what the command imports,
-    or for a warm variant, `tokendrift COMMAND --help` through the warm-start server."""
-    if variant["warm"]:
+    or for a warm variant, `tokendrift COMMAND --help` through the warm-start server (a checkout
+    from before warm start, without tokendrift/warm.py, starts every job cold)."""
+    warm = variant["warm"] and (Path(variant["repo"]) / "tokendrift" / "warm.py").exists()
+    if warm:
         cmd = [sys.executable, "-m", "tokendrift.cli", command, "--help"]
     else:
         code = f"import tokendrift.cli as c; c.tune_allocator(); c.command_module({command!r}); {STARTUP_EXTRA.get(command, '')}"
         cmd = [sys.executable, "-c", code]
-    if variant["warm"]:  # start the server for this environment and wait for it
+    if warm:  # start the server for this environment and wait for it
         where = [sys.executable, "-c", "from tokendrift.warm import socket_path; print(socket_path())"]
         sock = Path(
             subprocess.run(

@@ -33,6 +33,38 @@ def test_atomic_writes_get_the_umask_permissions_not_tempfile_private_ones(tmp_p
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
 
 
+# A checkpoint written past the process's file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored): the
+# write fails for real, as on a full disk (torch.save's writer says only "iostream error" or
+# "unexpected pos"). The file system's free space is what shutil.disk_usage reports; argv[2]
+# replaces it, as a full disk would report it.
+FULL_DISK_WRITE = """
+import json, resource, signal, sys, types, torch
+from tokendrift.core import utils
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+if sys.argv[2] != "real":
+    utils.shutil.disk_usage = lambda p: types.SimpleNamespace(total=1 << 30, used=1 << 30, free=int(sys.argv[2]))
+try:
+    with utils.atomic_dir(sys.argv[1]) as tmp:
+        torch.save({"w": torch.zeros(100_000)}, tmp / "train_state.pt")
+except Exception as e:
+    print(json.dumps([type(e).__name__, str(e)]))
+"""
+
+
+@pytest.mark.parametrize("free", ["4096", "real"])
+def test_a_checkpoint_that_fails_on_a_full_disk_names_its_folder_and_leaves_nothing(tmp_path, free):
+    out = tmp_path / "checkpoints" / "step_000010"
+    p = subprocess.run([sys.executable, "-c", FULL_DISK_WRITE, out, free], capture_output=True, text=True, check=True)
+    kind, message = json.loads(p.stdout)
+    if free == "real":  # space left: the writer's own error, unchanged
+        assert kind == "RuntimeError" and "not written" not in message
+    else:
+        assert kind == "TokenDriftError"
+        assert message.startswith(f"{out}: not written, its file system is full (4096 bytes free): RuntimeError")
+    assert not out.exists() and os.listdir(out.parent) == []  # no folder and no temporary one
+
+
 def kill_when(cmd, ready, timeout=120):
     """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds (mid-job), return when it is dead."""
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -62,6 +62,28 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+# a write that fails while its file system has less than this free is reported as a full disk
+# (torch.save's writer then says only "iostream error" or "unexpected pos", naming no file)
+FULL_BYTES = 64 << 20
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _raise_if_full(path: Path, error: BaseException, free: int | None) -> None:
+    """Re-raise a failed write to ``path`` as a full file system when it is one (``free``: the bytes
+    free when the write failed, before its temporary files were removed)."""
+    if isinstance(error, Exception) and not isinstance(error, TokenDriftError) and free is not None:
+        if free < FULL_BYTES:
+            raise TokenDriftError(
+                f"{path}: not written, its file system is full ({free} bytes free): {type(error).__name__}: {error}"
+            ) from error
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -77,9 +99,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        free = _free_bytes(path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_if_full(path, e, free)
         raise
     _fsync_dir(path.parent)
 
@@ -99,6 +123,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary folder is removed and ``path`` is left as it was, so a
     reader sees either the old complete folder or the new complete one, never a mix; the
     temporary folder of a writer killed outright is removed by the next writer of ``path``.
+    A failure on a full file system is raised as a TokenDriftError that names ``path`` and says so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +146,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
+        free = _free_bytes(path.parent)
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_full(path, e, free)
         raise
 
 
