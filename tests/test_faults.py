@@ -44,25 +44,32 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
 if sys.argv[2] != "real":
     utils.shutil.disk_usage = lambda p: types.SimpleNamespace(total=1 << 30, used=1 << 30, free=int(sys.argv[2]))
-try:
+def checkpoint():
     with utils.atomic_dir(sys.argv[1]) as tmp:
         torch.save({"w": torch.zeros(100_000)}, tmp / "train_state.pt")
-except Exception as e:
-    print(json.dumps([type(e).__name__, str(e)]))
+def record():
+    utils.atomic_write_bytes(sys.argv[1] + ".json", bytes(100_000))
+for write in (checkpoint, record):
+    try:
+        write()
+    except Exception as e:
+        print(json.dumps([type(e).__name__, str(e)]))
 """
 
 
 @pytest.mark.parametrize("free", ["4096", "real"])
-def test_a_checkpoint_that_fails_on_a_full_disk_names_its_folder_and_leaves_nothing(tmp_path, free):
+def test_a_checkpoint_or_record_that_fails_on_a_full_disk_names_its_path_and_leaves_nothing(tmp_path, free):
     out = tmp_path / "checkpoints" / "step_000010"
     p = subprocess.run([sys.executable, "-c", FULL_DISK_WRITE, out, free], capture_output=True, text=True, check=True)
-    kind, message = json.loads(p.stdout)
-    if free == "real":  # space left: the writer's own error, unchanged
-        assert kind == "RuntimeError" and "not written" not in message
+    (kind, message), (record_kind, record_message) = map(json.loads, p.stdout.splitlines())
+    if free == "real":  # space left: the writers' own errors, unchanged (torch's, and EFBIG's OSError)
+        assert (kind, record_kind) == ("RuntimeError", "OSError")
+        assert "not written" not in message + record_message
     else:
-        assert kind == "TokenDriftError"
+        assert (kind, record_kind) == ("TokenDriftError", "TokenDriftError")
         assert message.startswith(f"{out}: not written, its file system is full (4096 bytes free): RuntimeError")
-    assert not out.exists() and os.listdir(out.parent) == []  # no folder and no temporary one
+        assert record_message.startswith(f"{out}.json: not written, its file system is full (4096 bytes free): OSError")
+    assert os.listdir(out.parent) == []  # no folder, no record, no temporary file
 
 
 def kill_when(cmd, ready, timeout=120):
