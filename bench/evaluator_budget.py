@@ -1,9 +1,9 @@
 """The embedded default's evaluator: held-out NLL against training time, per recipe.
 
-Trains the default's evaluator (`tokendrift.jobs.evaluator.train_evaluator`, the default's source
-and architecture from workflow/config/default.yaml) once per recipe (dropout, peak lr, steps),
-each from scratch in a temporary folder, one thread, and prints and writes its held-out NLL per
-token and its training time. Two recipes at a time when
+Trains the default's evaluator as its DAG job does (`tokendrift.jobs.pretrain.pretrain_evaluator`
+on the config's evaluator section and source, workflow/config/default.yaml) once per recipe
+(dropout, peak lr, steps), each from scratch in a temporary folder, one thread, and prints and
+writes its held-out NLL per token and its training time. Two recipes at a time when
 ``--parallel 2`` (as the DAG runs its jobs on 2 cores), so their times compare within a pair.
 
     python bench/evaluator_budget.py [--recipes 0.1:1e-3:400 0:3e-3:250 ...] [--parallel 2]
@@ -44,18 +44,18 @@ RECIPES = [
 def train_one(recipe: str, config: str) -> dict:
     import torch
 
-    from tokendrift.core.data import make_source
     from tokendrift.core.utils import tune_allocator
-    from tokendrift.jobs.evaluator import train_evaluator
+    from tokendrift.grid.layout import Layout
+    from tokendrift.jobs.pretrain import pretrain_evaluator
 
     tune_allocator()
     torch.set_num_threads(1)
     dropout, lr, steps = recipe.split(":")
-    cfg = yaml.safe_load(Path(config).read_text())
-    job = {**cfg["evaluator"]["pretrain"], "dropout": float(dropout), "lr": float(lr), "steps": int(steps)}
+    g = Layout(yaml.safe_load(Path(config).read_text()), REPO / "workflow/schemas/config.schema.yaml")
+    job = {**g.evaluator_config(), "dropout": float(dropout), "lr": float(lr), "steps": int(steps)}
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        metrics = train_evaluator(make_source(cfg["source"]), out, **job)
+        metrics = pretrain_evaluator(job, out)  # the DAG's evaluator job, its config validated as there
         seconds = time.perf_counter() - t
     return {"recipe": recipe, **{k: job[k] for k in ("dropout", "lr", "steps")}, "seconds": seconds, **metrics}
 
